@@ -1,0 +1,27 @@
+//! Every schema change of Lowart, in order. Each migration uses SeaORM's schema helpers so
+//! one file serves SQLite and PostgreSQL. Times are Unix milliseconds (`BIGINT`).
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_create_users;
+mod m20261122_000002_create_api_keys;
+mod m20261122_000003_create_deployments;
+mod m20261122_000004_create_model_fallbacks;
+mod m20261122_000005_create_usage;
+mod m20261122_000006_create_audit_log;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261122_000001_create_users::Migration),
+            Box::new(m20261122_000002_create_api_keys::Migration),
+            Box::new(m20261122_000003_create_deployments::Migration),
+            Box::new(m20261122_000004_create_model_fallbacks::Migration),
+            Box::new(m20261122_000005_create_usage::Migration),
+            Box::new(m20261122_000006_create_audit_log::Migration),
+        ]
+    }
+}

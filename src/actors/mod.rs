@@ -1,0 +1,12 @@
+//! Supervised actors, each the single owner of one piece of state:
+//! `StoreActor` the database, `RouterActor` the routing table, `ProviderActor` one
+//! deployment's admission state.
+
+pub mod provider;
+pub mod router;
+pub mod store;
+
+use std::time::Duration;
+
+/// Upper bound on any actor round trip from the HTTP edge; a miss becomes a 503.
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(5);

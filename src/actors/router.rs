@@ -1,0 +1,278 @@
+//! `RouterActor`: owns the routing table (public model name → its deployments) and the
+//! supervised `ProviderActor` of every deployment. The table is rebuilt from the store on
+//! start, on restart, and after every admin change, so edits apply to the next request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::provider::{ProviderActor, SetLimits};
+use super::store::{LoadDeployments, StoreActor, StoreError};
+use crate::config::Secret;
+use crate::domain::records::{Deployment, DeploymentWithSecret};
+use crate::domain::usage::Prices;
+use crate::providers::VendorType;
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Everything the request task needs to call one deployment, immutable once built.
+pub struct Route {
+    pub deployment: Deployment,
+    pub vendor: VendorType,
+    pub upstream_model: String,
+    pub api_key: Option<Secret>,
+    pub prices: Prices,
+    pub request_timeout: Duration,
+    /// One HTTP client per deployment: its own pool and connect timeout.
+    pub client: reqwest::Client,
+    pub provider: Addr<ProviderActor>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("the model `{0}` does not exist")]
+    UnknownModel(String),
+    #[error("the store did not answer")]
+    StoreUnavailable,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// From a chat handler: the deployments that may serve `model`, best first.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Arc<Route>>, RouteError>")]
+pub struct Resolve {
+    pub model: String,
+}
+
+/// From `/v1/models`: every routable public model name, sorted.
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub struct ListModels;
+
+/// From the admin API after a deployment change, and at startup: rebuild the table from
+/// the store. Answers how many deployments are routable.
+#[derive(Message)]
+#[rtype(result = "Result<usize, RouteError>")]
+pub struct Reload;
+
+pub struct RouterActor {
+    store: Addr<StoreActor>,
+    routes: HashMap<String, Vec<Arc<Route>>>,
+    by_id: HashMap<String, Arc<Route>>,
+    /// Reloads may finish out of order; only a newer one replaces the table.
+    reloads_started: u64,
+    reload_applied: u64,
+    rng: u64,
+}
+
+impl RouterActor {
+    pub fn new(store: Addr<StoreActor>) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9E37_79B9_7F4A_7C15);
+        Self {
+            store,
+            routes: HashMap::new(),
+            by_id: HashMap::new(),
+            reloads_started: 0,
+            reload_applied: 0,
+            rng: seed | 1,
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: plenty for spreading load, not for secrets.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn build_route(&self, d: DeploymentWithSecret) -> Option<Arc<Route>> {
+        let dep = d.deployment;
+        let Some(vendor) = VendorType::parse(&dep.vendor_type) else {
+            tracing::error!(deployment = %dep.id, vendor = %dep.vendor_type, "unknown vendor; deployment skipped");
+            return None;
+        };
+        let max_concurrency = dep.max_concurrency.and_then(|c| usize::try_from(c).ok());
+        let provider = match self.by_id.get(&dep.id) {
+            Some(old) if old.provider.connected() => {
+                old.provider.do_send(SetLimits { max_concurrency });
+                old.provider.clone()
+            }
+            _ => {
+                let id = dep.id.clone();
+                Supervisor::start(move |_| ProviderActor::new(id, max_concurrency))
+            }
+        };
+        let ms = |v: Option<i64>, default: Duration| {
+            v.and_then(|v| u64::try_from(v).ok())
+                .map_or(default, Duration::from_millis)
+        };
+        let client = match reqwest::Client::builder()
+            .connect_timeout(ms(dep.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT))
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(deployment = %dep.id, error = %e, "cannot build an HTTP client; deployment skipped");
+                return None;
+            }
+        };
+        Some(Arc::new(Route {
+            upstream_model: dep
+                .upstream_model
+                .clone()
+                .unwrap_or_else(|| dep.model_id.clone()),
+            prices: Prices {
+                input_per_mtok: dep.price_input_per_mtok,
+                output_per_mtok: dep.price_output_per_mtok,
+            },
+            request_timeout: ms(dep.request_timeout_ms, DEFAULT_REQUEST_TIMEOUT),
+            vendor,
+            api_key: d.api_key,
+            client,
+            provider,
+            deployment: dep,
+        }))
+    }
+
+    fn rebuild(&mut self, deployments: Vec<DeploymentWithSecret>) -> usize {
+        let mut routes: HashMap<String, Vec<Arc<Route>>> = HashMap::new();
+        let mut by_id = HashMap::new();
+        for d in deployments {
+            let reuse = self.by_id.get(&d.deployment.id).filter(|old| {
+                old.deployment == d.deployment
+                    && old.api_key == d.api_key
+                    && old.provider.connected()
+            });
+            let route = match reuse {
+                Some(old) => Some(old.clone()),
+                None => self.build_route(d),
+            };
+            if let Some(route) = route {
+                by_id.insert(route.deployment.id.clone(), route.clone());
+                routes
+                    .entry(route.deployment.model_id.clone())
+                    .or_default()
+                    .push(route);
+            }
+        }
+        self.routes = routes;
+        self.by_id = by_id;
+        self.by_id.len()
+    }
+
+    /// Re-creates a deployment's provider actor that stopped (supervision does not catch
+    /// panics, so a dead child is noticed here, on the next request that needs it).
+    fn replace_provider(&mut self, route: &Route) {
+        tracing::warn!(deployment = %route.deployment.id, "provider actor gone; restarting it");
+        let id = route.deployment.id.clone();
+        let cap = route
+            .deployment
+            .max_concurrency
+            .and_then(|c| usize::try_from(c).ok());
+        let fresh = Arc::new(Route {
+            deployment: route.deployment.clone(),
+            vendor: route.vendor,
+            upstream_model: route.upstream_model.clone(),
+            api_key: route.api_key.clone(),
+            prices: route.prices,
+            request_timeout: route.request_timeout,
+            client: route.client.clone(),
+            provider: Supervisor::start(move |_| ProviderActor::new(id, cap)),
+        });
+        self.by_id
+            .insert(fresh.deployment.id.clone(), fresh.clone());
+        if let Some(list) = self.routes.get_mut(&fresh.deployment.model_id) {
+            for slot in list
+                .iter_mut()
+                .filter(|s| s.deployment.id == fresh.deployment.id)
+            {
+                *slot = fresh.clone();
+            }
+        }
+    }
+
+    /// Lower `priority` first; within a tier, a weighted random order.
+    fn order(&mut self, candidates: &[Arc<Route>]) -> Vec<Arc<Route>> {
+        let mut keyed: Vec<(i32, f64, Arc<Route>)> = candidates
+            .iter()
+            .filter(|r| r.deployment.weight > 0 || candidates.len() == 1)
+            .map(|r| {
+                // Efraimidis–Spirakis: sort by u^(1/w) descending.
+                let u = (self.next_random() >> 11) as f64 / (1u64 << 53) as f64;
+                let w = f64::from(r.deployment.weight.max(1));
+                (r.deployment.priority, -u.powf(1.0 / w), r.clone())
+            })
+            .collect();
+        keyed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        keyed.into_iter().map(|(_, _, r)| r).collect()
+    }
+}
+
+impl Actor for RouterActor {
+    type Context = Context<Self>;
+}
+
+impl Supervised for RouterActor {
+    fn restarting(&mut self, ctx: &mut Self::Context) {
+        tracing::warn!("router restarting; reloading the routing table");
+        ctx.notify(Reload);
+    }
+}
+
+impl Handler<Resolve> for RouterActor {
+    type Result = Result<Vec<Arc<Route>>, RouteError>;
+
+    fn handle(&mut self, msg: Resolve, _: &mut Self::Context) -> Self::Result {
+        let candidates = match self.routes.get(&msg.model) {
+            Some(c) if !c.is_empty() => c.clone(),
+            _ => return Err(RouteError::UnknownModel(msg.model)),
+        };
+        for route in candidates.iter().filter(|r| !r.provider.connected()) {
+            self.replace_provider(route);
+        }
+        let candidates = self.routes.get(&msg.model).cloned().unwrap_or_default();
+        Ok(self.order(&candidates))
+    }
+}
+
+impl Handler<ListModels> for RouterActor {
+    type Result = MessageResult<ListModels>;
+
+    fn handle(&mut self, _: ListModels, _: &mut Self::Context) -> Self::Result {
+        let mut names: Vec<String> = self.routes.keys().cloned().collect();
+        names.sort();
+        MessageResult(names)
+    }
+}
+
+impl Handler<Reload> for RouterActor {
+    type Result = ResponseActFuture<Self, Result<usize, RouteError>>;
+
+    fn handle(&mut self, _: Reload, _: &mut Self::Context) -> Self::Result {
+        self.reloads_started += 1;
+        let generation = self.reloads_started;
+        let store = self.store.clone();
+        Box::pin(
+            async move { store.send(LoadDeployments).await }
+                .into_actor(self)
+                .map(move |answer, router, _| {
+                    let deployments = answer.map_err(|_| RouteError::StoreUnavailable)??;
+                    if generation < router.reload_applied {
+                        return Ok(router.by_id.len());
+                    }
+                    router.reload_applied = generation;
+                    Ok(router.rebuild(deployments))
+                }),
+        )
+    }
+}

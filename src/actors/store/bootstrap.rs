@@ -1,0 +1,172 @@
+//! First-start work: the bootstrap admin key and the seed deployments (the built-in
+//! `mock` model and `[[models]]` from the configuration).
+
+use actix::prelude::*;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    TransactionTrait,
+};
+use serde_json::json;
+
+use super::{
+    EnsureAdminKey, HasAdminKey, NewKey, SeedDeployments, StoreActor, StoreError, audit,
+    deployments, keys,
+};
+use crate::crypto;
+use crate::domain::now_ms;
+use crate::domain::records::{Actor, DeploymentSpec, Role};
+use crate::entities::{api_key, deployment, user};
+
+const BOOTSTRAP_USER: &str = "admin";
+
+fn system_actor() -> Actor {
+    Actor {
+        user_id: "system".into(),
+        key_id: None,
+    }
+}
+
+impl Handler<EnsureAdminKey> for StoreActor {
+    type Result = ResponseFuture<Result<bool, StoreError>>;
+
+    fn handle(&mut self, msg: EnsureAdminKey, _: &mut Self::Context) -> Self::Result {
+        self.run(move |db, _| async move {
+            let secret = msg.key.expose().to_string();
+            let hash = crypto::hash_api_key_hex(&secret);
+            let txn = db.begin().await?;
+            if api_key::Entity::find()
+                .filter(api_key::Column::KeyHash.eq(hash))
+                .one(&txn)
+                .await?
+                .is_some()
+            {
+                return Ok(false);
+            }
+            if user::Entity::find_by_id(BOOTSTRAP_USER)
+                .one(&txn)
+                .await?
+                .is_none()
+            {
+                let now = now_ms();
+                user::ActiveModel {
+                    id: Set(BOOTSTRAP_USER.into()),
+                    name: Set(Some("Bootstrap administrator".into())),
+                    role: Set(Role::Admin.as_str().into()),
+                    rpm_limit: Set(None),
+                    tpm_limit: Set(None),
+                    token_quota: Set(None),
+                    budget_usd: Set(None),
+                    disabled: Set(false),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                }
+                .insert(&txn)
+                .await?;
+            }
+            let id = format!("key_{}", uuid::Uuid::now_v7().simple());
+            let key = NewKey {
+                user_id: BOOTSTRAP_USER.into(),
+                name: Some("bootstrap".into()),
+                models: None,
+                rpm_limit: None,
+                expires_at: None,
+            };
+            keys::insert(&txn, id.clone(), &key, &secret).await?;
+            audit::append(
+                &txn,
+                &system_actor(),
+                "key.bootstrap",
+                "api_key",
+                &id,
+                json!({}),
+            )
+            .await?;
+            txn.commit().await?;
+            Ok(true)
+        })
+    }
+}
+
+impl Handler<HasAdminKey> for StoreActor {
+    type Result = ResponseFuture<Result<bool, StoreError>>;
+
+    fn handle(&mut self, _: HasAdminKey, _: &mut Self::Context) -> Self::Result {
+        self.run(|db, _| async move {
+            let admins: Vec<String> = user::Entity::find()
+                .filter(user::Column::Role.eq(Role::Admin.as_str()))
+                .filter(user::Column::Disabled.eq(false))
+                .all(&db)
+                .await?
+                .into_iter()
+                .map(|u| u.id)
+                .collect();
+            if admins.is_empty() {
+                return Ok(false);
+            }
+            let live = api_key::Entity::find()
+                .filter(api_key::Column::UserId.is_in(admins))
+                .filter(api_key::Column::RevokedAt.is_null())
+                .count(&db)
+                .await?;
+            Ok(live > 0)
+        })
+    }
+}
+
+impl Handler<SeedDeployments> for StoreActor {
+    type Result = ResponseFuture<Result<usize, StoreError>>;
+
+    fn handle(&mut self, msg: SeedDeployments, _: &mut Self::Context) -> Self::Result {
+        self.run(move |db, key| async move {
+            let txn = db.begin().await?;
+            let mut specs = Vec::new();
+            if deployment::Entity::find().count(&txn).await? == 0 {
+                specs.push(DeploymentSpec {
+                    model_id: Some("mock".into()),
+                    vendor_type: Some("Mock".into()),
+                    ..Default::default()
+                });
+            }
+            for seed in msg.seeds {
+                let exists = deployment::Entity::find()
+                    .filter(deployment::Column::ModelId.eq(seed.model_id.clone()))
+                    .count(&txn)
+                    .await?
+                    > 0;
+                if !exists {
+                    specs.push(DeploymentSpec {
+                        model_id: Some(seed.model_id),
+                        vendor_type: Some(seed.vendor_type),
+                        base_url: Some(seed.base_url),
+                        upstream_model: Some(seed.upstream_model),
+                        api_key: Some(seed.api_key),
+                        weight: seed.weight,
+                        priority: seed.priority,
+                        price_input_per_mtok: Some(seed.price_input_per_mtok),
+                        price_output_per_mtok: Some(seed.price_output_per_mtok),
+                        connect_timeout_ms: Some(seed.connect_timeout_ms),
+                        request_timeout_ms: Some(seed.request_timeout_ms),
+                        max_concurrency: Some(seed.max_concurrency),
+                        enabled: None,
+                    });
+                }
+            }
+            let created = specs.len();
+            for spec in specs {
+                let row = deployments::new_row(&spec, &key)?.insert(&txn).await?;
+                let details = json!({"model_id": row.model_id, "vendor_type": row.vendor_type});
+                audit::append(
+                    &txn,
+                    &system_actor(),
+                    "model.seed",
+                    "deployment",
+                    &row.id,
+                    details,
+                )
+                .await?;
+            }
+            txn.commit().await?;
+            Ok(created)
+        })
+    }
+}

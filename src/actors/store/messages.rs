@@ -1,0 +1,162 @@
+//! The messages `StoreActor` answers, one per verb.
+
+use actix::Message;
+
+use super::StoreError;
+use crate::config::{ModelSeed, Secret};
+use crate::domain::records::{
+    Actor, ApiKeyInfo, AuditEntry, Deployment, DeploymentSpec, DeploymentWithSecret, KeyGrant,
+    Role, User,
+};
+use crate::domain::usage::UsageRecord;
+
+/// From the HTTP edge, fire-and-forget: buffer one usage row for the next batch.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RecordUsage(pub UsageRecord);
+
+/// Write every buffered usage row now; answers once they are in the database.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FlushUsage;
+
+/// Readiness probe: answers `Ok` when the database answers.
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct Ping;
+
+/// From the auth extractor on a cache miss: what the key with this SHA-256 (hex) grants,
+/// or `None` for an unknown or revoked key.
+#[derive(Message)]
+#[rtype(result = "Result<Option<KeyGrant>, StoreError>")]
+pub struct LookupKey {
+    pub key_hash: String,
+}
+
+/// At startup: make sure the bootstrap admin key exists. Answers whether it was created.
+#[derive(Message)]
+#[rtype(result = "Result<bool, StoreError>")]
+pub struct EnsureAdminKey {
+    pub key: Secret,
+}
+
+/// At startup: whether any admin user holds a live key.
+#[derive(Message)]
+#[rtype(result = "Result<bool, StoreError>")]
+pub struct HasAdminKey;
+
+/// At startup: create the built-in `mock` model on a fresh database, and each configured
+/// seed whose `model_id` has no deployment yet. Answers how many were created.
+#[derive(Message)]
+#[rtype(result = "Result<usize, StoreError>")]
+pub struct SeedDeployments {
+    pub seeds: Vec<ModelSeed>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UserFields {
+    pub name: Option<Option<String>>,
+    pub role: Option<Role>,
+    pub rpm_limit: Option<Option<i64>>,
+    pub tpm_limit: Option<Option<i64>>,
+    pub token_quota: Option<Option<i64>>,
+    pub budget_usd: Option<Option<f64>>,
+    pub disabled: Option<bool>,
+}
+
+/// Create a user; 409 if the id is taken.
+#[derive(Message)]
+#[rtype(result = "Result<User, StoreError>")]
+pub struct CreateUser {
+    pub user_id: String,
+    pub fields: UserFields,
+    pub actor: Actor,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Vec<User>, StoreError>")]
+pub struct ListUsers;
+
+#[derive(Message)]
+#[rtype(result = "Result<User, StoreError>")]
+pub struct GetUser {
+    pub user_id: String,
+}
+
+/// Change the given fields of a user; with `create_if_absent`, an unknown id is created.
+#[derive(Message)]
+#[rtype(result = "Result<User, StoreError>")]
+pub struct UpdateUser {
+    pub user_id: String,
+    pub fields: UserFields,
+    pub create_if_absent: bool,
+    pub actor: Actor,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub user_id: String,
+    pub name: Option<String>,
+    pub models: Option<Vec<String>>,
+    pub rpm_limit: Option<i64>,
+    pub expires_at: Option<i64>,
+}
+
+/// Create an API key; answers its record and the secret, which exists nowhere else.
+#[derive(Message)]
+#[rtype(result = "Result<(ApiKeyInfo, Secret), StoreError>")]
+pub struct CreateKey {
+    pub key: NewKey,
+    pub actor: Actor,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Vec<ApiKeyInfo>, StoreError>")]
+pub struct ListKeys {
+    pub user_id: Option<String>,
+}
+
+/// Revoke a key; the caller invalidates the auth cache when this answers.
+#[derive(Message)]
+#[rtype(result = "Result<ApiKeyInfo, StoreError>")]
+pub struct RevokeKey {
+    pub id: String,
+    pub actor: Actor,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Deployment, StoreError>")]
+pub struct CreateDeployment {
+    pub spec: DeploymentSpec,
+    pub actor: Actor,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Deployment>, StoreError>")]
+pub struct ListDeployments;
+
+#[derive(Message)]
+#[rtype(result = "Result<Deployment, StoreError>")]
+pub struct UpdateDeployment {
+    pub id: String,
+    pub spec: DeploymentSpec,
+    pub actor: Actor,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Deployment, StoreError>")]
+pub struct DeleteDeployment {
+    pub id: String,
+    pub actor: Actor,
+}
+
+/// From the router: every enabled deployment with its upstream key opened.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<DeploymentWithSecret>, StoreError>")]
+pub struct LoadDeployments;
+
+#[derive(Message)]
+#[rtype(result = "Result<Vec<AuditEntry>, StoreError>")]
+pub struct ListAudit {
+    pub limit: u64,
+}

@@ -1,0 +1,422 @@
+//! Typed configuration: defaults < `config.toml` < `LOWART_<SECTION>__<KEY>` environment,
+//! with `${ENV}` expansion inside string values and the well-known variables
+//! (`DATABASE_URL`, `LOWART_MASTER_KEY`, `LOWART_ADMIN_KEY`, `LISTEN_MODE=UDS`).
+//! `Settings` is immutable once loaded; live changes travel as messages to actors.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration could not be loaded; the message names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("configuration key `{key}` refers to environment variable `{var}`, which is not set")]
+    MissingEnv { key: String, var: String },
+    #[error("configuration key `{key}`: {message}")]
+    BadValue { key: String, message: String },
+}
+
+/// A secret string: `Debug` and `Serialize` print `***`, never the value.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub security: SecuritySettings,
+    pub telemetry: TelemetrySettings,
+    pub models: Vec<ModelSeed>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// TCP address; port 0 picks a free port.
+    pub listen: String,
+    /// Unix domain socket path; when set (or with `LISTEN_MODE=UDS`) the gateway listens there.
+    pub uds: Option<PathBuf>,
+    /// Permission bits of the socket file, e.g. `0o660` written as 432.
+    pub uds_mode: u32,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Largest accepted request body, in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may run after SIGTERM/SIGINT.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            uds: None,
+            uds_mode: 0o660,
+            workers: 0,
+            max_body_bytes: 4 * 1024 * 1024,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://FILE?mode=rwc` or `postgres://…`; `DATABASE_URL` overrides it.
+    pub url: Secret,
+    pub max_connections: u32,
+    /// Usage rows are written when this many are buffered …
+    pub usage_batch_size: usize,
+    /// … or after this long, whichever comes first.
+    pub usage_flush_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("sqlite://lowart.db?mode=rwc"),
+            max_connections: 8,
+            usage_batch_size: 256,
+            usage_flush_ms: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecuritySettings {
+    /// AES-256-GCM key as 64 hex characters; `LOWART_MASTER_KEY` sets it.
+    pub master_key: Option<Secret>,
+    /// Where the master key is kept when none is configured; created (0600) on first start.
+    pub master_key_file: PathBuf,
+    /// Bootstrap admin API key; `LOWART_ADMIN_KEY` sets it.
+    pub admin_key: Option<Secret>,
+    /// How long an API-key lookup stays cached (admin changes invalidate it at once).
+    pub key_cache_ttl_ms: u64,
+}
+
+impl Default for SecuritySettings {
+    fn default() -> Self {
+        Self {
+            master_key: None,
+            master_key_file: PathBuf::from("lowart.key"),
+            admin_key: None,
+            key_cache_ttl_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    /// `tracing` env-filter directive; `RUST_LOG` overrides it.
+    pub log_filter: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Pretty,
+            log_filter: "info,sqlx=warn,sea_orm=warn".into(),
+        }
+    }
+}
+
+/// A deployment created at startup when no deployment of that `model_id` and
+/// `vendor_type` exists yet; same fields as `POST /admin/models`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSeed {
+    pub model_id: String,
+    pub vendor_type: String,
+    pub base_url: Option<String>,
+    pub api_key: Option<Secret>,
+    pub upstream_model: Option<String>,
+    pub weight: Option<i32>,
+    pub priority: Option<i32>,
+    pub price_input_per_mtok: Option<f64>,
+    pub price_output_per_mtok: Option<f64>,
+    pub connect_timeout_ms: Option<i64>,
+    pub request_timeout_ms: Option<i64>,
+    pub max_concurrency: Option<i32>,
+}
+
+/// Reads the process environment; injectable so tests never touch the real one.
+pub trait EnvSource {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Settings {
+    /// Loads `path` (missing file = defaults) layered with the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if path.exists() {
+            figment = figment.merge(Toml::file_exact(path));
+        } else if path != Path::new("config.toml") {
+            return Err(ConfigError::Invalid(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        figment = figment.merge(
+            Env::prefixed("LOWART_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
+        Self::from_figment(figment, &ProcessEnv)
+    }
+
+    /// Parses a TOML document without consulting the process environment for overrides
+    /// (but `${VAR}` and the well-known variables still come from `env`).
+    pub fn from_toml_str(toml: &str, env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(toml)), env)
+    }
+
+    fn from_figment(figment: Figment, env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        let mut root: Dict = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        for (key, value) in root.iter_mut() {
+            expand_env(key, value, env)?;
+        }
+        let mut settings: Settings = Figment::from(Serialized::defaults(root))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        settings.apply_well_known(env);
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn apply_well_known(&mut self, env: &dyn EnvSource) {
+        if let Some(url) = env.var("DATABASE_URL") {
+            self.database.url = Secret::new(url);
+        }
+        if let Some(key) = env.var("LOWART_MASTER_KEY") {
+            self.security.master_key = Some(Secret::new(key));
+        }
+        if let Some(key) = env.var("LOWART_ADMIN_KEY") {
+            self.security.admin_key = Some(Secret::new(key));
+        }
+        if env
+            .var("LISTEN_MODE")
+            .is_some_and(|m| m.eq_ignore_ascii_case("uds"))
+            && self.server.uds.is_none()
+        {
+            self.server.uds = Some(PathBuf::from("./lowart.sock"));
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| ConfigError::BadValue {
+            key: key.into(),
+            message: message.into(),
+        };
+        if self.server.uds.is_none() && self.server.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(bad(
+                "server.listen",
+                "expected an address like 127.0.0.1:8080",
+            ));
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(bad("server.max_body_bytes", "must be greater than 0"));
+        }
+        let url = self.database.url.expose();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(bad("database.url", "expected a sqlite: or postgres:// URL"));
+        }
+        if self.database.usage_batch_size == 0 {
+            return Err(bad("database.usage_batch_size", "must be greater than 0"));
+        }
+        if let Some(key) = &self.security.master_key
+            && crate::crypto::MasterKey::from_hex(key.expose()).is_err()
+        {
+            return Err(bad(
+                "security.master_key",
+                "expected 64 hex characters (32 bytes)",
+            ));
+        }
+        for (i, seed) in self.models.iter().enumerate() {
+            if crate::providers::VendorType::parse(&seed.vendor_type).is_none() {
+                return Err(bad(
+                    &format!("models[{i}].vendor_type"),
+                    &format!(
+                        "unknown vendor `{}`; supported: {}",
+                        seed.vendor_type,
+                        crate::providers::VendorType::SUPPORTED
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML-like JSON with secrets masked.
+    pub fn masked_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("<unprintable: {e}>"))
+    }
+}
+
+/// Replaces `${VAR}` in every string under `value`, naming `key` when a variable is unset.
+fn expand_env(key: &str, value: &mut Value, env: &dyn EnvSource) -> Result<(), ConfigError> {
+    match value {
+        Value::String(_, s) if s.contains("${") => *s = expand_str(key, s, env)?,
+        Value::Dict(_, dict) => {
+            for (k, v) in dict.iter_mut() {
+                expand_env(&format!("{key}.{k}"), v, env)?;
+            }
+        }
+        Value::Array(_, items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                expand_env(&format!("{key}[{i}]"), v, env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_str(key: &str, s: &str, env: &dyn EnvSource) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(ConfigError::BadValue {
+                key: key.into(),
+                message: "unterminated `${`".into(),
+            });
+        };
+        let var = &after[..end];
+        let value = env.var(var).ok_or_else(|| ConfigError::MissingEnv {
+            key: key.into(),
+            var: var.into(),
+        })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct FakeEnv(HashMap<&'static str, &'static str>);
+    impl EnvSource for FakeEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|v| v.to_string())
+        }
+    }
+
+    #[test]
+    fn empty_config_gives_defaults() -> Result<(), ConfigError> {
+        let s = Settings::from_toml_str("", &FakeEnv(HashMap::new()))?;
+        assert_eq!(s.server.listen, "127.0.0.1:8080");
+        assert_eq!(s.database.url.expose(), "sqlite://lowart.db?mode=rwc");
+        Ok(())
+    }
+
+    #[test]
+    fn env_references_are_expanded_and_well_known_variables_win() -> Result<(), ConfigError> {
+        let env = FakeEnv(HashMap::from([
+            ("UPSTREAM_KEY", "sk-123"),
+            ("DATABASE_URL", "postgres://x/y"),
+            ("LISTEN_MODE", "UDS"),
+        ]));
+        let s = Settings::from_toml_str(
+            "[[models]]\nmodel_id='a'\nvendor_type='OpenAI'\napi_key='${UPSTREAM_KEY}'\n",
+            &env,
+        )?;
+        assert_eq!(
+            s.models[0].api_key.as_ref().map(|k| k.expose().to_string()),
+            Some("sk-123".to_string())
+        );
+        assert_eq!(s.database.url.expose(), "postgres://x/y");
+        assert_eq!(s.server.uds, Some(PathBuf::from("./lowart.sock")));
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_key_and_unset_variable_are_named() {
+        let env = FakeEnv(HashMap::new());
+        let unknown = Settings::from_toml_str("[server]\nlisen='x'\n", &env)
+            .map_err(|e| e.to_string())
+            .err()
+            .unwrap_or_default();
+        assert!(unknown.contains("lisen"), "{unknown}");
+        let unset = Settings::from_toml_str("[database]\nurl='${NOPE}'\n", &env)
+            .map_err(|e| e.to_string())
+            .err()
+            .unwrap_or_default();
+        assert!(
+            unset.contains("database.url") && unset.contains("NOPE"),
+            "{unset}"
+        );
+        let bad = Settings::from_toml_str("[server]\nlisten='nowhere'\n", &env)
+            .map_err(|e| e.to_string())
+            .err()
+            .unwrap_or_default();
+        assert!(bad.contains("server.listen"), "{bad}");
+    }
+
+    #[test]
+    fn secrets_are_masked_when_printed() -> Result<(), ConfigError> {
+        let env = FakeEnv(HashMap::from([("LOWART_ADMIN_KEY", "super-secret")]));
+        let s = Settings::from_toml_str("", &env)?;
+        assert!(!s.masked_json().contains("super-secret"));
+        assert!(!format!("{s:?}").contains("super-secret"));
+        Ok(())
+    }
+}

@@ -1,0 +1,257 @@
+//! Validation of an OpenAI chat-completion body. The body is kept as a JSON object so that
+//! fields the gateway does not know (tools, response_format, vendor extensions) pass
+//! through untouched; the fields the gateway relies on are checked with a precise `param`.
+
+use serde_json::{Map, Value};
+
+use crate::error::{ApiError, ErrorKind};
+
+const ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
+/// A validated chat-completion request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    pub body: Map<String, Value>,
+    pub model: String,
+    pub stream: bool,
+    /// The client asked for a final usage chunk (`stream_options.include_usage`).
+    pub include_usage: bool,
+}
+
+impl ChatRequest {
+    pub fn parse(bytes: &[u8]) -> Result<Self, ApiError> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            ApiError::new(
+                ErrorKind::InvalidJson,
+                format!("request body is not valid JSON: {e}"),
+            )
+        })?;
+        let Value::Object(body) = value else {
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                "request body must be a JSON object",
+            ));
+        };
+        let model = match body.get("model") {
+            Some(Value::String(m)) if !m.is_empty() => m.clone(),
+            Some(Value::String(_)) | None | Some(Value::Null) => {
+                return Err(ApiError::invalid(
+                    "model",
+                    "you must provide a model parameter",
+                ));
+            }
+            Some(_) => return Err(ApiError::invalid("model", "`model` must be a string")),
+        };
+        validate_messages(body.get("messages"))?;
+        let stream = optional_bool(&body, "stream")?.unwrap_or(false);
+        let include_usage = match body.get("stream_options") {
+            None | Some(Value::Null) => false,
+            Some(Value::Object(opts)) => match opts.get("include_usage") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        "stream_options.include_usage",
+                        "`stream_options.include_usage` must be a boolean",
+                    ));
+                }
+            },
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "stream_options",
+                    "`stream_options` must be an object",
+                ));
+            }
+        };
+        for field in ["max_tokens", "max_completion_tokens", "n"] {
+            if let Some(v) = body.get(field).filter(|v| !v.is_null())
+                && v.as_i64().is_none_or(|n| n < 1)
+            {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("`{field}` must be an integer greater than 0"),
+                ));
+            }
+        }
+        for field in [
+            "temperature",
+            "top_p",
+            "presence_penalty",
+            "frequency_penalty",
+        ] {
+            if let Some(v) = body.get(field).filter(|v| !v.is_null())
+                && !v.is_number()
+            {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("`{field}` must be a number"),
+                ));
+            }
+        }
+        if let Some(v) = body.get("tools").filter(|v| !v.is_null())
+            && !v.is_array()
+        {
+            return Err(ApiError::invalid("tools", "`tools` must be an array"));
+        }
+        Ok(Self {
+            body,
+            model,
+            stream,
+            include_usage,
+        })
+    }
+
+    /// The text of the last user message (text parts joined), for the mock vendor.
+    pub fn last_user_text(&self) -> String {
+        let Some(Value::Array(messages)) = self.body.get("messages") else {
+            return String::new();
+        };
+        messages
+            .iter()
+            .rev()
+            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+            .map(|m| content_text(m.get("content")))
+            .unwrap_or_default()
+    }
+
+    /// Every message's text, for deterministic token estimates by the mock vendor.
+    pub fn all_text(&self) -> String {
+        let Some(Value::Array(messages)) = self.body.get("messages") else {
+            return String::new();
+        };
+        messages
+            .iter()
+            .map(|m| content_text(m.get("content")))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn content_text(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+fn optional_bool(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ApiError::invalid(
+            field,
+            format!("`{field}` must be a boolean"),
+        )),
+    }
+}
+
+fn validate_messages(messages: Option<&Value>) -> Result<(), ApiError> {
+    let messages = match messages {
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid("messages", "`messages` is required"));
+        }
+        Some(Value::Array(m)) => m,
+        Some(_) => return Err(ApiError::invalid("messages", "`messages` must be an array")),
+    };
+    if messages.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` must contain at least one message",
+        ));
+    }
+    for (i, message) in messages.iter().enumerate() {
+        let Value::Object(message) = message else {
+            return Err(ApiError::invalid(
+                format!("messages[{i}]"),
+                "each message must be an object",
+            ));
+        };
+        match message.get("role") {
+            Some(Value::String(role)) if ROLES.contains(&role.as_str()) => {}
+            Some(Value::String(role)) => {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].role"),
+                    format!(
+                        "unknown role `{role}`; expected one of {}",
+                        ROLES.join(", ")
+                    ),
+                ));
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].role"),
+                    "each message needs a string `role`",
+                ));
+            }
+        }
+        match message.get("content") {
+            None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].content"),
+                    "`content` must be a string or an array of content parts",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param_of(body: &str) -> Option<String> {
+        ChatRequest::parse(body.as_bytes())
+            .err()
+            .and_then(|e| e.param)
+    }
+
+    #[test]
+    fn a_valid_body_keeps_unknown_fields() -> Result<(), ApiError> {
+        let req = ChatRequest::parse(
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,
+                "stream_options":{"include_usage":true},"tools":[],"x_vendor":1}"#,
+        )?;
+        assert!(req.stream && req.include_usage);
+        assert_eq!(req.body.get("x_vendor"), Some(&Value::from(1)));
+        assert_eq!(req.last_user_text(), "hi");
+        Ok(())
+    }
+
+    #[test]
+    fn invalid_bodies_name_the_offending_param() {
+        assert_eq!(param_of(r#"{"messages":[]}"#).as_deref(), Some("model"));
+        assert_eq!(param_of(r#"{"model":"m"}"#).as_deref(), Some("messages"));
+        assert_eq!(
+            param_of(r#"{"model":"m","messages":"hi"}"#).as_deref(),
+            Some("messages")
+        );
+        assert_eq!(
+            param_of(r#"{"model":"m","messages":[{"role":"wizard"}]}"#).as_deref(),
+            Some("messages[0].role")
+        );
+        assert_eq!(
+            param_of(r#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#).as_deref(),
+            Some("stream")
+        );
+        assert_eq!(
+            param_of(r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":-1}"#).as_deref(),
+            Some("max_tokens")
+        );
+        let not_json = ChatRequest::parse(b"{nope").err().map(|e| e.kind);
+        assert_eq!(not_json, Some(ErrorKind::InvalidJson));
+    }
+}

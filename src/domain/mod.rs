@@ -1,0 +1,12 @@
+//! Pure logic and plain data: no actors, no I/O. Records that cross actor boundaries and
+//! serialise to clients live here so `http/` never touches storage entities.
+
+pub mod chat;
+pub mod records;
+pub mod sse;
+pub mod usage;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

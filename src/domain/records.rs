@@ -1,0 +1,151 @@
+//! Records that cross from the store to the HTTP edge: users, keys, deployments, audit
+//! entries. They serialise as the admin API's answers; secrets are simply not fields.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::config::Secret;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Operator,
+    Viewer,
+    User,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "admin" => Some(Self::Admin),
+            "operator" => Some(Self::Operator),
+            "viewer" => Some(Self::Viewer),
+            "user" => Some(Self::User),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Operator => "operator",
+            Self::Viewer => "viewer",
+            Self::User => "user",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct User {
+    pub user_id: String,
+    pub name: Option<String>,
+    pub role: Role,
+    pub rpm_limit: Option<i64>,
+    pub tpm_limit: Option<i64>,
+    pub token_quota: Option<i64>,
+    pub budget_usd: Option<f64>,
+    pub disabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// An API key as the admin API shows it: never the secret, never its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiKeyInfo {
+    pub id: String,
+    pub user_id: String,
+    pub name: Option<String>,
+    pub prefix: String,
+    pub models: Option<Vec<String>>,
+    pub rpm_limit: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub created_at: i64,
+}
+
+/// What a valid key grants, as the auth cache holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyGrant {
+    pub key_id: String,
+    pub user_id: String,
+    pub role: Role,
+    pub models: Option<Arc<[String]>>,
+    pub rpm_limit: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub user_disabled: bool,
+}
+
+impl KeyGrant {
+    pub fn permits_model(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|models| models.iter().any(|m| m == model))
+    }
+}
+
+/// A deployment as stored, minus its secret (`has_api_key` says whether one is set).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Deployment {
+    pub id: String,
+    pub model_id: String,
+    pub vendor_type: String,
+    pub base_url: Option<String>,
+    pub upstream_model: Option<String>,
+    pub has_api_key: bool,
+    pub weight: i32,
+    pub priority: i32,
+    pub price_input_per_mtok: Option<f64>,
+    pub price_output_per_mtok: Option<f64>,
+    pub connect_timeout_ms: Option<i64>,
+    pub request_timeout_ms: Option<i64>,
+    pub max_concurrency: Option<i32>,
+    pub enabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A deployment with its decrypted upstream key, for the router only.
+#[derive(Debug, Clone)]
+pub struct DeploymentWithSecret {
+    pub deployment: Deployment,
+    pub api_key: Option<Secret>,
+}
+
+/// The fields of a deployment an admin may set; `None` leaves a field as it is on update.
+#[derive(Debug, Clone, Default)]
+pub struct DeploymentSpec {
+    pub model_id: Option<String>,
+    pub vendor_type: Option<String>,
+    pub base_url: Option<Option<String>>,
+    pub upstream_model: Option<Option<String>>,
+    pub api_key: Option<Option<Secret>>,
+    pub weight: Option<i32>,
+    pub priority: Option<i32>,
+    pub price_input_per_mtok: Option<Option<f64>>,
+    pub price_output_per_mtok: Option<Option<f64>>,
+    pub connect_timeout_ms: Option<Option<i64>>,
+    pub request_timeout_ms: Option<Option<i64>>,
+    pub max_concurrency: Option<Option<i32>>,
+    pub enabled: Option<bool>,
+}
+
+/// Who did an admin mutation, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub user_id: String,
+    pub key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub actor_user_id: String,
+    pub actor_key_id: Option<String>,
+    pub action: String,
+    pub target_type: String,
+    pub target_id: String,
+    pub details: serde_json::Value,
+    pub created_at: i64,
+}

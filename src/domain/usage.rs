@@ -1,0 +1,135 @@
+//! Token usage and cost: what a request consumed and what it cost, with where the figures
+//! came from, so no row is ever a silent zero.
+
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TokenUsage {
+    pub prompt: i64,
+    pub completion: i64,
+    pub total: i64,
+}
+
+impl TokenUsage {
+    /// Reads an OpenAI `usage` object; `None` when absent or not numeric.
+    pub fn from_openai(usage: &Value) -> Option<Self> {
+        let prompt = usage.get("prompt_tokens")?.as_i64()?;
+        let completion = usage.get("completion_tokens")?.as_i64()?;
+        let total = usage
+            .get("total_tokens")
+            .and_then(Value::as_i64)
+            .unwrap_or(prompt + completion);
+        Some(Self {
+            prompt,
+            completion,
+            total,
+        })
+    }
+}
+
+/// Where a usage row's token figures came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageSource {
+    /// The vendor's own figures.
+    Reported,
+    /// The client went away mid-stream; figures are what is known so far.
+    Partial,
+    /// No figures: the request failed before any, or the vendor did not report them.
+    Missing,
+}
+
+impl UsageSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reported => "reported",
+            Self::Partial => "partial",
+            Self::Missing => "missing",
+        }
+    }
+}
+
+/// Prices of one deployment, USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Prices {
+    pub input_per_mtok: Option<f64>,
+    pub output_per_mtok: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CostStatus {
+    Priced,
+    Unpriced,
+    Unknown,
+}
+
+impl CostStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Priced => "priced",
+            Self::Unpriced => "unpriced",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl Prices {
+    /// The cost of `usage`; `Unpriced` when the deployment has no price, `Unknown` when
+    /// there are no token figures.
+    pub fn cost(&self, usage: Option<TokenUsage>) -> (Option<f64>, CostStatus) {
+        let Some(u) = usage else {
+            return (None, CostStatus::Unknown);
+        };
+        match (self.input_per_mtok, self.output_per_mtok) {
+            (None, None) => (None, CostStatus::Unpriced),
+            (i, o) => {
+                let cost = u.prompt as f64 * i.unwrap_or(0.0) / 1e6
+                    + u.completion as f64 * o.unwrap_or(0.0) / 1e6;
+                (Some(cost), CostStatus::Priced)
+            }
+        }
+    }
+}
+
+/// One usage row on its way to the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRecord {
+    pub request_id: String,
+    pub user_id: Option<String>,
+    pub key_id: Option<String>,
+    pub model: String,
+    pub deployment_id: Option<String>,
+    pub usage: Option<TokenUsage>,
+    pub cost_usd: Option<f64>,
+    pub cost_status: CostStatus,
+    pub status: u16,
+    pub error_class: Option<String>,
+    pub latency_ms: i64,
+    pub overhead_ms: f64,
+    pub ttft_ms: Option<i64>,
+    pub stream: bool,
+    pub usage_source: UsageSource,
+    pub created_at: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_is_priced_per_million_tokens_and_unpriced_without_prices() {
+        let usage = Some(TokenUsage {
+            prompt: 1_000,
+            completion: 500,
+            total: 1_500,
+        });
+        let prices = Prices {
+            input_per_mtok: Some(2.0),
+            output_per_mtok: Some(8.0),
+        };
+        let (cost, status) = prices.cost(usage);
+        assert_eq!(status, CostStatus::Priced);
+        assert!((cost.unwrap_or_default() - 0.006).abs() < 1e-12);
+        assert_eq!(Prices::default().cost(usage), (None, CostStatus::Unpriced));
+        assert_eq!(prices.cost(None), (None, CostStatus::Unknown));
+    }
+}

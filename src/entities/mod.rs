@@ -1,0 +1,9 @@
+//! SeaORM entities, one file per table. Storage types only: they never appear in an HTTP
+//! response (see `http::dto` for the wire types). Times are Unix milliseconds.
+
+pub mod api_key;
+pub mod audit_log;
+pub mod deployment;
+pub mod model_fallback;
+pub mod usage;
+pub mod user;

@@ -1,0 +1,34 @@
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "usage")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    pub request_id: String,
+    pub user_id: Option<String>,
+    pub key_id: Option<String>,
+    pub model: String,
+    pub deployment_id: Option<String>,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub total_tokens: Option<i64>,
+    pub cost_usd: Option<f64>,
+    /// `priced`, `unpriced` or `unknown` (no token counts).
+    pub cost_status: String,
+    /// HTTP status the client received.
+    pub status: i32,
+    pub error_class: Option<String>,
+    pub latency_ms: i64,
+    pub overhead_ms: f64,
+    pub ttft_ms: Option<i64>,
+    pub stream: bool,
+    /// `reported`, `counted`, `partial` or `missing`.
+    pub usage_source: String,
+    pub created_at: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,25 @@
+//! `GET /admin/audit`: the newest admin mutations first.
+
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+use crate::actors::ASK_TIMEOUT;
+use crate::actors::store::ListAudit;
+use crate::error::ApiError;
+use crate::http::AppState;
+use crate::http::dto::AuditQuery;
+use crate::http::extract::AdminReader;
+
+pub async fn list_audit(
+    state: web::Data<AppState>,
+    _: AdminReader,
+    query: web::Query<AuditQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let entries = state
+        .store
+        .send(ListAudit { limit })
+        .timeout(ASK_TIMEOUT)
+        .await??;
+    Ok(HttpResponse::Ok().json(json!({"data": entries})))
+}

@@ -1,0 +1,68 @@
+//! `/admin/keys`: create (the secret is in this answer only), list, revoke. Revocation
+//! clears the key cache before answering, so the very next request with the key is a 401.
+
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+use crate::actors::ASK_TIMEOUT;
+use crate::actors::store::{CreateKey, ListKeys, NewKey, RevokeKey};
+use crate::error::ApiError;
+use crate::http::AppState;
+use crate::http::dto::{CreateKeyBody, KeysQuery};
+use crate::http::extract::{Admin, AdminReader};
+
+pub async fn create_key(
+    state: web::Data<AppState>,
+    caller: Admin,
+    body: web::Json<CreateKeyBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    if body.rpm_limit.is_some_and(|n| n < 0) {
+        return Err(ApiError::invalid(
+            "rpm_limit",
+            "`rpm_limit` must not be negative",
+        ));
+    }
+    let key = NewKey {
+        user_id: body.user_id,
+        name: body.name,
+        models: body.models,
+        rpm_limit: body.rpm_limit,
+        expires_at: body.expires_at.map(|t| t.to_ms("expires_at")).transpose()?,
+    };
+    let msg = CreateKey {
+        key,
+        actor: caller.actor(),
+    };
+    let (info, secret) = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
+    state.keys.invalidate_all();
+    let mut answer = serde_json::to_value(&info).map_err(|_| ApiError::internal())?;
+    answer["key"] = json!(secret.expose());
+    Ok(HttpResponse::Created().json(answer))
+}
+
+pub async fn list_keys(
+    state: web::Data<AppState>,
+    _: AdminReader,
+    query: web::Query<KeysQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let msg = ListKeys {
+        user_id: query.into_inner().user_id,
+    };
+    let keys = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
+    Ok(HttpResponse::Ok().json(json!({"data": keys})))
+}
+
+pub async fn revoke_key(
+    state: web::Data<AppState>,
+    caller: Admin,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let msg = RevokeKey {
+        id: path.into_inner(),
+        actor: caller.actor(),
+    };
+    let info = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
+    state.keys.invalidate_all();
+    Ok(HttpResponse::Ok().json(info))
+}

@@ -1,0 +1,27 @@
+//! The admin API under `/admin`: users, keys, models (deployments), audit log. Reads need
+//! admin, operator or viewer; model changes admin or operator; user and key changes admin.
+//! Every change is audited by the store in the change's own transaction.
+
+pub mod audit;
+pub mod keys;
+pub mod models;
+pub mod users;
+
+use actix_web::web;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/users", web::post().to(users::create_user))
+        .route("/users", web::get().to(users::list_users))
+        .route("/users/quota", web::post().to(users::set_quota))
+        .route("/users/{user_id}", web::get().to(users::get_user))
+        .route("/users/{user_id}", web::patch().to(users::update_user))
+        .route("/users/{user_id}", web::delete().to(users::disable_user))
+        .route("/keys", web::post().to(keys::create_key))
+        .route("/keys", web::get().to(keys::list_keys))
+        .route("/keys/{id}", web::delete().to(keys::revoke_key))
+        .route("/models", web::post().to(models::create_model))
+        .route("/models", web::get().to(models::list_models))
+        .route("/models/{id}", web::patch().to(models::update_model))
+        .route("/models/{id}", web::delete().to(models::delete_model))
+        .route("/audit", web::get().to(audit::list_audit));
+}

@@ -1,0 +1,181 @@
+//! The HTTP edge: `configure()` lists every route; handlers are thin (extract, ask an
+//! actor or the relay, answer). Errors leave through `ApiError` only.
+
+pub mod admin;
+pub mod dto;
+pub mod extract;
+pub mod health;
+pub mod openai;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::web::{self, Bytes, BytesMut};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use futures_util::{FutureExt, StreamExt};
+
+use crate::actors::router::RouterActor;
+use crate::actors::store::StoreActor;
+use crate::config::Settings;
+use crate::domain::records::KeyGrant;
+use crate::error::{ApiError, ErrorKind};
+
+/// Cached key lookups by SHA-256 of the key; `None` caches an unknown key.
+pub type KeyCache = moka::future::Cache<[u8; 32], Option<Arc<KeyGrant>>>;
+
+/// What every handler can reach: actor addresses, the key cache, immutable settings.
+pub struct AppState {
+    pub store: Addr<StoreActor>,
+    pub router: Addr<RouterActor>,
+    pub keys: KeyCache,
+    pub settings: Arc<Settings>,
+}
+
+/// The request id of the current request (inbound `x-request-id` if sane, else a UUIDv7).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .service(
+            web::scope("/v1")
+                .route(
+                    "/chat/completions",
+                    web::post().to(openai::chat_completions::chat_completions),
+                )
+                .route("/models", web::get().to(openai::models::list_models)),
+        )
+        .service(web::scope("/admin").configure(admin::configure));
+}
+
+/// Stamps `x-request-id` and turns a handler panic into an OpenAI-shaped 500.
+pub async fn request_context(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut res = match AssertUnwindSafe(next.call(req)).catch_unwind().await {
+        Ok(res) => res?,
+        Err(_) => {
+            tracing::error!(request_id = %id, "handler panicked");
+            return Err(ApiError::internal().into());
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(REQUEST_ID, value);
+    }
+    Ok(res)
+}
+
+pub fn request_id(req: &HttpRequest) -> String {
+    req.extensions()
+        .get::<RequestId>()
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), |r| r.0.clone())
+}
+
+/// Unknown paths and methods answer in the OpenAI error shape.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    ApiError::new(
+        ErrorKind::RouteNotFound,
+        format!("no route for {} {}", req.method(), req.path()),
+    )
+    .error_response()
+}
+
+/// Reads a request body up to `limit` bytes (413 beyond it, 400 on a broken body).
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("could not read the body: {e}"),
+            )
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Maps actix's JSON, path and query extractor errors into `ApiError`s.
+pub fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(limit)
+        .error_handler(|err, _| {
+            use actix_web::error::JsonPayloadError as E;
+            let api = match &err {
+                E::OverflowKnownLength { .. } | E::Overflow { .. } => {
+                    ApiError::new(ErrorKind::PayloadTooLarge, "request body is too large")
+                }
+                E::ContentType => ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    "expected Content-Type: application/json",
+                ),
+                E::Deserialize(e) if e.is_syntax() || e.is_eof() => ApiError::new(
+                    ErrorKind::InvalidJson,
+                    format!("request body is not valid JSON: {e}"),
+                ),
+                E::Deserialize(e) => ApiError {
+                    param: field_of(&e.to_string()),
+                    ..ApiError::new(ErrorKind::InvalidRequest, format!("invalid body: {e}"))
+                },
+                _ => ApiError::new(ErrorKind::InvalidRequest, format!("invalid body: {err}")),
+            };
+            api.into()
+        })
+}
+
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|err, _| {
+        ApiError::new(ErrorKind::InvalidRequest, format!("invalid path: {err}")).into()
+    })
+}
+
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err, _| {
+        ApiError::new(ErrorKind::InvalidRequest, format!("invalid query: {err}")).into()
+    })
+}
+
+/// The field named in a serde message such as "missing field `user_id`".
+fn field_of(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let end = start + message[start..].find('`')?;
+    let field = &message[start..end];
+    (message.contains("field") && !field.contains(' ')).then(|| field.to_string())
+}

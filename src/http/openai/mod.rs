@@ -1,0 +1,4 @@
+//! The OpenAI-compatible client API.
+
+pub mod chat_completions;
+pub mod models;

@@ -1,0 +1,14 @@
+//! Lowart: an OpenAI-compatible AI API gateway built as an actor system on actix.
+//! See ARCHITECTURE.md for the map.
+
+pub mod actors;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod entities;
+pub mod error;
+pub mod http;
+pub mod providers;
+pub mod relay;
+pub mod startup;
+pub mod telemetry;

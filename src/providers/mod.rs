@@ -1,0 +1,126 @@
+//! Vendor adapters: pure translation between the OpenAI wire format (the gateway's lingua
+//! franca) and each vendor's, plus the classification of upstream failures. No actors, no
+//! I/O policy here.
+
+pub mod mock;
+pub mod openai;
+
+/// The vendors this build can route to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VendorType {
+    /// OpenAI itself or any OpenAI-compatible server (`base_url` + `/chat/completions`).
+    OpenAI,
+    /// Deterministic, in-process: echoes the last user message; no network.
+    Mock,
+}
+
+impl VendorType {
+    pub const SUPPORTED: &'static str = "OpenAI (also any OpenAI-compatible server), Mock";
+
+    /// Case-insensitive; `openai_compatible` is accepted as a synonym of `OpenAI`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().replace('-', "_").as_str() {
+            "openai" | "openai_compatible" => Some(Self::OpenAI),
+            "mock" => Some(Self::Mock),
+            _ => None,
+        }
+    }
+
+    /// The canonical spelling stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAI => "OpenAI",
+            Self::Mock => "Mock",
+        }
+    }
+
+    /// The `gen_ai.provider.name` of this vendor.
+    pub fn provider_name(self) -> &'static str {
+        match self {
+            Self::OpenAI => "openai",
+            Self::Mock => "mock",
+        }
+    }
+}
+
+/// The closed vocabulary of upstream failures; it drives breakers, retries, metrics and
+/// the client's error `code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    RateLimited,
+    Overloaded,
+    Auth,
+    Billing,
+    ContextOverflow,
+    ContentPolicy,
+    InvalidRequest,
+    Timeout,
+    Connect,
+    Upstream5xx,
+    MalformedResponse,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RateLimited => "rate_limited",
+            Self::Overloaded => "overloaded",
+            Self::Auth => "auth",
+            Self::Billing => "billing",
+            Self::ContextOverflow => "context_overflow",
+            Self::ContentPolicy => "content_policy",
+            Self::InvalidRequest => "invalid_request",
+            Self::Timeout => "timeout",
+            Self::Connect => "connect",
+            Self::Upstream5xx => "upstream_5xx",
+            Self::MalformedResponse => "malformed_response",
+        }
+    }
+
+    /// The request itself is at fault (the route is healthy): the vendor's message is
+    /// passed to the client with a 4xx.
+    pub fn is_client_fault(self) -> bool {
+        matches!(
+            self,
+            Self::ContextOverflow | Self::ContentPolicy | Self::InvalidRequest
+        )
+    }
+
+    /// What a client is told for a gateway-side failure; details stay in the logs.
+    pub fn client_message(self) -> &'static str {
+        match self {
+            Self::RateLimited => "the upstream provider is rate limiting requests",
+            Self::Overloaded => "the upstream provider is overloaded",
+            Self::Auth => "the upstream provider rejected the gateway's credentials",
+            Self::Billing => "the upstream provider refused the request for billing reasons",
+            Self::ContextOverflow => "the request exceeds the model's context window",
+            Self::ContentPolicy => "the upstream provider refused the content",
+            Self::InvalidRequest => "the upstream provider rejected the request",
+            Self::Timeout => "the upstream provider did not answer in time",
+            Self::Connect => "could not connect to the upstream provider",
+            Self::Upstream5xx => "the upstream provider failed",
+            Self::MalformedResponse => "the upstream provider sent a malformed response",
+        }
+    }
+}
+
+/// A classified upstream failure. `vendor_message` is the vendor's own text, shown to the
+/// client only for client-fault classes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamFailure {
+    pub class: FailureClass,
+    pub status: Option<u16>,
+    pub detail: String,
+    pub vendor_message: Option<String>,
+}
+
+impl UpstreamFailure {
+    pub fn new(class: FailureClass, detail: impl Into<String>) -> Self {
+        Self {
+            class,
+            status: None,
+            detail: detail.into(),
+            vendor_message: None,
+        }
+    }
+}

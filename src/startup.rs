@@ -1,0 +1,251 @@
+//! `Application::build(Settings)`: database, migrations, bootstrap, the actor tree and the
+//! HTTP server on its listener (TCP, port 0 allowed, or a Unix socket). Shutdown finishes
+//! in-flight requests, then flushes usage.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, middleware::from_fn, web};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
+
+use crate::actors::ASK_TIMEOUT;
+use crate::actors::router::{Reload, RouteError, RouterActor};
+use crate::actors::store::{
+    EnsureAdminKey, FlushUsage, HasAdminKey, SeedDeployments, StoreActor, StoreError,
+};
+use crate::config::{Secret, Settings};
+use crate::crypto::{self, CryptoError, MasterKey};
+use crate::http::{self, AppState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("router: {0}")]
+    Route(#[from] RouteError),
+    #[error("an actor did not answer during startup: {0}")]
+    Mailbox(#[from] MailboxError),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A built, listening gateway.
+pub struct Application {
+    server: Server,
+    handle: ServerHandle,
+    local_addr: Option<SocketAddr>,
+    uds: Option<PathBuf>,
+    store: Addr<StoreActor>,
+    generated_admin_key: Option<Secret>,
+}
+
+/// Opens the database (creating a SQLite file if needed) and runs pending migrations.
+pub async fn connect_and_migrate(settings: &Settings) -> Result<DatabaseConnection, StartupError> {
+    let url = settings.database.url.expose();
+    let mut options = ConnectOptions::new(url.to_string());
+    options
+        .max_connections(settings.database.max_connections.max(1))
+        .sqlx_logging(false);
+    let db = Database::connect(options).await?;
+    if url.starts_with("sqlite:") {
+        db.execute_unprepared(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
+        )
+        .await?;
+    }
+    Migrator::up(&db, None).await?;
+    Ok(db)
+}
+
+fn master_key(settings: &Settings) -> Result<MasterKey, StartupError> {
+    if let Some(hex) = &settings.security.master_key {
+        return Ok(MasterKey::from_hex(hex.expose())?);
+    }
+    let path = &settings.security.master_key_file;
+    let (key, created) = MasterKey::load_or_create(path)?;
+    if created {
+        tracing::warn!(path = %path.display(),
+            "no master key configured: created a new one (mode 0600). Back it up, or set LOWART_MASTER_KEY; without it stored provider keys cannot be decrypted");
+    }
+    Ok(key)
+}
+
+impl Application {
+    /// Builds everything and binds the listener. With `handle_signals`, SIGTERM and SIGINT
+    /// stop the server gracefully (tests leave it off: they share one process).
+    pub async fn build(settings: Settings, handle_signals: bool) -> Result<Self, StartupError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let settings = Arc::new(settings);
+        let master_key = Arc::new(master_key(&settings)?);
+        let db = connect_and_migrate(&settings).await?;
+
+        let store = StoreActor::new(
+            db,
+            master_key,
+            settings.database.usage_batch_size,
+            Duration::from_millis(settings.database.usage_flush_ms.max(1)),
+        )
+        .start();
+
+        let generated_admin_key = bootstrap_admin(&settings, &store).await?;
+        let seeded = store
+            .send(SeedDeployments {
+                seeds: settings.models.clone(),
+            })
+            .await??;
+        if seeded > 0 {
+            tracing::info!(count = seeded, "seed deployments created");
+        }
+
+        let router = {
+            let store = store.clone();
+            Supervisor::start(move |_| RouterActor::new(store))
+        };
+        let routable = router.send(Reload).timeout(ASK_TIMEOUT).await??;
+        tracing::info!(deployments = routable, "routing table loaded");
+
+        let keys = http::KeyCache::builder()
+            .max_capacity(100_000)
+            .time_to_live(Duration::from_millis(
+                settings.security.key_cache_ttl_ms.max(1),
+            ))
+            .build();
+        let state = web::Data::new(AppState {
+            store: store.clone(),
+            router,
+            keys,
+            settings: settings.clone(),
+        });
+
+        let body_limit = settings.server.max_body_bytes;
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(http::json_config(body_limit))
+                .app_data(http::path_config())
+                .app_data(http::query_config())
+                .wrap(from_fn(http::request_context))
+                .configure(http::configure)
+                .default_service(web::to(http::not_found))
+        })
+        .disable_signals()
+        .shutdown_timeout(settings.server.shutdown_grace_ms.div_ceil(1000));
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+
+        let (server, local_addr, uds) = match &settings.server.uds {
+            Some(path) => {
+                if path.exists() {
+                    std::fs::remove_file(path)?;
+                }
+                let server = server.bind_uds(path)?;
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(
+                        path,
+                        std::fs::Permissions::from_mode(settings.server.uds_mode),
+                    )?;
+                }
+                tracing::info!(socket = %path.display(), "listening on a Unix socket");
+                (server, None, Some(path.clone()))
+            }
+            None => {
+                let server = server.bind(&settings.server.listen)?;
+                let addr = server.addrs().first().copied();
+                if let Some(addr) = addr {
+                    tracing::info!(%addr, "listening");
+                }
+                (server, addr, None)
+            }
+        };
+        let server = server.run();
+        let handle = server.handle();
+        if handle_signals {
+            actix::spawn(stop_on_signal(handle.clone()));
+        }
+        Ok(Self {
+            server,
+            handle,
+            local_addr,
+            uds,
+            store,
+            generated_admin_key,
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    pub fn uds_path(&self) -> Option<&PathBuf> {
+        self.uds.as_ref()
+    }
+
+    pub fn store(&self) -> Addr<StoreActor> {
+        self.store.clone()
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// The admin key generated on this start, if one was (to be printed once).
+    pub fn generated_admin_key(&self) -> Option<&Secret> {
+        self.generated_admin_key.as_ref()
+    }
+
+    /// Serves until stopped, then writes every buffered usage row.
+    pub async fn run_until_stopped(self) -> Result<(), StartupError> {
+        let result = self.server.await;
+        self.store.send(FlushUsage).await?;
+        if let Some(path) = &self.uds {
+            let _ = std::fs::remove_file(path);
+        }
+        tracing::info!("stopped; usage flushed");
+        Ok(result?)
+    }
+}
+
+/// Registers `LOWART_ADMIN_KEY`, or on a database without a live admin key generates one.
+async fn bootstrap_admin(
+    settings: &Settings,
+    store: &Addr<StoreActor>,
+) -> Result<Option<Secret>, StartupError> {
+    if let Some(key) = &settings.security.admin_key {
+        store.send(EnsureAdminKey { key: key.clone() }).await??;
+        return Ok(None);
+    }
+    if store.send(HasAdminKey).await?? {
+        return Ok(None);
+    }
+    let key = Secret::new(crypto::generate_api_key()?);
+    store.send(EnsureAdminKey { key: key.clone() }).await??;
+    Ok(Some(key))
+}
+
+async fn stop_on_signal(handle: ServerHandle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the gateway with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight requests"),
+        _ = int.recv() => tracing::info!("SIGINT: finishing in-flight requests"),
+    }
+    handle.stop(true).await;
+}
