@@ -26,6 +26,7 @@ pub enum ErrorKind {
     MethodNotAllowed,
     PayloadTooLarge,
     Conflict,
+    RateLimited,
     UpstreamError,
     UpstreamTimeout,
     NoHealthyDeployment,
@@ -50,6 +51,7 @@ impl ErrorKind {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge => "payload_too_large",
             Self::Conflict => "conflict",
+            Self::RateLimited => "rate_limited",
             Self::UpstreamError => "upstream_error",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::NoHealthyDeployment => "no_healthy_deployment",
@@ -70,6 +72,7 @@ impl ErrorKind {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict => StatusCode::CONFLICT,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamError => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NoHealthyDeployment
@@ -84,6 +87,7 @@ impl ErrorKind {
         match self.status().as_u16() {
             400 | 404 | 405 | 409 | 413 => "invalid_request_error",
             401 => "authentication_error",
+            429 => "rate_limit_error",
             403 => "permission_error",
             502 | 504 => "upstream_error",
             503 => "service_unavailable",
@@ -190,16 +194,33 @@ impl From<actix::MailboxError> for ApiError {
 }
 
 impl From<UpstreamFailure> for ApiError {
+    /// Client-caused failures keep a 4xx and the vendor's message; rate limits stay 429;
+    /// everything else is the gateway's problem: 502, or 504 for a timeout, with a generic
+    /// message (the detail goes to the log).
     fn from(f: UpstreamFailure) -> Self {
-        let kind = if f.class == crate::providers::FailureClass::Timeout {
-            ErrorKind::UpstreamTimeout
-        } else {
-            ErrorKind::UpstreamError
+        use crate::providers::FailureClass;
+        tracing::warn!(class = f.class.as_str(), status = ?f.status, detail = %f.detail, "upstream failed");
+        let (kind, message) = match f.class {
+            class if class.is_client_fault() => (
+                ErrorKind::InvalidRequest,
+                f.vendor_message
+                    .unwrap_or_else(|| class.client_message().to_string()),
+            ),
+            FailureClass::RateLimited => {
+                (ErrorKind::RateLimited, f.class.client_message().to_string())
+            }
+            FailureClass::Timeout => (
+                ErrorKind::UpstreamTimeout,
+                f.class.client_message().to_string(),
+            ),
+            _ => (
+                ErrorKind::UpstreamError,
+                f.class.client_message().to_string(),
+            ),
         };
-        tracing::warn!(class = f.class.as_str(), detail = %f.detail, "upstream failed");
         Self {
             class: Some(f.class.as_str()),
-            ..ApiError::new(kind, f.class.client_message())
+            ..ApiError::new(kind, message)
         }
     }
 }

@@ -4,13 +4,12 @@
 use actix::prelude::*;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    TransactionTrait,
 };
 use serde_json::json;
 
 use super::{
     EnsureAdminKey, HasAdminKey, NewKey, SeedDeployments, StoreActor, StoreError, audit,
-    deployments, keys,
+    begin_write, deployments, keys,
 };
 use crate::crypto;
 use crate::domain::now_ms;
@@ -33,7 +32,7 @@ impl Handler<EnsureAdminKey> for StoreActor {
         self.run(move |db, _| async move {
             let secret = msg.key.expose().to_string();
             let hash = crypto::hash_api_key_hex(&secret);
-            let txn = db.begin().await?;
+            let txn = begin_write(&db).await?;
             if api_key::Entity::find()
                 .filter(api_key::Column::KeyHash.eq(hash))
                 .one(&txn)
@@ -118,7 +117,7 @@ impl Handler<SeedDeployments> for StoreActor {
 
     fn handle(&mut self, msg: SeedDeployments, _: &mut Self::Context) -> Self::Result {
         self.run(move |db, key| async move {
-            let txn = db.begin().await?;
+            let txn = begin_write(&db).await?;
             let mut specs = Vec::new();
             if deployment::Entity::find().count(&txn).await? == 0 {
                 specs.push(DeploymentSpec {

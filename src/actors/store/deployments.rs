@@ -5,13 +5,13 @@
 use actix::prelude::*;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, IntoActiveModel, ModelTrait,
-    QueryFilter, QueryOrder, TransactionTrait,
+    QueryFilter, QueryOrder,
 };
 use serde_json::json;
 
 use super::{
     CreateDeployment, DeleteDeployment, ListDeployments, LoadDeployments, StoreActor, StoreError,
-    UpdateDeployment, audit,
+    UpdateDeployment, audit, begin_write,
 };
 use crate::config::Secret;
 use crate::crypto::{MasterKey, Sealed};
@@ -198,7 +198,7 @@ impl Handler<CreateDeployment> for StoreActor {
     fn handle(&mut self, msg: CreateDeployment, _: &mut Self::Context) -> Self::Result {
         self.run(move |db, key| async move {
             let am = new_row(&msg.spec, &key)?;
-            let txn = db.begin().await?;
+            let txn = begin_write(&db).await?;
             let row = am.insert(&txn).await?;
             let details = describe(&msg.spec);
             audit::append(
@@ -221,7 +221,7 @@ impl Handler<UpdateDeployment> for StoreActor {
 
     fn handle(&mut self, msg: UpdateDeployment, _: &mut Self::Context) -> Self::Result {
         self.run(move |db, key| async move {
-            let txn = db.begin().await?;
+            let txn = begin_write(&db).await?;
             let row = deployment::Entity::find_by_id(msg.id.clone())
                 .one(&txn)
                 .await?
@@ -252,7 +252,7 @@ impl Handler<DeleteDeployment> for StoreActor {
 
     fn handle(&mut self, msg: DeleteDeployment, _: &mut Self::Context) -> Self::Result {
         self.run(move |db, _| async move {
-            let txn = db.begin().await?;
+            let txn = begin_write(&db).await?;
             let row = deployment::Entity::find_by_id(msg.id.clone())
                 .one(&txn)
                 .await?

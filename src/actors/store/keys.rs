@@ -6,11 +6,13 @@ use std::sync::Arc;
 use actix::prelude::*;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter,
-    QueryOrder, TransactionTrait,
+    QueryOrder,
 };
 use serde_json::json;
 
-use super::{CreateKey, ListKeys, LookupKey, RevokeKey, StoreActor, StoreError, audit};
+use super::{
+    CreateKey, ListKeys, LookupKey, RevokeKey, StoreActor, StoreError, audit, begin_write,
+};
 use crate::config::Secret;
 use crate::crypto;
 use crate::domain::now_ms;
@@ -73,7 +75,7 @@ impl Handler<CreateKey> for StoreActor {
     fn handle(&mut self, msg: CreateKey, _: &mut Self::Context) -> Self::Result {
         self.run(move |db, _| async move {
             let secret = crypto::generate_api_key()?;
-            let txn = db.begin().await?;
+            let txn = begin_write(&db).await?;
             if user::Entity::find_by_id(msg.key.user_id.clone())
                 .one(&txn)
                 .await?
@@ -112,7 +114,7 @@ impl Handler<RevokeKey> for StoreActor {
 
     fn handle(&mut self, msg: RevokeKey, _: &mut Self::Context) -> Self::Result {
         self.run(move |db, _| async move {
-            let txn = db.begin().await?;
+            let txn = begin_write(&db).await?;
             let row = api_key::Entity::find_by_id(msg.id.clone())
                 .one(&txn)
                 .await?

@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use sea_orm::{DatabaseConnection, DbErr};
+use sea_orm::{
+    DatabaseConnection, DatabaseTransaction, DbErr, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::crypto::MasterKey;
@@ -43,6 +46,17 @@ impl From<crate::crypto::CryptoError> for StoreError {
     fn from(_: crate::crypto::CryptoError) -> Self {
         StoreError::Crypto
     }
+}
+
+/// Starts a write transaction. On SQLite it takes the write lock at once (`BEGIN
+/// IMMEDIATE`), so a read-then-write transaction waits for a concurrent writer instead of
+/// failing with `SQLITE_BUSY` when it upgrades its lock.
+pub(crate) async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
 }
 
 enum WriterCmd {

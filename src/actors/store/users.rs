@@ -3,12 +3,13 @@
 use actix::prelude::*;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, DatabaseConnection, EntityTrait, IntoActiveModel,
-    QueryOrder, TransactionTrait,
+    QueryOrder,
 };
 use serde_json::json;
 
 use super::{
     CreateUser, GetUser, ListUsers, StoreActor, StoreError, UpdateUser, UserFields, audit,
+    begin_write,
 };
 use crate::domain::now_ms;
 use crate::domain::records::{Role, User};
@@ -84,7 +85,7 @@ async fn upsert(
     update: bool,
     actor: crate::domain::records::Actor,
 ) -> Result<User, StoreError> {
-    let txn = db.begin().await?;
+    let txn = begin_write(&db).await?;
     let now = now_ms();
     let existing = user::Entity::find_by_id(user_id.clone()).one(&txn).await?;
     let (model, action) = match existing {

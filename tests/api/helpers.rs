@@ -1,0 +1,272 @@
+//! The test rig: `spawn_app()` starts the real gateway on a random port against a fresh
+//! database (a SQLite file, or a fresh PostgreSQL database when `TEST_DATABASE_URL` is
+//! set) and a scripted mock OpenAI upstream on its own random port.
+
+use std::path::PathBuf;
+
+use actix::Addr;
+use lowart::actors::store::{FlushUsage, StoreActor};
+use lowart::config::{Secret, Settings};
+use lowart::startup::Application;
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, QueryOrder};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::mock_upstream::MockUpstream;
+
+pub const MASTER_KEY: &str = "8f1c2a3b4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub admin_key: String,
+    pub store: Addr<StoreActor>,
+    pub db_url: String,
+    pub dir: TempDir,
+    pub upstream: MockUpstream,
+}
+
+/// A database for one test: a file in `dir`, or a new database on `TEST_DATABASE_URL`.
+pub async fn fresh_database_url(dir: &TempDir) -> String {
+    match std::env::var("TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        Some(base) => {
+            let name = format!("lowart_test_{}", uuid::Uuid::new_v4().simple());
+            let admin = Database::connect(base.as_str())
+                .await
+                .expect("connect to TEST_DATABASE_URL");
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                .await
+                .expect("create test database");
+            let (without_query, query) = match base.split_once('?') {
+                Some((b, q)) => (b.to_string(), format!("?{q}")),
+                None => (base.clone(), String::new()),
+            };
+            let host_start = without_query.find("://").map_or(0, |i| i + 3);
+            match without_query[host_start..].find('/') {
+                Some(i) => format!("{}/{name}{query}", &without_query[..host_start + i]),
+                None => format!("{without_query}/{name}{query}"),
+            }
+        }
+        None => format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("lowart.db").display()
+        ),
+    }
+}
+
+pub fn is_postgres() -> bool {
+    std::env::var("TEST_DATABASE_URL").is_ok_and(|u| !u.is_empty())
+}
+
+/// Settings for a test: random port, one worker, the given database, fixed master key.
+pub fn test_settings(dir: &TempDir, db_url: &str, admin_key: &str) -> Settings {
+    let mut s = Settings::default();
+    s.server.listen = "127.0.0.1:0".into();
+    s.server.workers = 1;
+    s.server.shutdown_grace_ms = 5_000;
+    s.database.url = Secret::new(db_url);
+    s.database.max_connections = 4;
+    s.security.master_key = Some(Secret::new(MASTER_KEY));
+    s.security.master_key_file = dir.path().join("lowart.key");
+    s.security.admin_key = Some(Secret::new(admin_key));
+    s
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db_url = fresh_database_url(&dir).await;
+    let admin_key = lowart::crypto::generate_api_key().expect("admin key");
+    let mut settings = test_settings(&dir, &db_url, &admin_key);
+    customise(&mut settings);
+    let upstream = MockUpstream::start().await;
+    let app = Application::build(settings, false)
+        .await
+        .expect("gateway starts");
+    let address = match app.local_addr() {
+        Some(addr) => format!("http://{addr}"),
+        None => String::new(),
+    };
+    let store = app.store();
+    actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        admin_key,
+        store,
+        db_url,
+        dir,
+        upstream,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn post_json(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn delete(&self, path: &str, key: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn patch_json(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .patch(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Registers an OpenAI deployment pointing at the mock upstream; answers its JSON.
+    pub async fn add_openai_model(&self, model_id: &str, extra: Value) -> Value {
+        let mut body = json!({
+            "model_id": model_id,
+            "vendor_type": "OpenAI",
+            "base_url": format!("{}/v1", self.upstream.address),
+            "api_key": "sk-upstream-secret-0123456789",
+            "upstream_model": format!("{model_id}-upstream"),
+        });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        let res = self
+            .post_json("/admin/models", &self.admin_key, &body)
+            .await;
+        assert_eq!(res.status(), 201, "creating a deployment");
+        res.json().await.expect("deployment JSON")
+    }
+
+    /// Creates a user with `role` and a key for it (optionally limited to `models`).
+    pub async fn user_key(&self, user_id: &str, role: &str, models: Option<Vec<&str>>) -> String {
+        let res = self
+            .post_json(
+                "/admin/users",
+                &self.admin_key,
+                &json!({"user_id": user_id, "role": role}),
+            )
+            .await;
+        assert_eq!(res.status(), 201, "creating a user");
+        let res = self
+            .post_json(
+                "/admin/keys",
+                &self.admin_key,
+                &json!({"user_id": user_id, "models": models}),
+            )
+            .await;
+        assert_eq!(res.status(), 201, "creating a key");
+        let body: Value = res.json().await.expect("key JSON");
+        body["key"].as_str().expect("key in answer").to_string()
+    }
+
+    pub async fn chat(&self, key: &str, body: &Value) -> reqwest::Response {
+        self.post_json("/v1/chat/completions", key, body).await
+    }
+
+    pub async fn db(&self) -> DatabaseConnection {
+        Database::connect(self.db_url.as_str())
+            .await
+            .expect("connect to the test database")
+    }
+
+    /// Every usage row, after the gateway has written all it buffered.
+    pub async fn usage_rows(&self) -> Vec<lowart::entities::usage::Model> {
+        self.store.send(FlushUsage).await.expect("store answers");
+        lowart::entities::usage::Entity::find()
+            .order_by_asc(lowart::entities::usage::Column::Id)
+            .all(&self.db().await)
+            .await
+            .expect("usage rows")
+    }
+
+    pub fn sqlite_files(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.path())
+            .expect("temp dir listing")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("lowart.db"))
+            })
+            .collect()
+    }
+}
+
+/// Reads an SSE body into its `data:` payloads.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|block| {
+            let lines: Vec<&str> = block
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("data:")
+                        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                })
+                .collect();
+            (!lines.is_empty()).then(|| lines.join("\n"))
+        })
+        .collect()
+}
+
+/// Asserts the OpenAI error shape and answers the error object.
+pub async fn assert_openai_error(res: reqwest::Response, status: u16) -> Value {
+    assert_eq!(res.status(), status, "status");
+    assert!(
+        res.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json")),
+        "error content type"
+    );
+    let body: Value = res.json().await.expect("error body is JSON");
+    let error = body.get("error").expect("`error` object").clone();
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "message: {body}"
+    );
+    assert!(error["type"].is_string(), "type: {body}");
+    assert!(error["code"].is_string(), "code: {body}");
+    assert!(
+        error.as_object().is_some_and(|o| o.contains_key("param")),
+        "param: {body}"
+    );
+    error
+}
+
+pub fn user_message(text: &str) -> Value {
+    json!([{"role": "user", "content": text}])
+}

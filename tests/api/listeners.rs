@@ -1,0 +1,192 @@
+//! Listeners and lifecycle: the Unix socket listener, and SIGTERM during a stream (run on
+//! the real binary: the stream finishes, every usage row is written, the exit code is 0).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use sea_orm::{EntityTrait, QueryOrder};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+use crate::helpers::{MASTER_KEY, fresh_database_url, spawn_app_with, sse_data, user_message};
+use crate::mock_upstream::{MockUpstream, Reply, chunk, usage_chunk};
+
+#[actix_web::test]
+async fn the_unix_socket_listener_serves_a_completion() {
+    let socket_dir = tempfile::tempdir().unwrap();
+    let socket = socket_dir.path().join("lowart.sock");
+    let path = socket.clone();
+    let app = spawn_app_with(move |s| s.server.uds = Some(path)).await;
+    assert!(app.address.is_empty(), "no TCP listener in UDS mode");
+
+    let body = json!({"model": "mock", "messages": user_message("over a socket")}).to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: lowart\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        app.admin_key,
+        body.len()
+    );
+    let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let json_start = response.find("\r\n\r\n").unwrap() + 4;
+    let answer: Value = serde_json::from_str(&response[json_start..]).unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], "over a socket");
+    assert_eq!(app.usage_rows().await.len(), 1);
+}
+
+/// Spawns the release (or debug) binary on a random port; answers the child, its address
+/// and a channel of its log lines.
+async fn spawn_binary(
+    dir: &tempfile::TempDir,
+    db_url: &str,
+    admin_key: &str,
+) -> (
+    tokio::process::Child,
+    String,
+    mpsc::UnboundedReceiver<String>,
+) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lowart"))
+        .current_dir(dir.path())
+        .env("DATABASE_URL", db_url)
+        .env("LOWART_MASTER_KEY", MASTER_KEY)
+        .env("LOWART_ADMIN_KEY", admin_key)
+        .env("LOWART_SERVER__LISTEN", "127.0.0.1:0")
+        .env("LOWART_SERVER__WORKERS", "1")
+        .env("LOWART_TELEMETRY__LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .env_remove("LOWART_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    actix_web::rt::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
+    let address = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("the gateway logs its address")
+            .expect("the gateway is running");
+        let Ok(log) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if let Some(addr) = log["fields"]["addr"].as_str() {
+            break format!("http://{addr}");
+        }
+    };
+    (child, address, rx)
+}
+
+#[actix_web::test]
+async fn sigterm_during_a_stream_lets_it_finish_and_every_usage_row_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = fresh_database_url(&dir).await;
+    let admin_key = lowart::crypto::generate_api_key().unwrap();
+    let upstream = MockUpstream::start().await;
+    let (mut child, address, mut logs) = spawn_binary(&dir, &db_url, &admin_key).await;
+    let client = reqwest::Client::new();
+
+    let res = client
+        .post(format!("{address}/admin/models"))
+        .bearer_auth(&admin_key)
+        .json(&json!({"model_id": "gpt-test", "vendor_type": "OpenAI", "base_url": format!("{}/v1", upstream.address)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let res = client
+        .post(format!("{address}/v1/chat/completions"))
+        .bearer_auth(&admin_key)
+        .json(&json!({"model": "gpt-test", "messages": user_message("first")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    upstream.push(Reply::Gated {
+        events: vec![
+            chunk(json!({"role": "assistant", "content": "one "}), Value::Null),
+            chunk(json!({"content": "two"}), Value::Null),
+            chunk(json!({}), json!("stop")),
+            usage_chunk(9, 2),
+        ],
+        before: 1,
+        gate: gate.clone(),
+    });
+    let mut res = client
+        .post(format!("{address}/v1/chat/completions"))
+        .bearer_auth(&admin_key)
+        .json(&json!({"model": "gpt-test", "stream": true, "messages": user_message("second")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut received = String::new();
+    while !received.contains("one ") {
+        let chunk = res.chunk().await.unwrap().expect("the stream is open");
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+
+    let pid = child.id().unwrap().to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), logs.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if line.contains("SIGTERM") {
+            break;
+        }
+    }
+    gate.notify_one();
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(res);
+    drop(client);
+
+    let data = sse_data(&received);
+    assert_eq!(
+        data.last().map(String::as_str),
+        Some("[DONE]"),
+        "{received}"
+    );
+    assert!(received.contains("two"));
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+
+    let db = sea_orm::Database::connect(db_url.as_str()).await.unwrap();
+    let rows = lowart::entities::usage::Entity::find()
+        .order_by_asc(lowart::entities::usage::Column::Id)
+        .all(&db)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(!rows[0].stream && rows[1].stream);
+    assert_eq!(rows[1].status, 200);
+    assert_eq!(
+        (rows[1].prompt_tokens, rows[1].completion_tokens),
+        (Some(9), Some(2))
+    );
+    assert_eq!(rows[1].usage_source, "reported");
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real gateway on a random port (or a Unix socket) against a mock
+//! OpenAI upstream on its own random port, on SQLite, and on PostgreSQL when
+//! `TEST_DATABASE_URL` is set.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod admin;
+mod chat;
+mod errors;
+mod helpers;
+mod listeners;
+mod mock_upstream;
