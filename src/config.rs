@@ -412,6 +412,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_toml_runs_as_is_with_the_defaults() -> Result<(), ConfigError> {
+        let shipped =
+            Settings::from_toml_str(include_str!("../config.toml"), &FakeEnv(HashMap::new()))?;
+        assert_eq!(shipped.masked_json(), Settings::default().masked_json());
+        Ok(())
+    }
+
+    #[test]
     fn secrets_are_masked_when_printed() -> Result<(), ConfigError> {
         let env = FakeEnv(HashMap::from([("LOWART_ADMIN_KEY", "super-secret")]));
         let s = Settings::from_toml_str("", &env)?;

@@ -3,6 +3,8 @@
 //! set) and a scripted mock OpenAI upstream on its own random port.
 
 use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
 
 use actix::Addr;
 use lowart::actors::store::{FlushUsage, StoreActor};
@@ -11,6 +13,8 @@ use lowart::startup::Application;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, QueryOrder};
 use serde_json::{Value, json};
 use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
 
 use crate::mock_upstream::MockUpstream;
 
@@ -269,4 +273,90 @@ pub async fn assert_openai_error(res: reqwest::Response, status: u16) -> Value {
 
 pub fn user_message(text: &str) -> Value {
     json!([{"role": "user", "content": text}])
+}
+
+/// The gateway binary running as a child process.
+pub struct Gateway {
+    pub child: tokio::process::Child,
+    pub address: String,
+    /// Its log lines (JSON), as they come.
+    pub logs: mpsc::UnboundedReceiver<String>,
+    /// Its stdout lines, as they come; the channel closes when the process exits.
+    pub stdout: mpsc::UnboundedReceiver<String>,
+}
+
+fn forward_lines(
+    pipe: impl tokio::io::AsyncRead + Unpin + 'static,
+) -> mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    actix_web::rt::spawn(async move {
+        let mut lines = BufReader::new(pipe).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Runs the binary in `dir` on a random port with `env` (and none of the caller's Lowart
+/// variables); answers once it logs its address.
+pub async fn spawn_binary(dir: &TempDir, env: &[(&str, &str)]) -> Gateway {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lowart"));
+    command.current_dir(dir.path());
+    for var in [
+        "DATABASE_URL",
+        "LOWART_MASTER_KEY",
+        "LOWART_ADMIN_KEY",
+        "LOWART_CONFIG",
+        "LISTEN_MODE",
+    ] {
+        command.env_remove(var);
+    }
+    command
+        .env("LOWART_SERVER__LISTEN", "127.0.0.1:0")
+        .env("LOWART_SERVER__WORKERS", "1")
+        .env("LOWART_TELEMETRY__LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("the binary starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut logs = forward_lines(stderr);
+    let stdout_lines = forward_lines(stdout);
+    let address = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), logs.recv())
+            .await
+            .expect("the gateway logs its address")
+            .expect("the gateway is running");
+        let Ok(log) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if let Some(addr) = log["fields"]["addr"].as_str() {
+            break format!("http://{addr}");
+        }
+    };
+    Gateway {
+        child,
+        address,
+        logs,
+        stdout: stdout_lines,
+    }
+}
+
+/// Sends SIGTERM and waits for the exit status.
+pub async fn terminate(child: &mut tokio::process::Child) -> std::process::ExitStatus {
+    let pid = child.id().expect("running").to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill runs");
+    assert!(killed.success());
+    tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("exits in time")
+        .expect("exit status")
 }

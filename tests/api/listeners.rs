@@ -1,15 +1,15 @@
 //! Listeners and lifecycle: the Unix socket listener, and SIGTERM during a stream (run on
 //! the real binary: the stream finishes, every usage row is written, the exit code is 0).
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use sea_orm::{EntityTrait, QueryOrder};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{MASTER_KEY, fresh_database_url, spawn_app_with, sse_data, user_message};
+use crate::helpers::{
+    Gateway, MASTER_KEY, fresh_database_url, spawn_app_with, spawn_binary, sse_data, user_message,
+};
 use crate::mock_upstream::{MockUpstream, Reply, chunk, usage_chunk};
 
 #[actix_web::test]
@@ -39,62 +39,23 @@ async fn the_unix_socket_listener_serves_a_completion() {
     assert_eq!(app.usage_rows().await.len(), 1);
 }
 
-/// Spawns the release (or debug) binary on a random port; answers the child, its address
-/// and a channel of its log lines.
-async fn spawn_binary(
-    dir: &tempfile::TempDir,
-    db_url: &str,
-    admin_key: &str,
-) -> (
-    tokio::process::Child,
-    String,
-    mpsc::UnboundedReceiver<String>,
-) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lowart"))
-        .current_dir(dir.path())
-        .env("DATABASE_URL", db_url)
-        .env("LOWART_MASTER_KEY", MASTER_KEY)
-        .env("LOWART_ADMIN_KEY", admin_key)
-        .env("LOWART_SERVER__LISTEN", "127.0.0.1:0")
-        .env("LOWART_SERVER__WORKERS", "1")
-        .env("LOWART_TELEMETRY__LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .env_remove("LOWART_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    actix_web::rt::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = tx.send(line);
-        }
-    });
-    let address = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-            .await
-            .expect("the gateway logs its address")
-            .expect("the gateway is running");
-        let Ok(log) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        if let Some(addr) = log["fields"]["addr"].as_str() {
-            break format!("http://{addr}");
-        }
-    };
-    (child, address, rx)
-}
-
 #[actix_web::test]
 async fn sigterm_during_a_stream_lets_it_finish_and_every_usage_row_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let db_url = fresh_database_url(&dir).await;
     let admin_key = lowart::crypto::generate_api_key().unwrap();
     let upstream = MockUpstream::start().await;
-    let (mut child, address, mut logs) = spawn_binary(&dir, &db_url, &admin_key).await;
+    let env = [
+        ("DATABASE_URL", db_url.as_str()),
+        ("LOWART_MASTER_KEY", MASTER_KEY),
+        ("LOWART_ADMIN_KEY", admin_key.as_str()),
+    ];
+    let Gateway {
+        mut child,
+        address,
+        mut logs,
+        ..
+    } = spawn_binary(&dir, &env).await;
     let client = reqwest::Client::new();
 
     let res = client

@@ -5,6 +5,7 @@
 
 mod admin;
 mod chat;
+mod cli;
 mod errors;
 mod helpers;
 mod listeners;

@@ -1,0 +1,60 @@
+"""Drives a running Lowart with the official `openai` Python SDK, unmodified.
+
+Usage: LOWART_URL=http://127.0.0.1:PORT LOWART_KEY=lw-... python openai_sdk_check.py
+Exits non-zero on the first mismatch.
+"""
+
+import os
+import sys
+
+import openai
+
+base = os.environ["LOWART_URL"].rstrip("/") + "/v1"
+client = openai.OpenAI(base_url=base, api_key=os.environ["LOWART_KEY"], max_retries=0)
+
+models = [m.id for m in client.models.list()]
+assert "mock" in models, models
+
+raw = client.chat.completions.with_raw_response.create(
+    model="mock", messages=[{"role": "user", "content": "Hello from the SDK"}]
+)
+assert raw.headers.get("x-request-id"), "x-request-id header"
+completion = raw.parse()
+assert completion.choices[0].message.content == "Hello from the SDK", completion
+assert completion.usage.completion_tokens == 4, completion.usage
+
+stream = client.chat.completions.create(
+    model="mock",
+    messages=[{"role": "user", "content": "stream these four words"}],
+    stream=True,
+    stream_options={"include_usage": True},
+)
+text, usage = "", None
+for chunk in stream:
+    if chunk.choices and chunk.choices[0].delta.content:
+        text += chunk.choices[0].delta.content
+    if chunk.usage:
+        usage = chunk.usage
+assert text == "stream these four words", text
+assert usage is not None and usage.completion_tokens == 4, usage
+
+try:
+    client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    sys.exit("expected NotFoundError")
+except openai.NotFoundError as e:
+    assert e.code == "model_not_found", e.body
+
+try:
+    client.chat.completions.create(model="mock", messages=[])
+    sys.exit("expected BadRequestError")
+except openai.BadRequestError as e:
+    assert e.param == "messages", e.body
+
+bad = openai.OpenAI(base_url=base, api_key="lw-wrong", max_retries=0)
+try:
+    bad.models.list()
+    sys.exit("expected AuthenticationError")
+except openai.AuthenticationError as e:
+    assert e.code == "invalid_api_key", e.body
+
+print(f"openai {openai.__version__} SDK check: 6 checks passed against {base}")
