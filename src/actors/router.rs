@@ -263,16 +263,21 @@ impl Handler<Reload> for RouterActor {
         let generation = self.reloads_started;
         let store = self.store.clone();
         Box::pin(
-            async move { store.send(LoadDeployments).await }
-                .into_actor(self)
-                .map(move |answer, router, _| {
-                    let deployments = answer.map_err(|_| RouteError::StoreUnavailable)??;
-                    if generation < router.reload_applied {
-                        return Ok(router.by_id.len());
-                    }
-                    router.reload_applied = generation;
-                    Ok(router.rebuild(deployments))
-                }),
+            async move {
+                store
+                    .send(LoadDeployments)
+                    .timeout(super::ASK_TIMEOUT)
+                    .await
+            }
+            .into_actor(self)
+            .map(move |answer, router, _| {
+                let deployments = answer.map_err(|_| RouteError::StoreUnavailable)??;
+                if generation < router.reload_applied {
+                    return Ok(router.by_id.len());
+                }
+                router.reload_applied = generation;
+                Ok(router.rebuild(deployments))
+            }),
         )
     }
 }

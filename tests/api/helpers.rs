@@ -45,6 +45,7 @@ pub async fn fresh_database_url(dir: &TempDir) -> String {
                 .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
                 .await
                 .expect("create test database");
+            let _ = admin.close().await;
             let (without_query, query) = match base.split_once('?') {
                 Some((b, q)) => (b.to_string(), format!("?{q}")),
                 None => (base.clone(), String::new()),
@@ -110,6 +111,48 @@ pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
         dir,
         upstream,
     }
+}
+
+impl Drop for TestApp {
+    /// Drops the test's PostgreSQL database so repeated runs leave nothing behind.
+    fn drop(&mut self) {
+        if let Some(base) = std::env::var("TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        {
+            drop_database(base, self.db_url.clone());
+        }
+    }
+}
+
+/// `DROP DATABASE … WITH (FORCE)` for a database made by `fresh_database_url`, on a thread
+/// of its own (the caller may be inside a runtime).
+pub fn drop_database(base: String, url: String) {
+    let Some(name) = url
+        .rsplit('/')
+        .next()
+        .map(|n| n.split('?').next().unwrap_or(n).to_string())
+    else {
+        return;
+    };
+    if !name.starts_with("lowart_test_") {
+        return;
+    }
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            if let Ok(admin) = Database::connect(base.as_str()).await {
+                let _ = admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .await;
+                let _ = admin.close().await;
+            }
+        });
+    })
+    .join();
 }
 
 impl TestApp {

@@ -150,4 +150,8 @@ async fn sigterm_during_a_stream_lets_it_finish_and_every_usage_row_is_written()
         (Some(9), Some(2))
     );
     assert_eq!(rows[1].usage_source, "reported");
+    drop(db);
+    if let Ok(base) = std::env::var("TEST_DATABASE_URL") {
+        crate::helpers::drop_database(base, db_url);
+    }
 }
