@@ -3,6 +3,7 @@
 //! (`DATABASE_URL`, `LOWART_MASTER_KEY`, `LOWART_ADMIN_KEY`, `LISTEN_MODE=UDS`).
 //! `Settings` is immutable once loaded; live changes travel as messages to actors.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -142,12 +143,32 @@ pub enum LogFormat {
     Json,
 }
 
+/// The OTLP transports this build speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum OtlpProtocol {
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetrySettings {
     pub log_format: LogFormat,
     /// `tracing` env-filter directive; `RUST_LOG` overrides it.
     pub log_filter: String,
+    /// OTLP collector base URL (e.g. `http://localhost:4318`); spans are exported when set.
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: OtlpProtocol,
+    /// Extra headers for the collector (e.g. its API key).
+    pub otlp_headers: BTreeMap<String, Secret>,
+    /// Share of new traces sampled (inbound sampled parents are always followed).
+    pub sample_ratio: f64,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Serve Prometheus metrics at `/metrics`.
+    pub metrics: bool,
+    /// When set, `/metrics` requires `Authorization: Bearer <metrics_token>`.
+    pub metrics_token: Option<Secret>,
 }
 
 impl Default for TelemetrySettings {
@@ -155,6 +176,13 @@ impl Default for TelemetrySettings {
         Self {
             log_format: LogFormat::Pretty,
             log_filter: "info,sqlx=warn,sea_orm=warn".into(),
+            otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::HttpProtobuf,
+            otlp_headers: BTreeMap::new(),
+            sample_ratio: 1.0,
+            service_name: "lowart".into(),
+            metrics: true,
+            metrics_token: None,
         }
     }
 }
@@ -272,6 +300,15 @@ impl Settings {
             || url.starts_with("postgresql://"))
         {
             return Err(bad("database.url", "expected a sqlite: or postgres:// URL"));
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            return Err(bad("telemetry.sample_ratio", "must be between 0 and 1"));
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint
+            && !endpoint.is_empty()
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(bad("telemetry.otlp_endpoint", "expected an http(s) URL"));
         }
         if self.database.usage_batch_size == 0 {
             return Err(bad("database.usage_batch_size", "must be greater than 0"));

@@ -50,7 +50,14 @@ fn main() -> ExitCode {
         let _ = writeln!(std::io::stdout(), "{}", settings.masked_json());
         return ExitCode::SUCCESS;
     }
-    lowart::telemetry::init(&settings.telemetry);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let telemetry = match lowart::telemetry::init(&settings.telemetry) {
+        Ok(guard) => guard,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "lowart: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let run = async move {
         match cli.command {
             Some(Command::Migrate) => {
@@ -61,7 +68,9 @@ fn main() -> ExitCode {
             _ => serve(settings).await,
         }
     };
-    match actix_web::rt::System::new().block_on(run) {
+    let result = actix_web::rt::System::new().block_on(run);
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "lowart failed");

@@ -21,6 +21,8 @@ use crate::actors::store::{
 use crate::config::{Secret, Settings};
 use crate::crypto::{self, CryptoError, MasterKey};
 use crate::http::{self, AppState};
+use crate::telemetry::metrics::Metrics;
+use tracing_actix_web::TracingLogger;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -124,6 +126,7 @@ impl Application {
             router,
             keys,
             settings: settings.clone(),
+            metrics: Arc::new(Metrics::new()),
         });
 
         let body_limit = settings.server.max_body_bytes;
@@ -134,6 +137,7 @@ impl Application {
                 .app_data(http::path_config())
                 .app_data(http::query_config())
                 .wrap(from_fn(http::request_context))
+                .wrap(TracingLogger::default())
                 .configure(http::configure)
                 .default_service(web::to(http::not_found))
         })

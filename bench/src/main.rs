@@ -1,1 +1,228 @@
-fn main() {}
+//! `cargo run --release -p lowart-bench`: what the Lowart gateway adds over calling the
+//! upstream directly. Builds the release gateway, starts a mock upstream in-process,
+//! pins the gateway to CPU 0 and this process (mock + load) to the other CPUs, and
+//! measures latency at fixed rates, saturation throughput, SSE first-chunk delay, CPU
+//! per request, peak RSS and cold start. Prints a table, writes target/bench/results.json.
+
+mod gateway;
+mod http;
+mod load;
+mod mock;
+mod report;
+mod sse;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+
+use crate::gateway::{ADMIN_KEY, Spec};
+use crate::http::call_once;
+use crate::load::{Loadgen, Target};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Set in the re-executed, pinned copy of this process.
+const PINNED_MARKER: &str = "LOWART_BENCH_PINNED";
+
+const BODY: &str = r#"{"model":"bench","messages":[{"role":"user","content":"hello"}]}"#;
+
+fn main() -> ExitCode {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = root.canonicalize().unwrap_or(root);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let marker = std::env::var(PINNED_MARKER).ok();
+    if marker.is_none() {
+        let (Ok(_), _) = (gateway::build(&root), Loadgen::find(&root)) else {
+            eprintln!("bench: could not build the gateway");
+            return ExitCode::FAILURE;
+        };
+        let has_taskset = Command::new("taskset").arg("-V").output().is_ok();
+        if has_taskset && cpus >= 2 {
+            eprintln!(
+                "bench: gateway on CPU 0, bench (mock + load) on CPUs 1-{}",
+                cpus - 1
+            );
+            let status = std::env::current_exe().and_then(|exe| {
+                Command::new("taskset")
+                    .arg("-c")
+                    .arg(format!("1-{}", cpus - 1))
+                    .arg(exe)
+                    .env(PINNED_MARKER, "1")
+                    .status()
+            });
+            return match status {
+                Ok(s) if s.success() => ExitCode::SUCCESS,
+                _ => ExitCode::FAILURE,
+            };
+        }
+        eprintln!("bench: no taskset or a single CPU: running unpinned");
+    }
+    let pinned = marker.as_deref() == Some("1");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cpus)
+        .enable_all()
+        .build();
+    let result = match rt {
+        Ok(rt) => rt.block_on(run(&root, pinned)),
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn env_num(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+pub struct Settings {
+    pub secs: f64,
+    pub warmup: f64,
+    pub sse_n: usize,
+    pub cold_n: usize,
+    pub rates: [u32; 2],
+    pub rate_conns: usize,
+    pub sat_conns: usize,
+    pub pinned: bool,
+    pub loadgen: String,
+}
+
+async fn run(root: &Path, pinned: bool) -> Result<(), BoxError> {
+    let loadgen = Loadgen::find(root);
+    let s = Settings {
+        secs: env_num("BENCH_SECONDS", 10.0),
+        warmup: env_num("BENCH_WARMUP_SECONDS", 2.0),
+        sse_n: env_num("BENCH_SSE_REQUESTS", 200.0) as usize,
+        cold_n: (env_num("BENCH_COLD_STARTS", 3.0) as usize).max(1),
+        rates: [500, 2000],
+        rate_conns: 16,
+        sat_conns: 64,
+        pinned,
+        loadgen: loadgen.name(),
+    };
+    let mock = mock::start().await?;
+    let dir: PathBuf = std::env::temp_dir().join(format!("lowart-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let spec = Spec {
+        bin: root.join("target/release/lowart"),
+        dir: dir.clone(),
+        pin: pinned,
+    };
+    let (gw, first_start) = spec.start().await?;
+    eprintln!(
+        "bench: mock on {mock}, gateway on {} (pid {})",
+        gw.addr, gw.pid
+    );
+
+    let model = serde_json::json!({"model_id": "bench", "vendor_type": "OpenAI",
+        "base_url": format!("http://{mock}/v1"), "api_key": "sk-bench",
+        "price_input_per_mtok": 1.0, "price_output_per_mtok": 2.0});
+    let (status, body) = call_once(
+        gw.addr,
+        Method::POST,
+        "/admin/models",
+        Some(ADMIN_KEY),
+        Some(Bytes::from(model.to_string())),
+    )
+    .await?;
+    if status != StatusCode::CREATED {
+        return Err(format!(
+            "POST /admin/models: {status} {}",
+            String::from_utf8_lossy(&body)
+        )
+        .into());
+    }
+    let direct = Target {
+        addr: mock,
+        auth: None,
+        body: BODY,
+    };
+    let via = Target {
+        addr: gw.addr,
+        auth: Some(ADMIN_KEY),
+        body: BODY,
+    };
+    for t in [&direct, &via] {
+        let (status, body) = call_once(
+            t.addr,
+            Method::POST,
+            "/v1/chat/completions",
+            t.auth,
+            Some(Bytes::from_static(BODY.as_bytes())),
+        )
+        .await?;
+        if status != StatusCode::OK || !body.starts_with(b"{") {
+            return Err(format!(
+                "smoke request to {}: {status} {}",
+                t.addr,
+                String::from_utf8_lossy(&body)
+            )
+            .into());
+        }
+    }
+
+    let mut r = report::Results::new(&s);
+    r.first_start_s = first_start.as_secs_f64();
+    eprintln!("bench: warm-up {} s each", s.warmup);
+    for t in [&direct, &via] {
+        loadgen
+            .run(t, Some(s.rates[1]), s.rate_conns, s.warmup)
+            .await?;
+    }
+    for rate in s.rates {
+        eprintln!(
+            "bench: {rate} req/s for {} s, direct then via gateway",
+            s.secs
+        );
+        let d = loadgen
+            .run(&direct, Some(rate), s.rate_conns, s.secs)
+            .await?;
+        let g = loadgen.run(&via, Some(rate), s.rate_conns, s.secs).await?;
+        r.rate_runs.push((rate, d, g));
+    }
+    eprintln!(
+        "bench: saturation, {} connections, {} s each",
+        s.sat_conns, s.secs
+    );
+    r.sat_direct = loadgen.run(&direct, None, s.sat_conns, s.secs).await?;
+    let cpu0 = gw.cpu_time()?;
+    r.sat_gateway = loadgen.run(&via, None, s.sat_conns, s.secs).await?;
+    let cpu = gw.cpu_time()?.saturating_sub(cpu0);
+    let served = r.sat_gateway.ok + r.sat_gateway.failed;
+    r.cpu_ms_per_req = cpu.as_secs_f64() * 1e3 / served.max(1) as f64;
+
+    eprintln!("bench: SSE, {} sequential streams each", s.sse_n);
+    sse::measure(mock, None, 20).await?;
+    sse::measure(gw.addr, Some(ADMIN_KEY), 20).await?;
+    r.sse_direct = sse::measure(mock, None, s.sse_n).await?;
+    r.sse_gateway = sse::measure(gw.addr, Some(ADMIN_KEY), s.sse_n).await?;
+    r.peak_rss_mib = gw.peak_rss()? as f64 / (1024.0 * 1024.0);
+
+    eprintln!("bench: cold start x{}", s.cold_n);
+    gw.stop().await?;
+    for _ in 0..s.cold_n {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (g, t) = spec.start().await?;
+        r.cold_starts_s.push(t.as_secs_f64());
+        g.stop().await?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    print!("{}", r.table());
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let path = out.join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&r.to_json())?)?;
+    println!("results: {}", path.display());
+    Ok(())
+}

@@ -9,6 +9,7 @@ use actix_web::dev::Payload;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{FromRequest, HttpRequest, web};
 use futures_util::future::LocalBoxFuture;
+use tracing::Instrument;
 
 use super::AppState;
 use crate::actors::ASK_TIMEOUT;
@@ -91,7 +92,9 @@ fn authorize(
     let key = presented_key(req);
     Box::pin(async move {
         let state = state.ok_or_else(ApiError::internal)?;
-        let grant = authenticate(state, key).await?;
+        let grant = authenticate(state, key)
+            .instrument(tracing::info_span!("auth"))
+            .await?;
         if allowed(grant.role) {
             Ok(grant)
         } else {

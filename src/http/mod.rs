@@ -5,10 +5,12 @@ pub mod admin;
 pub mod dto;
 pub mod extract;
 pub mod health;
+pub mod metrics;
 pub mod openai;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::Addr;
 use actix_web::body::MessageBody;
@@ -24,6 +26,8 @@ use crate::actors::store::StoreActor;
 use crate::config::Settings;
 use crate::domain::records::KeyGrant;
 use crate::error::{ApiError, ErrorKind};
+use crate::relay::UpstreamClock;
+use crate::telemetry::metrics::{Metrics, method_label};
 
 /// Cached key lookups by SHA-256 of the key; `None` caches an unknown key.
 pub type KeyCache = moka::future::Cache<[u8; 32], Option<Arc<KeyGrant>>>;
@@ -34,6 +38,7 @@ pub struct AppState {
     pub router: Addr<RouterActor>,
     pub keys: KeyCache,
     pub settings: Arc<Settings>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The request id of the current request (inbound `x-request-id` if sane, else a UUIDv7).
@@ -41,9 +46,11 @@ pub struct AppState {
 pub struct RequestId(pub String);
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const OVERHEAD: HeaderName = HeaderName::from_static("x-lowart-overhead-ms");
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
+        .route("/metrics", web::get().to(metrics::metrics))
         .route("/readyz", web::get().to(health::readyz))
         .service(
             web::scope("/v1")
@@ -56,29 +63,72 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::scope("/admin").configure(admin::configure));
 }
 
-/// Stamps `x-request-id` and turns a handler panic into an OpenAI-shaped 500.
+/// Around every request: stamps `x-request-id` and `x-lowart-overhead-ms` (total time
+/// minus time waiting on upstreams), counts it in the HTTP metrics, and turns a handler
+/// panic into an OpenAI-shaped 500.
 pub async fn request_context(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.metrics.clone());
+    let method = method_label(req.method());
     let id = req
         .headers()
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string);
+    let clock = UpstreamClock::default();
     req.extensions_mut().insert(RequestId(id.clone()));
-    let mut res = match AssertUnwindSafe(next.call(req)).catch_unwind().await {
-        Ok(res) => res?,
+    req.extensions_mut().insert(clock.clone());
+    if let Some(m) = &metrics {
+        m.request_started();
+    }
+    let outcome = AssertUnwindSafe(next.call(req)).catch_unwind().await;
+    let elapsed = started.elapsed();
+    let result = match outcome {
+        Ok(result) => result,
         Err(_) => {
             tracing::error!(request_id = %id, "handler panicked");
-            return Err(ApiError::internal().into());
+            Err(ApiError::internal().into())
         }
     };
+    let (route, status) = match &result {
+        Ok(res) => (
+            res.request()
+                .match_pattern()
+                .unwrap_or_else(|| "unmatched".into()),
+            res.status().as_u16(),
+        ),
+        Err(e) => (
+            "unmatched".into(),
+            e.as_response_error().status_code().as_u16(),
+        ),
+    };
+    if let Some(m) = &metrics {
+        m.request_finished(&route, method, status, elapsed);
+    }
+    let mut res = result?;
+    let overhead = elapsed.saturating_sub(clock.get()).as_secs_f64() * 1e3;
+    let headers = res.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&id) {
-        res.headers_mut().insert(REQUEST_ID, value);
+        headers.insert(REQUEST_ID, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&format!("{overhead:.3}")) {
+        headers.insert(OVERHEAD, value);
     }
     Ok(res)
+}
+
+/// The upstream clock of the current request (a detached one outside the middleware).
+pub fn upstream_clock(req: &HttpRequest) -> UpstreamClock {
+    req.extensions()
+        .get::<UpstreamClock>()
+        .cloned()
+        .unwrap_or_default()
 }
 
 pub fn request_id(req: &HttpRequest) -> String {

@@ -2,6 +2,8 @@
 //! and one provider outcome, whether the request succeeds, fails, or is dropped because
 //! the client went away.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,13 +15,31 @@ use crate::actors::store::{RecordUsage, StoreActor};
 use crate::domain::now_ms;
 use crate::domain::records::KeyGrant;
 use crate::domain::usage::{CostStatus, Prices, TokenUsage, UsageRecord, UsageSource};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::otel;
 
 /// Status recorded for a request whose client disconnected (nginx's convention).
 pub const CLIENT_CLOSED: u16 = 499;
 
+/// Time this request spent waiting on upstreams so far, shared with the HTTP middleware
+/// that turns it into `x-lowart-overhead-ms`.
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamClock(Rc<Cell<Duration>>);
+
+impl UpstreamClock {
+    pub fn add(&self, d: Duration) {
+        self.0.set(self.0.get() + d);
+    }
+
+    pub fn get(&self) -> Duration {
+        self.0.get()
+    }
+}
+
 /// Who asked for what, and when: the part of a usage row known before routing.
 #[derive(Clone)]
 pub struct RequestInfo {
+    pub clock: UpstreamClock,
     pub request_id: String,
     pub caller: Arc<KeyGrant>,
     pub model: String,
@@ -31,12 +51,14 @@ pub struct RequestInfo {
 impl RequestInfo {
     pub fn new(
         request_id: String,
+        clock: UpstreamClock,
         caller: Arc<KeyGrant>,
         model: String,
         stream: bool,
         started: Instant,
     ) -> Self {
         Self {
+            clock,
             request_id,
             caller,
             model,
@@ -100,6 +122,9 @@ impl RequestInfo {
 
 pub struct Accounting {
     store: Addr<StoreActor>,
+    metrics: Arc<Metrics>,
+    /// The GenAI CLIENT span of the upstream call; it ends when the accounting does.
+    pub span: tracing::Span,
     info: RequestInfo,
     route: Arc<Route>,
     permit: Option<AdmitPermit>,
@@ -112,12 +137,21 @@ pub struct Accounting {
 impl Accounting {
     pub fn new(
         store: Addr<StoreActor>,
+        metrics: Arc<Metrics>,
         info: RequestInfo,
         route: Arc<Route>,
         permit: AdmitPermit,
     ) -> Self {
+        let span = otel::chat_span(
+            route.vendor.provider_name(),
+            &route.upstream_model,
+            &route.deployment.id,
+            info.stream,
+        );
         Self {
             store,
+            metrics,
+            span,
             info,
             route,
             permit: Some(permit),
@@ -138,6 +172,23 @@ impl Accounting {
     /// Adds time spent waiting on the upstream (excluded from the gateway's overhead).
     pub fn waited(&mut self, d: Duration) {
         self.upstream_wait += d;
+        self.info.clock.add(d);
+    }
+
+    /// Records what an answer (or a stream chunk) says about itself on the span: the
+    /// responding model and the finish reason.
+    pub fn observe(&self, answer: &serde_json::Value) {
+        if let Some(model) = answer.get("model").and_then(serde_json::Value::as_str) {
+            self.span.record("gen_ai.response.model", model);
+        }
+        let finish = answer
+            .get("choices")
+            .and_then(|c| c.get(0))
+            .and_then(|c| c.get("finish_reason"))
+            .and_then(serde_json::Value::as_str);
+        if let Some(reason) = finish {
+            self.span.record("gen_ai.response.finish_reasons", reason);
+        }
     }
 
     /// Marks the first content sent to the client, once.
@@ -173,6 +224,15 @@ impl Accounting {
             self.upstream_wait,
             self.ttft,
         );
+        if let Some(u) = record.usage {
+            self.span.record("gen_ai.usage.input_tokens", u.prompt);
+            self.span.record("gen_ai.usage.output_tokens", u.completion);
+        }
+        if let Some(class) = &record.error_class {
+            self.span.record("error.type", class.as_str());
+            self.span.record("otel.status_code", "ERROR");
+        }
+        self.metrics.record_usage(&record, Some(self.upstream_wait));
         self.store.do_send(RecordUsage(record));
     }
 

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use futures_util::stream::LocalBoxStream;
 
 use accounting::Accounting;
-pub use accounting::{CLIENT_CLOSED, RequestInfo};
+pub use accounting::{CLIENT_CLOSED, RequestInfo, UpstreamClock};
 
 use crate::actors::ASK_TIMEOUT;
 use crate::actors::provider::{Admit, AdmitPermit, Outcome};
@@ -23,6 +23,9 @@ use crate::domain::chat::ChatRequest;
 use crate::domain::usage::TokenUsage;
 use crate::error::{ApiError, ErrorKind};
 use crate::providers::{FailureClass, UpstreamFailure, VendorType, mock, openai};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::otel;
+use tracing::Instrument;
 
 /// What the handler sends back: a JSON body, or a stream of SSE events.
 pub enum ChatReply {
@@ -36,20 +39,32 @@ type UpstreamBody = LocalBoxStream<'static, Result<Bytes, UpstreamFailure>>;
 pub struct Relay {
     pub store: Addr<StoreActor>,
     pub router: Addr<RouterActor>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Relay {
     /// Serves one chat completion; every outcome, success or failure, leaves one usage row.
     pub async fn chat(&self, info: RequestInfo, req: ChatRequest) -> Result<ChatReply, ApiError> {
-        match self.admit(&info).await {
+        let admitted = self
+            .admit(&info)
+            .instrument(tracing::info_span!("route", gen_ai.request.model = %info.model))
+            .await;
+        match admitted {
             Ok((route, permit)) => {
-                let accounting = Accounting::new(self.store.clone(), info, route, permit);
-                dispatch(accounting, req).await
+                let accounting = Accounting::new(
+                    self.store.clone(),
+                    self.metrics.clone(),
+                    info,
+                    route,
+                    permit,
+                );
+                let span = accounting.span.clone();
+                dispatch(accounting, req).instrument(span).await
             }
             Err(e) => {
-                self.store.do_send(RecordUsage(
-                    info.rejected(e.kind.status().as_u16(), e.code()),
-                ));
+                let record = info.rejected(e.kind.status().as_u16(), e.code());
+                self.metrics.record_usage(&record, None);
+                self.store.do_send(RecordUsage(record));
                 Err(e)
             }
         }
@@ -131,6 +146,9 @@ async fn dispatch(mut acc: Accounting, mut req: ChatRequest) -> Result<ChatReply
             if stream {
                 call = call.header(reqwest::header::ACCEPT, "text/event-stream");
             }
+            let mut trace_headers = reqwest::header::HeaderMap::new();
+            otel::inject_trace_context(&acc.span, &mut trace_headers);
+            call = call.headers(trace_headers);
             let timeout = route.request_timeout;
             let waited = Instant::now();
             let sent = tokio::time::timeout(timeout, call.send()).await;
@@ -179,6 +197,7 @@ fn finish_blocking(mut acc: Accounting, bytes: Bytes) -> Result<ChatReply, ApiEr
     let parsed: Result<serde_json::Value, _> = serde_json::from_slice(&bytes);
     match parsed {
         Ok(answer) if answer.is_object() => {
+            acc.observe(&answer);
             acc.usage = answer.get("usage").and_then(TokenUsage::from_openai);
             acc.succeed();
             Ok(ChatReply::Json(bytes))

@@ -24,6 +24,10 @@ struct StreamRelay {
     acc: Accounting,
     /// `[DONE]` or an error was queued: nothing more goes to the client.
     finished: bool,
+    /// The first chunk's model has been recorded on the span.
+    observed: bool,
+    /// "stream" span, child of the chat span: open for as long as the relay runs.
+    _span: tracing::Span,
 }
 
 pub(super) fn relay(
@@ -31,7 +35,10 @@ pub(super) fn relay(
     upstream: UpstreamBody,
     include_usage: bool,
 ) -> LocalBoxStream<'static, Event> {
+    let span = tracing::info_span!(parent: &acc.span, "stream");
     let state = StreamRelay {
+        observed: false,
+        _span: span,
         upstream,
         parser: SseParser::default(),
         out: VecDeque::new(),
@@ -106,6 +113,15 @@ impl StreamRelay {
                 .is_none_or(Vec::is_empty);
             if usage.is_some() && choices_empty && !self.include_usage {
                 continue;
+            }
+            let finishing = chunk
+                .get("choices")
+                .and_then(|c| c.get(0))
+                .and_then(|c| c.get("finish_reason"))
+                .is_some_and(|f| !f.is_null());
+            if !self.observed || finishing {
+                self.acc.observe(&chunk);
+                self.observed = true;
             }
             if has_content(&chunk) {
                 self.acc.first_content();

@@ -85,8 +85,13 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
-pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
+/// reqwest (rustls without a built-in provider) needs ring installed before any client.
+pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
+    install_crypto();
     let dir = tempfile::tempdir().expect("temp dir");
     let db_url = fresh_database_url(&dir).await;
     let admin_key = lowart::crypto::generate_api_key().expect("admin key");
@@ -344,6 +349,7 @@ fn forward_lines(
 /// Runs the binary in `dir` on a random port with `env` (and none of the caller's Lowart
 /// variables); answers once it logs its address.
 pub async fn spawn_binary(dir: &TempDir, env: &[(&str, &str)]) -> Gateway {
+    install_crypto();
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lowart"));
     command.current_dir(dir.path());
     for var in [

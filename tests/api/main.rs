@@ -9,4 +9,6 @@ mod cli;
 mod errors;
 mod helpers;
 mod listeners;
+mod metrics;
 mod mock_upstream;
+mod tracing_export;

@@ -43,6 +43,7 @@ pub enum Reply {
 pub struct Received {
     pub path: String,
     pub authorization: Option<String>,
+    pub traceparent: Option<String>,
     pub body: Value,
 }
 
@@ -79,6 +80,7 @@ pub fn usage_chunk(prompt: i64, completion: i64) -> Value {
 
 impl MockUpstream {
     pub async fn start() -> Self {
+        crate::helpers::install_crypto();
         let script = Arc::new(Mutex::new(Script::default()));
         let data = web::Data::new(script.clone());
         let server = HttpServer::new(move || {
@@ -122,6 +124,11 @@ async fn handle(
             authorization: req
                 .headers()
                 .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            traceparent: req
+                .headers()
+                .get("traceparent")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
             body: body.clone(),

@@ -8,7 +8,7 @@ use actix_web_lab::sse::Sse;
 use crate::domain::chat::ChatRequest;
 use crate::error::ApiError;
 use crate::http::extract::Caller;
-use crate::http::{AppState, read_body, request_id};
+use crate::http::{AppState, read_body, request_id, upstream_clock};
 use crate::relay::{ChatReply, Relay, RequestInfo};
 
 pub async fn chat_completions(
@@ -22,6 +22,7 @@ pub async fn chat_completions(
     let chat = ChatRequest::parse(&body)?;
     let info = RequestInfo::new(
         request_id(&req),
+        upstream_clock(&req),
         caller.0,
         chat.model.clone(),
         chat.stream,
@@ -30,6 +31,7 @@ pub async fn chat_completions(
     let relay = Relay {
         store: state.store.clone(),
         router: state.router.clone(),
+        metrics: state.metrics.clone(),
     };
     match relay.chat(info, chat).await? {
         ChatReply::Json(bytes) => Ok(HttpResponse::Ok()

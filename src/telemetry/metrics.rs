@@ -1,0 +1,287 @@
+//! Prometheus metrics (`prometheus-client`, no global registry: each app owns one). Label
+//! values are bounded: routes are matched patterns, methods a fixed set, models the
+//! admin-registered names, sources and classes closed vocabularies. No user ids.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::domain::usage::UsageRecord;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub method: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+    pub method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub model: String,
+    pub r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub model: String,
+    pub class: String,
+}
+
+/// Latency buckets from 100 µs to ~52 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.0, 20,
+    ))
+}
+
+/// Overhead buckets from 10 µs to ~0.65 s.
+fn overhead_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.00001, 2.0, 17,
+    ))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Family<HttpLabels, Counter>,
+    http_duration: Family<RouteLabels, Histogram>,
+    inflight: Gauge,
+    tokens: Family<TokenLabels, Counter>,
+    cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    unpriced: Family<ModelLabels, Counter>,
+    usage_records: Family<SourceLabels, Counter>,
+    upstream_failures: Family<FailureLabels, Counter>,
+    upstream_duration: Family<ModelLabels, Histogram>,
+    ttft: Family<ModelLabels, Histogram>,
+    overhead: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            http_requests.clone(),
+        );
+        let http_duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time to the response head (streams: until the first byte is ready)",
+            Unit::Seconds,
+            http_duration.clone(),
+        );
+        let inflight = Gauge::default();
+        registry.register(
+            "gateway_inflight_requests",
+            "Requests being handled now",
+            inflight.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "gateway_tokens",
+            "Tokens by model and type (input, output)",
+            tokens.clone(),
+        );
+        let cost = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "gateway_cost",
+            "Cost in USD of priced requests",
+            cost.clone(),
+        );
+        let unpriced = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "gateway_unpriced_requests",
+            "Requests with token counts on a deployment without prices",
+            unpriced.clone(),
+        );
+        let usage_records = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "gateway_usage_records",
+            "Usage rows by usage_source",
+            usage_records.clone(),
+        );
+        let upstream_failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "gateway_request_failures",
+            "Routed requests that failed, by model and class (upstream classes, client_closed)",
+            upstream_failures.clone(),
+        );
+        let upstream_duration = Family::<ModelLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "gateway_upstream_duration",
+            "Time spent waiting on the upstream per request",
+            Unit::Seconds,
+            upstream_duration.clone(),
+        );
+        let ttft = Family::<ModelLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "gateway_time_to_first_token",
+            "Time from request to the first content chunk of a stream",
+            Unit::Seconds,
+            ttft.clone(),
+        );
+        let overhead = overhead_histogram();
+        registry.register_with_unit(
+            "gateway_overhead",
+            "Time the gateway added: total minus time waiting on the upstream",
+            Unit::Seconds,
+            overhead.clone(),
+        );
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            inflight,
+            tokens,
+            cost,
+            unpriced,
+            usage_records,
+            upstream_failures,
+            upstream_duration,
+            ttft,
+            overhead,
+        }
+    }
+
+    /// The registry in the OpenMetrics text format.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(8 * 1024);
+        encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    pub fn request_started(&self) {
+        self.inflight.inc();
+    }
+
+    pub fn request_finished(
+        &self,
+        route: &str,
+        method: &'static str,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        self.inflight.dec();
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                route: route.to_string(),
+                method,
+                status,
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+                method,
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Everything a usage row says, as metrics; called once per row, beside `RecordUsage`.
+    pub fn record_usage(&self, row: &UsageRecord, upstream_wait: Option<Duration>) {
+        self.usage_records
+            .get_or_create(&SourceLabels {
+                source: row.usage_source.as_str(),
+            })
+            .inc();
+        if row.deployment_id.is_none() {
+            return;
+        }
+        let model = ModelLabels {
+            model: row.model.clone(),
+        };
+        if let Some(u) = row.usage {
+            let input = u64::try_from(u.prompt).unwrap_or(0);
+            let output = u64::try_from(u.completion).unwrap_or(0);
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    model: row.model.clone(),
+                    r#type: "input",
+                })
+                .inc_by(input);
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    model: row.model.clone(),
+                    r#type: "output",
+                })
+                .inc_by(output);
+        }
+        match (row.cost_usd, row.cost_status) {
+            (Some(cost), _) => {
+                self.cost.get_or_create(&model).inc_by(cost);
+            }
+            (None, crate::domain::usage::CostStatus::Unpriced) => {
+                self.unpriced.get_or_create(&model).inc();
+            }
+            _ => {}
+        }
+        if let Some(class) = &row.error_class {
+            self.upstream_failures
+                .get_or_create(&FailureLabels {
+                    model: row.model.clone(),
+                    class: class.clone(),
+                })
+                .inc();
+        }
+        if let Some(wait) = upstream_wait {
+            self.upstream_duration
+                .get_or_create(&model)
+                .observe(wait.as_secs_f64());
+        }
+        if let Some(ttft) = row.ttft_ms {
+            self.ttft.get_or_create(&model).observe(ttft as f64 / 1e3);
+        }
+        self.overhead.observe(row.overhead_ms / 1e3);
+    }
+}
+
+/// A bounded method label.
+pub fn method_label(method: &actix_web::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
+}
