@@ -56,7 +56,33 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub security: SecuritySettings,
     pub telemetry: TelemetrySettings,
+    pub routing: RoutingSettings,
     pub models: Vec<ModelSeed>,
+}
+
+/// Retries and fallbacks of one client request.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingSettings {
+    /// Upstream attempts per request, retries and fallbacks included.
+    pub max_attempts: u32,
+    /// Total time a request may spend on attempts and backoff.
+    pub deadline_ms: u64,
+    /// First backoff before retrying a deployment already tried (doubles each attempt,
+    /// full jitter, never shorter than the upstream's Retry-After).
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            deadline_ms: 600_000,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 5_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -72,6 +98,8 @@ pub struct ServerSettings {
     pub workers: usize,
     /// Largest accepted request body, in bytes (413 above it).
     pub max_body_bytes: usize,
+    /// Requests handled at once (streams until they end); 0 = no cap. Above it: 503.
+    pub max_concurrency: usize,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     pub shutdown_grace_ms: u64,
 }
@@ -84,6 +112,7 @@ impl Default for ServerSettings {
             uds_mode: 0o660,
             workers: 0,
             max_body_bytes: 4 * 1024 * 1024,
+            max_concurrency: 0,
             shutdown_grace_ms: 30_000,
         }
     }
@@ -204,6 +233,8 @@ pub struct ModelSeed {
     pub connect_timeout_ms: Option<i64>,
     pub request_timeout_ms: Option<i64>,
     pub max_concurrency: Option<i32>,
+    pub idle_timeout_ms: Option<i64>,
+    pub breaker: Option<crate::domain::breaker::BreakerConfig>,
 }
 
 /// Reads the process environment; injectable so tests never touch the real one.
@@ -309,6 +340,9 @@ impl Settings {
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {
             return Err(bad("telemetry.otlp_endpoint", "expected an http(s) URL"));
+        }
+        if self.routing.max_attempts == 0 {
+            return Err(bad("routing.max_attempts", "must be at least 1"));
         }
         if self.database.usage_batch_size == 0 {
             return Err(bad("database.usage_batch_size", "must be greater than 0"));

@@ -31,6 +31,7 @@ pub enum ErrorKind {
     UpstreamTimeout,
     NoHealthyDeployment,
     UpstreamConcurrencyExceeded,
+    DownstreamConcurrencyExceeded,
     ServiceUnavailable,
     Internal,
 }
@@ -56,6 +57,7 @@ impl ErrorKind {
             Self::UpstreamTimeout => "upstream_timeout",
             Self::NoHealthyDeployment => "no_healthy_deployment",
             Self::UpstreamConcurrencyExceeded => "upstream_concurrency_exceeded",
+            Self::DownstreamConcurrencyExceeded => "downstream_concurrency_exceeded",
             Self::ServiceUnavailable => "service_unavailable",
             Self::Internal => "internal_error",
         }
@@ -77,6 +79,7 @@ impl ErrorKind {
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NoHealthyDeployment
             | Self::UpstreamConcurrencyExceeded
+            | Self::DownstreamConcurrencyExceeded
             | Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

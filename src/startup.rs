@@ -108,9 +108,11 @@ impl Application {
             tracing::info!(count = seeded, "seed deployments created");
         }
 
+        let metrics = Arc::new(Metrics::new());
         let router = {
             let store = store.clone();
-            Supervisor::start(move |_| RouterActor::new(store))
+            let metrics = metrics.clone();
+            Supervisor::start(move |_| RouterActor::new(store, metrics))
         };
         let routable = router.send(Reload).timeout(ASK_TIMEOUT).await??;
         tracing::info!(deployments = routable, "routing table loaded");
@@ -126,7 +128,7 @@ impl Application {
             router,
             keys,
             settings: settings.clone(),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
         });
 
         let body_limit = settings.server.max_body_bytes;

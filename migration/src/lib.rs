@@ -9,6 +9,7 @@ mod m20261122_000003_create_deployments;
 mod m20261122_000004_create_model_fallbacks;
 mod m20261122_000005_create_usage;
 mod m20261122_000006_create_audit_log;
+mod m20261122_000007_add_resilience_settings;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000004_create_model_fallbacks::Migration),
             Box::new(m20261122_000005_create_usage::Migration),
             Box::new(m20261122_000006_create_audit_log::Migration),
+            Box::new(m20261122_000007_add_resilience_settings::Migration),
         ]
     }
 }

@@ -1,94 +1,208 @@
-//! `ProviderActor`: one per deployment. It admits requests (the concurrency cap now, the
-//! circuit breaker later) and records their outcomes. It never performs upstream I/O: the
-//! request's own task does, holding an `AdmitPermit` that reports back when dropped.
+//! `ProviderActor`: one per deployment. It owns the deployment's circuit breaker and its
+//! concurrency cap (with a short queue), admits requests, and records their outcomes. It
+//! never performs upstream I/O: the request's own task does, holding an `AdmitPermit` that
+//! reports back exactly once, even when dropped.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::domain::breaker::{
+    Breaker, BreakerConfig, BreakerSnapshot, BreakerState, CallResult, Ticket,
+};
+use crate::domain::now_ms;
+use crate::telemetry::metrics::Metrics;
+
+/// How long a request waits in a saturated deployment's queue before trying elsewhere.
+pub const QUEUE_WAIT: Duration = Duration::from_millis(100);
 
 /// Why a deployment would not take a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AdmitError {
+    #[error("the deployment's circuit breaker is open")]
+    Open,
     #[error("the deployment is at its concurrency cap")]
     Saturated,
 }
 
-/// How one admitted request ended, as far as the deployment's health is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Success,
-    /// The upstream failed (connect, timeout, 5xx, 429, malformed answer).
-    Failure,
-    /// The request was at fault, or the client went away: says nothing about health.
-    Neutral,
+/// The answer to `Admit`: at once, or a place in the queue.
+pub enum AdmitReply {
+    Ready(Result<Ticket, AdmitError>),
+    /// Wait (at most `QUEUE_WAIT`) for a ticket; a closed channel means the breaker opened.
+    Queued(oneshot::Receiver<Ticket>),
 }
 
 /// From the request task: may I send a request upstream now?
 #[derive(Message)]
-#[rtype(result = "Result<(), AdmitError>")]
+#[rtype(result = "AdmitReply")]
 pub struct Admit;
 
 /// From an `AdmitPermit`, fire-and-forget: an admitted request has finished.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct RecordOutcome(pub Outcome);
+pub struct RecordOutcome {
+    pub ticket: Ticket,
+    pub result: CallResult,
+}
 
 /// From the router when the deployment was edited.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SetLimits {
+pub struct Configure {
     pub max_concurrency: Option<usize>,
+    pub breaker: BreakerConfig,
 }
 
-/// Counters for the admin API and metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ProviderStats {
+/// From the admin API: hold the breaker open or closed (`Some`), or release it (`None`).
+#[derive(Message)]
+#[rtype(result = "BreakerView")]
+pub struct ForceBreaker(pub Option<BreakerState>);
+
+/// From the admin API: the breaker and load of this deployment now.
+#[derive(Message)]
+#[rtype(result = "BreakerView")]
+pub struct GetBreaker;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BreakerView {
+    pub deployment_id: String,
+    #[serde(flatten)]
+    pub breaker: BreakerSnapshot,
+    /// When the breaker last opened (Unix ms), while it is not closed.
+    pub opened_at: Option<i64>,
+    pub forced: bool,
     pub inflight: usize,
+    pub queued: usize,
     pub successes: u64,
     pub failures: u64,
 }
 
-#[derive(Message)]
-#[rtype(result = "ProviderStats")]
-pub struct GetStats;
-
 pub struct ProviderActor {
     deployment_id: String,
     max_concurrency: Option<usize>,
-    stats: ProviderStats,
+    breaker: Breaker,
+    inflight: usize,
+    waiting: VecDeque<oneshot::Sender<Ticket>>,
+    successes: u64,
+    failures: u64,
+    metrics: Arc<Metrics>,
+    published: Option<BreakerState>,
 }
 
 impl ProviderActor {
-    pub fn new(deployment_id: String, max_concurrency: Option<usize>) -> Self {
+    pub fn new(
+        deployment_id: String,
+        max_concurrency: Option<usize>,
+        breaker: BreakerConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             deployment_id,
             max_concurrency,
-            stats: ProviderStats::default(),
+            breaker: Breaker::new(breaker),
+            inflight: 0,
+            waiting: VecDeque::new(),
+            successes: 0,
+            failures: 0,
+            metrics,
+            published: None,
+        }
+    }
+
+    fn saturated(&self) -> bool {
+        self.max_concurrency.is_some_and(|cap| self.inflight >= cap)
+    }
+
+    /// Publishes the breaker state gauge when it changed.
+    fn publish(&mut self, now: Instant) {
+        let state = self.breaker.state(now);
+        if self.published != Some(state) {
+            self.metrics.set_breaker_state(&self.deployment_id, state);
+            self.published = Some(state);
+        }
+    }
+
+    /// Hands free slots to queued requests (skipping those that gave up).
+    fn serve_queue(&mut self, now: Instant) {
+        while !self.saturated() {
+            let Some(waiter) = self.waiting.pop_front() else {
+                return;
+            };
+            if waiter.is_closed() {
+                continue;
+            }
+            let Some(ticket) = self.breaker.try_acquire(now) else {
+                // Dropping the sender tells the waiter the breaker is open.
+                self.waiting.clear();
+                return;
+            };
+            match waiter.send(ticket) {
+                Ok(()) => self.inflight += 1,
+                Err(ticket) => self.breaker.on_result(now, ticket, CallResult::Ignored),
+            }
+        }
+    }
+
+    fn view(&mut self, now: Instant) -> BreakerView {
+        let breaker = self.breaker.snapshot(now);
+        BreakerView {
+            deployment_id: self.deployment_id.clone(),
+            opened_at: breaker
+                .open_for
+                .map(|d| now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            breaker,
+            forced: self.breaker.is_forced(),
+            inflight: self.inflight,
+            queued: self.waiting.len(),
+            successes: self.successes,
+            failures: self.failures,
         }
     }
 }
 
 impl Actor for ProviderActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        self.publish(Instant::now());
+    }
 }
 
 impl Supervised for ProviderActor {
     fn restarting(&mut self, _: &mut Self::Context) {
         tracing::warn!(deployment = %self.deployment_id, "provider actor restarting");
-        self.stats.inflight = 0;
+        self.inflight = 0;
+        self.waiting.clear();
     }
 }
 
 impl Handler<Admit> for ProviderActor {
-    type Result = Result<(), AdmitError>;
+    type Result = MessageResult<Admit>;
 
     fn handle(&mut self, _: Admit, _: &mut Self::Context) -> Self::Result {
-        if self
-            .max_concurrency
-            .is_some_and(|cap| self.stats.inflight >= cap)
-        {
-            return Err(AdmitError::Saturated);
+        let now = Instant::now();
+        if self.saturated() {
+            let cap = self.max_concurrency.unwrap_or(0);
+            if self.breaker.state(now) != BreakerState::Closed || self.waiting.len() >= cap {
+                return MessageResult(AdmitReply::Ready(Err(AdmitError::Saturated)));
+            }
+            let (tx, rx) = oneshot::channel();
+            self.waiting.push_back(tx);
+            return MessageResult(AdmitReply::Queued(rx));
         }
-        self.stats.inflight += 1;
-        Ok(())
+        let reply = match self.breaker.try_acquire(now) {
+            Some(ticket) => {
+                self.inflight += 1;
+                Ok(ticket)
+            }
+            None => Err(AdmitError::Open),
+        };
+        self.publish(now);
+        MessageResult(AdmitReply::Ready(reply))
     }
 }
 
@@ -96,48 +210,75 @@ impl Handler<RecordOutcome> for ProviderActor {
     type Result = ();
 
     fn handle(&mut self, msg: RecordOutcome, _: &mut Self::Context) {
-        self.stats.inflight = self.stats.inflight.saturating_sub(1);
-        match msg.0 {
-            Outcome::Success => self.stats.successes += 1,
-            Outcome::Failure => self.stats.failures += 1,
-            Outcome::Neutral => {}
+        let now = Instant::now();
+        self.inflight = self.inflight.saturating_sub(1);
+        match msg.result {
+            CallResult::Success => self.successes += 1,
+            CallResult::Failure => self.failures += 1,
+            CallResult::Ignored => {}
         }
+        self.breaker.on_result(now, msg.ticket, msg.result);
+        self.publish(now);
+        self.serve_queue(now);
     }
 }
 
-impl Handler<SetLimits> for ProviderActor {
+impl Handler<Configure> for ProviderActor {
     type Result = ();
 
-    fn handle(&mut self, msg: SetLimits, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Configure, _: &mut Self::Context) {
         self.max_concurrency = msg.max_concurrency;
+        self.breaker.set_config(msg.breaker);
+        self.serve_queue(Instant::now());
     }
 }
 
-impl Handler<GetStats> for ProviderActor {
-    type Result = MessageResult<GetStats>;
+impl Handler<ForceBreaker> for ProviderActor {
+    type Result = MessageResult<ForceBreaker>;
 
-    fn handle(&mut self, _: GetStats, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.stats)
+    fn handle(&mut self, msg: ForceBreaker, _: &mut Self::Context) -> Self::Result {
+        let now = Instant::now();
+        match msg.0 {
+            Some(state) => self.breaker.force(now, state),
+            None => self.breaker.release(),
+        }
+        self.publish(now);
+        MessageResult(self.view(now))
+    }
+}
+
+impl Handler<GetBreaker> for ProviderActor {
+    type Result = MessageResult<GetBreaker>;
+
+    fn handle(&mut self, _: GetBreaker, _: &mut Self::Context) -> Self::Result {
+        let now = Instant::now();
+        self.publish(now);
+        MessageResult(self.view(now))
     }
 }
 
 /// Proof of admission held by the request task; reports the outcome exactly once, as
-/// `Neutral` if the task is dropped (client gone) before saying otherwise.
+/// `Ignored` if the task is dropped (client gone) before saying otherwise.
 pub struct AdmitPermit {
     provider: Addr<ProviderActor>,
+    ticket: Ticket,
     reported: bool,
 }
 
 impl AdmitPermit {
-    pub fn new(provider: Addr<ProviderActor>) -> Self {
+    pub fn new(provider: Addr<ProviderActor>, ticket: Ticket) -> Self {
         Self {
             provider,
+            ticket,
             reported: false,
         }
     }
 
-    pub fn finish(mut self, outcome: Outcome) {
-        self.provider.do_send(RecordOutcome(outcome));
+    pub fn finish(mut self, result: CallResult) {
+        self.provider.do_send(RecordOutcome {
+            ticket: self.ticket,
+            result,
+        });
         self.reported = true;
     }
 }
@@ -145,23 +286,85 @@ impl AdmitPermit {
 impl Drop for AdmitPermit {
     fn drop(&mut self) {
         if !self.reported {
-            self.provider.do_send(RecordOutcome(Outcome::Neutral));
+            self.provider.do_send(RecordOutcome {
+                ticket: self.ticket,
+                result: CallResult::Ignored,
+            });
         }
     }
+}
+
+/// Asks `provider` for a ticket, waiting in its queue for at most `QUEUE_WAIT`.
+pub async fn admit(provider: &Addr<ProviderActor>) -> Result<AdmitPermit, AdmitError> {
+    let reply = provider
+        .send(Admit)
+        .timeout(super::ASK_TIMEOUT)
+        .await
+        .map_err(|_| AdmitError::Saturated)?;
+    let ticket = match reply {
+        AdmitReply::Ready(result) => result?,
+        AdmitReply::Queued(mut rx) => match tokio::time::timeout(QUEUE_WAIT, &mut rx).await {
+            Ok(Ok(ticket)) => ticket,
+            Ok(Err(_)) => return Err(AdmitError::Open),
+            Err(_) => {
+                rx.close();
+                // A ticket that arrived as we gave up is handed back.
+                if let Ok(ticket) = rx.try_recv() {
+                    drop(AdmitPermit::new(provider.clone(), ticket));
+                }
+                return Err(AdmitError::Saturated);
+            }
+        },
+    };
+    Ok(AdmitPermit::new(provider.clone(), ticket))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn actor(cap: Option<usize>) -> Addr<ProviderActor> {
+        ProviderActor::new(
+            "d".into(),
+            cap,
+            BreakerConfig::default(),
+            Arc::new(Metrics::new()),
+        )
+        .start()
+    }
+
     #[actix::test]
-    async fn the_concurrency_cap_admits_again_once_a_permit_is_released() {
-        let provider = ProviderActor::new("d".into(), Some(1)).start();
-        assert_eq!(provider.send(Admit).await, Ok(Ok(())));
-        assert_eq!(provider.send(Admit).await, Ok(Err(AdmitError::Saturated)));
-        AdmitPermit::new(provider.clone()).finish(Outcome::Success);
-        assert_eq!(provider.send(Admit).await, Ok(Ok(())));
-        let stats = provider.send(GetStats).await;
-        assert_eq!(stats.map(|s| (s.inflight, s.successes)), Ok((1, 1)));
+    async fn the_concurrency_cap_queues_briefly_then_refuses() {
+        let provider = actor(Some(1));
+        let first = admit(&provider).await.expect("admitted");
+        assert_eq!(admit(&provider).await.err(), Some(AdmitError::Saturated));
+        let waiting = actix::spawn({
+            let provider = provider.clone();
+            async move { admit(&provider).await.is_ok() }
+        });
+        first.finish(CallResult::Success);
+        assert!(
+            waiting.await.expect("joined"),
+            "the queued request got the freed slot"
+        );
+        let view = provider.send(GetBreaker).await.expect("answers");
+        assert_eq!((view.inflight, view.successes), (0, 1));
+    }
+
+    #[actix::test]
+    async fn an_open_breaker_refuses_and_a_forced_close_admits() {
+        let provider = actor(None);
+        provider
+            .send(ForceBreaker(Some(BreakerState::Open)))
+            .await
+            .expect("answers");
+        assert_eq!(admit(&provider).await.err(), Some(AdmitError::Open));
+        let view = provider.send(ForceBreaker(None)).await.expect("answers");
+        assert_eq!(view.breaker.state, BreakerState::Open);
+        provider
+            .send(ForceBreaker(Some(BreakerState::Closed)))
+            .await
+            .expect("answers");
+        assert!(admit(&provider).await.is_ok());
     }
 }

@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::provider::{ProviderActor, SetLimits};
-use super::store::{LoadDeployments, StoreActor, StoreError};
+use super::provider::{Configure, ProviderActor};
+use super::store::{LoadDeployments, LoadFallbacks, StoreActor, StoreError};
 use crate::config::Secret;
+use crate::domain::fallbacks;
 use crate::domain::records::{Deployment, DeploymentWithSecret};
 use crate::domain::usage::Prices;
 use crate::providers::VendorType;
+use crate::telemetry::metrics::Metrics;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
@@ -26,6 +28,8 @@ pub struct Route {
     pub api_key: Option<Secret>,
     pub prices: Prices,
     pub request_timeout: Duration,
+    /// Longest silence between two chunks of a stream.
+    pub idle_timeout: Option<Duration>,
     /// One HTTP client per deployment: its own pool and connect timeout.
     pub client: reqwest::Client,
     pub provider: Addr<ProviderActor>,
@@ -41,7 +45,8 @@ pub enum RouteError {
     Store(#[from] StoreError),
 }
 
-/// From a chat handler: the deployments that may serve `model`, best first.
+/// From a chat handler: the deployments that may serve `model`, best first, then those of
+/// its fallback chain in order.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<Arc<Route>>, RouteError>")]
 pub struct Resolve {
@@ -55,12 +60,21 @@ pub struct ListModels;
 
 /// From the admin API after a deployment change, and at startup: rebuild the table from
 /// the store. Answers how many deployments are routable.
+/// (Deployments and fallbacks are read in two queries; a change between them is picked up
+/// by the reload that change triggers.)
 #[derive(Message)]
 #[rtype(result = "Result<usize, RouteError>")]
 pub struct Reload;
 
+/// From the admin API: every routable deployment's provider actor.
+#[derive(Message)]
+#[rtype(result = "Vec<(String, Addr<ProviderActor>)>")]
+pub struct ListProviders;
+
 pub struct RouterActor {
     store: Addr<StoreActor>,
+    metrics: Arc<Metrics>,
+    fallbacks: HashMap<String, Vec<String>>,
     routes: HashMap<String, Vec<Arc<Route>>>,
     by_id: HashMap<String, Arc<Route>>,
     /// Reloads may finish out of order; only a newer one replaces the table.
@@ -70,13 +84,15 @@ pub struct RouterActor {
 }
 
 impl RouterActor {
-    pub fn new(store: Addr<StoreActor>) -> Self {
+    pub fn new(store: Addr<StoreActor>, metrics: Arc<Metrics>) -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0x9E37_79B9_7F4A_7C15);
         Self {
             store,
+            metrics,
+            fallbacks: HashMap::new(),
             routes: HashMap::new(),
             by_id: HashMap::new(),
             reloads_started: 0,
@@ -100,15 +116,16 @@ impl RouterActor {
             return None;
         };
         let max_concurrency = dep.max_concurrency.and_then(|c| usize::try_from(c).ok());
+        let breaker = dep.breaker;
         let provider = match self.by_id.get(&dep.id) {
             Some(old) if old.provider.connected() => {
-                old.provider.do_send(SetLimits { max_concurrency });
+                old.provider.do_send(Configure {
+                    max_concurrency,
+                    breaker,
+                });
                 old.provider.clone()
             }
-            _ => {
-                let id = dep.id.clone();
-                Supervisor::start(move |_| ProviderActor::new(id, max_concurrency))
-            }
+            _ => self.start_provider(&dep.id, max_concurrency, breaker),
         };
         let ms = |v: Option<i64>, default: Duration| {
             v.and_then(|v| u64::try_from(v).ok())
@@ -136,6 +153,10 @@ impl RouterActor {
                 output_per_mtok: dep.price_output_per_mtok,
             },
             request_timeout: ms(dep.request_timeout_ms, DEFAULT_REQUEST_TIMEOUT),
+            idle_timeout: dep
+                .idle_timeout_ms
+                .and_then(|v| u64::try_from(v).ok())
+                .map(Duration::from_millis),
             vendor,
             api_key: d.api_key,
             client,
@@ -172,13 +193,24 @@ impl RouterActor {
 
     /// Re-creates a deployment's provider actor that stopped (supervision does not catch
     /// panics, so a dead child is noticed here, on the next request that needs it).
+    fn start_provider(
+        &self,
+        id: &str,
+        max_concurrency: Option<usize>,
+        breaker: crate::domain::breaker::BreakerConfig,
+    ) -> Addr<ProviderActor> {
+        let id = id.to_string();
+        let metrics = self.metrics.clone();
+        Supervisor::start(move |_| ProviderActor::new(id, max_concurrency, breaker, metrics))
+    }
+
     fn replace_provider(&mut self, route: &Route) {
         tracing::warn!(deployment = %route.deployment.id, "provider actor gone; restarting it");
-        let id = route.deployment.id.clone();
         let cap = route
             .deployment
             .max_concurrency
             .and_then(|c| usize::try_from(c).ok());
+        let provider = self.start_provider(&route.deployment.id, cap, route.deployment.breaker);
         let fresh = Arc::new(Route {
             deployment: route.deployment.clone(),
             vendor: route.vendor,
@@ -186,8 +218,9 @@ impl RouterActor {
             api_key: route.api_key.clone(),
             prices: route.prices,
             request_timeout: route.request_timeout,
+            idle_timeout: route.idle_timeout,
             client: route.client.clone(),
-            provider: Supervisor::start(move |_| ProviderActor::new(id, cap)),
+            provider,
         });
         self.by_id
             .insert(fresh.deployment.id.clone(), fresh.clone());
@@ -233,15 +266,33 @@ impl Handler<Resolve> for RouterActor {
     type Result = Result<Vec<Arc<Route>>, RouteError>;
 
     fn handle(&mut self, msg: Resolve, _: &mut Self::Context) -> Self::Result {
-        let candidates = match self.routes.get(&msg.model) {
-            Some(c) if !c.is_empty() => c.clone(),
-            _ => return Err(RouteError::UnknownModel(msg.model)),
-        };
-        for route in candidates.iter().filter(|r| !r.provider.connected()) {
-            self.replace_provider(route);
+        let mut ordered = Vec::new();
+        for model in fallbacks::chain(&self.fallbacks, &msg.model) {
+            let candidates = self.routes.get(&model).cloned().unwrap_or_default();
+            for route in candidates.iter().filter(|r| !r.provider.connected()) {
+                self.replace_provider(route);
+            }
+            let candidates = self.routes.get(&model).cloned().unwrap_or_default();
+            ordered.extend(self.order(&candidates));
         }
-        let candidates = self.routes.get(&msg.model).cloned().unwrap_or_default();
-        Ok(self.order(&candidates))
+        if ordered.is_empty() {
+            return Err(RouteError::UnknownModel(msg.model));
+        }
+        Ok(ordered)
+    }
+}
+
+impl Handler<ListProviders> for RouterActor {
+    type Result = MessageResult<ListProviders>;
+
+    fn handle(&mut self, _: ListProviders, _: &mut Self::Context) -> Self::Result {
+        let mut providers: Vec<(String, Addr<ProviderActor>)> = self
+            .by_id
+            .values()
+            .map(|r| (r.deployment.id.clone(), r.provider.clone()))
+            .collect();
+        providers.sort_by(|a, b| a.0.cmp(&b.0));
+        MessageResult(providers)
     }
 }
 
@@ -264,18 +315,22 @@ impl Handler<Reload> for RouterActor {
         let store = self.store.clone();
         Box::pin(
             async move {
-                store
+                let deployments = store
                     .send(LoadDeployments)
                     .timeout(super::ASK_TIMEOUT)
-                    .await
+                    .await;
+                let fallbacks = store.send(LoadFallbacks).timeout(super::ASK_TIMEOUT).await;
+                (deployments, fallbacks)
             }
             .into_actor(self)
-            .map(move |answer, router, _| {
-                let deployments = answer.map_err(|_| RouteError::StoreUnavailable)??;
+            .map(move |(deployments, fallbacks), router, _| {
+                let deployments = deployments.map_err(|_| RouteError::StoreUnavailable)??;
+                let fallbacks = fallbacks.map_err(|_| RouteError::StoreUnavailable)??;
                 if generation < router.reload_applied {
                     return Ok(router.by_id.len());
                 }
                 router.reload_applied = generation;
+                router.fallbacks = fallbacks;
                 Ok(router.rebuild(deployments))
             }),
         )

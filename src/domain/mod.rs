@@ -1,7 +1,9 @@
 //! Pure logic and plain data: no actors, no I/O. Records that cross actor boundaries and
 //! serialise to clients live here so `http/` never touches storage entities.
 
+pub mod breaker;
 pub mod chat;
+pub mod fallbacks;
 pub mod records;
 pub mod sse;
 pub mod usage;

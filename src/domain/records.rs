@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::config::Secret;
+use crate::domain::breaker::BreakerConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -101,6 +102,9 @@ pub struct Deployment {
     pub connect_timeout_ms: Option<i64>,
     pub request_timeout_ms: Option<i64>,
     pub max_concurrency: Option<i32>,
+    pub idle_timeout_ms: Option<i64>,
+    /// The effective breaker configuration (defaults where not set).
+    pub breaker: BreakerConfig,
     pub enabled: bool,
     pub created_at: i64,
     pub updated_at: i64,
@@ -128,6 +132,8 @@ pub struct DeploymentSpec {
     pub connect_timeout_ms: Option<Option<i64>>,
     pub request_timeout_ms: Option<Option<i64>>,
     pub max_concurrency: Option<Option<i32>>,
+    pub idle_timeout_ms: Option<Option<i64>>,
+    pub breaker: Option<Option<BreakerConfig>>,
     pub enabled: Option<bool>,
 }
 

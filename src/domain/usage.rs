@@ -109,6 +109,8 @@ pub struct UsageRecord {
     pub stream: bool,
     pub usage_source: UsageSource,
     pub created_at: i64,
+    /// Upstream attempts behind the row (0 when rejected before any).
+    pub attempts: u32,
 }
 
 #[cfg(test)]

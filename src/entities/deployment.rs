@@ -25,6 +25,9 @@ pub struct Model {
     pub workflow: Option<String>,
     pub mcp_servers: Option<String>,
     pub enabled: bool,
+    pub idle_timeout_ms: Option<i64>,
+    /// JSON of `domain::breaker::BreakerConfig`; `None` means the defaults.
+    pub breaker: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }

@@ -26,6 +26,8 @@ pub struct Model {
     /// `reported`, `counted`, `partial` or `missing`.
     pub usage_source: String,
     pub created_at: i64,
+    /// Upstream attempts behind this row (retries and fallbacks included).
+    pub attempts: i32,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

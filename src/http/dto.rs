@@ -5,6 +5,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::actors::store::UserFields;
 use crate::config::Secret;
+use crate::domain::breaker::BreakerConfig;
 use crate::domain::records::{DeploymentSpec, Role};
 use crate::error::ApiError;
 
@@ -191,6 +192,10 @@ pub struct DeploymentBody {
     pub request_timeout_ms: Option<Option<i64>>,
     #[serde(default, deserialize_with = "double_option")]
     pub max_concurrency: Option<Option<i32>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub idle_timeout_ms: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub breaker: Option<Option<BreakerConfig>>,
     pub enabled: Option<bool>,
 }
 
@@ -209,7 +214,31 @@ impl DeploymentBody {
             connect_timeout_ms: self.connect_timeout_ms,
             request_timeout_ms: self.request_timeout_ms,
             max_concurrency: self.max_concurrency,
+            idle_timeout_ms: self.idle_timeout_ms,
+            breaker: self.breaker,
             enabled: self.enabled,
         }
     }
+}
+
+/// `PUT /admin/models/{model_id}/fallbacks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbacksBody {
+    pub fallbacks: Vec<String>,
+}
+
+/// `PUT /admin/breakers/{deployment_id}`: hold open, hold closed, or back to automatic.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerOverrideBody {
+    pub state: BreakerOverride,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerOverride {
+    Open,
+    Closed,
+    Auto,
 }

@@ -112,6 +112,8 @@ pub struct UpstreamFailure {
     pub status: Option<u16>,
     pub detail: String,
     pub vendor_message: Option<String>,
+    /// The upstream's `Retry-After`, honoured before trying the same deployment again.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl UpstreamFailure {
@@ -121,6 +123,7 @@ impl UpstreamFailure {
             status: None,
             detail: detail.into(),
             vendor_message: None,
+            retry_after: None,
         }
     }
 }

@@ -59,6 +59,7 @@ pub fn classify(status: u16, body: &[u8]) -> UpstreamFailure {
         status: Some(status),
         detail: format!("HTTP {status} {code} {kind}"),
         vendor_message: (!message.is_empty()).then_some(message),
+        retry_after: None,
     }
 }
 

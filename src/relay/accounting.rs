@@ -1,6 +1,6 @@
-//! `Accounting`: follows one admitted request to its end and writes exactly one usage row
-//! and one provider outcome, whether the request succeeds, fails, or is dropped because
-//! the client went away.
+//! `Accounting`: follows one client request through its upstream attempts to its end and
+//! writes exactly one usage row, whether the request succeeds, fails, or is dropped because
+//! the client went away. Each attempt gets its own GenAI CLIENT span.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 
-use crate::actors::provider::{AdmitPermit, Outcome};
 use crate::actors::router::Route;
 use crate::actors::store::{RecordUsage, StoreActor};
 use crate::domain::now_ms;
 use crate::domain::records::KeyGrant;
-use crate::domain::usage::{CostStatus, Prices, TokenUsage, UsageRecord, UsageSource};
+use crate::domain::usage::{CostStatus, TokenUsage, UsageRecord, UsageSource};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::otel;
 
@@ -67,112 +66,78 @@ impl RequestInfo {
             created_at: now_ms(),
         }
     }
-
-    /// The row of a request that ended before reaching any deployment.
-    pub fn rejected(&self, status: u16, error_code: &str) -> UsageRecord {
-        self.record(
-            None,
-            None,
-            Prices::default(),
-            status,
-            Some(error_code.to_string()),
-            UsageSource::Missing,
-            Duration::ZERO,
-            None,
-        )
-    }
-
-    #[expect(clippy::too_many_arguments, reason = "one row, assembled in one place")]
-    fn record(
-        &self,
-        deployment_id: Option<String>,
-        usage: Option<TokenUsage>,
-        prices: Prices,
-        status: u16,
-        error_class: Option<String>,
-        usage_source: UsageSource,
-        upstream_wait: Duration,
-        ttft: Option<Duration>,
-    ) -> UsageRecord {
-        let latency = self.started.elapsed();
-        let (cost_usd, cost_status) = match usage {
-            Some(_) => prices.cost(usage),
-            None => (None, CostStatus::Unknown),
-        };
-        UsageRecord {
-            request_id: self.request_id.clone(),
-            user_id: Some(self.caller.user_id.clone()),
-            key_id: Some(self.caller.key_id.clone()),
-            model: self.model.clone(),
-            deployment_id,
-            usage,
-            cost_usd,
-            cost_status,
-            status,
-            error_class,
-            latency_ms: latency.as_millis() as i64,
-            overhead_ms: latency.saturating_sub(upstream_wait).as_secs_f64() * 1e3,
-            ttft_ms: ttft.map(|t| t.as_millis() as i64),
-            stream: self.stream,
-            usage_source,
-            created_at: self.created_at,
-        }
-    }
 }
 
 pub struct Accounting {
     store: Addr<StoreActor>,
     metrics: Arc<Metrics>,
-    /// The GenAI CLIENT span of the upstream call; it ends when the accounting does.
-    pub span: tracing::Span,
     info: RequestInfo,
-    route: Arc<Route>,
-    permit: Option<AdmitPermit>,
+    /// The deployment of the current (last) attempt.
+    route: Option<Arc<Route>>,
+    attempts: u32,
+    /// The GenAI CLIENT span of the current attempt.
+    pub span: tracing::Span,
     upstream_wait: Duration,
     ttft: Option<Duration>,
+    written: bool,
     /// Usage reported so far (a stream reports it in its last chunk).
     pub usage: Option<TokenUsage>,
 }
 
 impl Accounting {
-    pub fn new(
-        store: Addr<StoreActor>,
-        metrics: Arc<Metrics>,
-        info: RequestInfo,
-        route: Arc<Route>,
-        permit: AdmitPermit,
-    ) -> Self {
-        let span = otel::chat_span(
-            route.vendor.provider_name(),
-            &route.upstream_model,
-            &route.deployment.id,
-            info.stream,
-        );
+    pub fn new(store: Addr<StoreActor>, metrics: Arc<Metrics>, info: RequestInfo) -> Self {
         Self {
             store,
             metrics,
-            span,
             info,
-            route,
-            permit: Some(permit),
+            route: None,
+            attempts: 0,
+            span: tracing::Span::none(),
             upstream_wait: Duration::ZERO,
             ttft: None,
+            written: false,
             usage: None,
         }
-    }
-
-    pub fn route(&self) -> &Route {
-        &self.route
     }
 
     pub fn info(&self) -> &RequestInfo {
         &self.info
     }
 
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Starts an attempt on `route`: a new CLIENT span (the previous one ends).
+    pub fn begin_attempt(&mut self, route: Arc<Route>) {
+        self.attempts += 1;
+        self.span = otel::chat_span(
+            route.vendor.provider_name(),
+            &route.upstream_model,
+            &route.deployment.id,
+            self.info.stream,
+        );
+        self.route = Some(route);
+        self.usage = None;
+    }
+
+    /// Marks the current attempt's span as failed with `class`.
+    pub fn attempt_failed(&self, class: &str) {
+        self.span.record("error.type", class);
+        self.span.record("otel.status_code", "ERROR");
+    }
+
     /// Adds time spent waiting on the upstream (excluded from the gateway's overhead).
     pub fn waited(&mut self, d: Duration) {
         self.upstream_wait += d;
         self.info.clock.add(d);
+    }
+
+    /// Marks the first content sent to the client, once.
+    pub fn first_content(&mut self) {
+        if self.ttft.is_none() {
+            self.ttft = Some(self.info.started.elapsed());
+        }
     }
 
     /// Records what an answer (or a stream chunk) says about itself on the span: the
@@ -191,48 +156,49 @@ impl Accounting {
         }
     }
 
-    /// Marks the first content sent to the client, once.
-    pub fn first_content(&mut self) {
-        if self.ttft.is_none() {
-            self.ttft = Some(self.info.started.elapsed());
-        }
-    }
-
-    fn write(
-        &mut self,
-        status: u16,
-        error_class: Option<String>,
-        source: UsageSource,
-        outcome: Outcome,
-    ) {
-        let Some(permit) = self.permit.take() else {
+    fn write(&mut self, status: u16, error_class: Option<String>, source: UsageSource) {
+        if self.written {
             return;
-        };
-        permit.finish(outcome);
+        }
+        self.written = true;
         let usage = if source == UsageSource::Missing {
             None
         } else {
             self.usage
         };
-        let record = self.info.record(
-            Some(self.route.deployment.id.clone()),
+        let prices = self.route.as_ref().map(|r| r.prices).unwrap_or_default();
+        let (cost_usd, cost_status) = match usage {
+            Some(_) => prices.cost(usage),
+            None => (None, CostStatus::Unknown),
+        };
+        let latency = self.info.started.elapsed();
+        let record = UsageRecord {
+            request_id: self.info.request_id.clone(),
+            user_id: Some(self.info.caller.user_id.clone()),
+            key_id: Some(self.info.caller.key_id.clone()),
+            model: self.info.model.clone(),
+            deployment_id: self.route.as_ref().map(|r| r.deployment.id.clone()),
             usage,
-            self.route.prices,
+            cost_usd,
+            cost_status,
             status,
             error_class,
-            source,
-            self.upstream_wait,
-            self.ttft,
-        );
+            latency_ms: i64::try_from(latency.as_millis()).unwrap_or(i64::MAX),
+            overhead_ms: latency.saturating_sub(self.upstream_wait).as_secs_f64() * 1e3,
+            ttft_ms: self
+                .ttft
+                .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX)),
+            stream: self.info.stream,
+            usage_source: source,
+            created_at: self.info.created_at,
+            attempts: self.attempts,
+        };
         if let Some(u) = record.usage {
             self.span.record("gen_ai.usage.input_tokens", u.prompt);
             self.span.record("gen_ai.usage.output_tokens", u.completion);
         }
-        if let Some(class) = &record.error_class {
-            self.span.record("error.type", class.as_str());
-            self.span.record("otel.status_code", "ERROR");
-        }
-        self.metrics.record_usage(&record, Some(self.upstream_wait));
+        let wait = (self.attempts > 0).then_some(self.upstream_wait);
+        self.metrics.record_usage(&record, wait);
         self.store.do_send(RecordUsage(record));
     }
 
@@ -243,35 +209,29 @@ impl Accounting {
         } else {
             UsageSource::Missing
         };
-        self.write(200, None, source, Outcome::Success);
+        self.write(200, None, source);
     }
 
-    /// The request failed with `status`; `health` says whether it counts against the
-    /// deployment.
-    pub fn fail(&mut self, status: u16, class: &str, outcome: Outcome) {
+    /// The request failed with `status` and error `code`.
+    pub fn fail(&mut self, status: u16, code: &str) {
         let source = if self.usage.is_some() {
             UsageSource::Reported
         } else {
             UsageSource::Missing
         };
-        self.write(status, Some(class.to_string()), source, outcome);
+        self.write(status, Some(code.to_string()), source);
     }
 }
 
 impl Drop for Accounting {
     fn drop(&mut self) {
-        if self.permit.is_some() {
+        if !self.written {
             let source = if self.usage.is_some() {
                 UsageSource::Reported
             } else {
                 UsageSource::Partial
             };
-            self.write(
-                CLIENT_CLOSED,
-                Some("client_closed".into()),
-                source,
-                Outcome::Neutral,
-            );
+            self.write(CLIENT_CLOSED, Some("client_closed".into()), source);
         }
     }
 }

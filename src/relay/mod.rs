@@ -1,5 +1,8 @@
-//! The chat request path after the handler: route, admit, call the upstream in the
-//! request's own task (never in a mailbox), relay the answer, and account for it.
+//! The chat request path after the handler: resolve the model (and its fallback chain),
+//! admit on a deployment (breaker, concurrency cap), call the upstream in the request's own
+//! task (never in a mailbox), retry retryable failures on the next deployment or fallback
+//! until something answers, the attempts run out or the deadline passes, then relay the
+//! answer and account for it once.
 
 mod accounting;
 mod stream;
@@ -11,74 +14,90 @@ use actix::Addr;
 use actix_web::web::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::LocalBoxStream;
+use ring::rand::{SecureRandom, SystemRandom};
+use tracing::Instrument;
 
 use accounting::Accounting;
 pub use accounting::{CLIENT_CLOSED, RequestInfo, UpstreamClock};
 
 use crate::actors::ASK_TIMEOUT;
-use crate::actors::provider::{Admit, AdmitPermit, Outcome};
+use crate::actors::provider::{AdmitError, AdmitPermit, admit};
 use crate::actors::router::{Resolve, Route, RouteError, RouterActor};
-use crate::actors::store::{RecordUsage, StoreActor};
+use crate::actors::store::StoreActor;
+use crate::config::RoutingSettings;
+use crate::domain::breaker::CallResult;
 use crate::domain::chat::ChatRequest;
+use crate::domain::sse::{SseEvent, SseParser};
 use crate::domain::usage::TokenUsage;
 use crate::error::{ApiError, ErrorKind};
 use crate::providers::{FailureClass, UpstreamFailure, VendorType, mock, openai};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::otel;
-use tracing::Instrument;
+
+/// Which deployment answered, after how many attempts (sent as `x-lowart-*` headers).
+#[derive(Debug, Clone)]
+pub struct ServedBy {
+    pub model: String,
+    pub deployment_id: String,
+    pub attempts: u32,
+}
 
 /// What the handler sends back: a JSON body, or a stream of SSE events.
-pub enum ChatReply {
+pub enum ChatBody {
     Json(Bytes),
     Stream(LocalBoxStream<'static, actix_web_lab::sse::Event>),
+}
+
+pub struct ChatReply {
+    pub body: ChatBody,
+    pub served: ServedBy,
 }
 
 /// The upstream's body as a stream of byte chunks, failures already classified.
 type UpstreamBody = LocalBoxStream<'static, Result<Bytes, UpstreamFailure>>;
 
+/// A stream that has produced its first event and may now be committed to the client.
+struct OpenStream {
+    upstream: UpstreamBody,
+    parser: SseParser,
+    first: Vec<SseEvent>,
+}
+
+enum Answer {
+    Json(Bytes),
+    Stream(OpenStream),
+}
+
 pub struct Relay {
     pub store: Addr<StoreActor>,
     pub router: Addr<RouterActor>,
     pub metrics: Arc<Metrics>,
+    pub routing: RoutingSettings,
 }
 
 impl Relay {
     /// Serves one chat completion; every outcome, success or failure, leaves one usage row.
     pub async fn chat(&self, info: RequestInfo, req: ChatRequest) -> Result<ChatReply, ApiError> {
-        let admitted = self
-            .admit(&info)
-            .instrument(tracing::info_span!("route", gen_ai.request.model = %info.model))
-            .await;
-        match admitted {
-            Ok((route, permit)) => {
-                let accounting = Accounting::new(
-                    self.store.clone(),
-                    self.metrics.clone(),
-                    info,
-                    route,
-                    permit,
-                );
-                let span = accounting.span.clone();
-                dispatch(accounting, req).instrument(span).await
-            }
-            Err(e) => {
-                let record = info.rejected(e.kind.status().as_u16(), e.code());
-                self.metrics.record_usage(&record, None);
-                self.store.do_send(RecordUsage(record));
-                Err(e)
-            }
-        }
+        let mut acc = Accounting::new(self.store.clone(), self.metrics.clone(), info);
+        let routes = match self
+            .resolve(acc.info())
+            .instrument(tracing::info_span!("route", gen_ai.request.model = %acc.info().model))
+            .await
+        {
+            Ok(routes) => routes,
+            Err(e) => return Err(reject(&mut acc, e)),
+        };
+        self.attempt_all(acc, &routes, &req).await
     }
 
-    async fn admit(&self, info: &RequestInfo) -> Result<(Arc<Route>, AdmitPermit), ApiError> {
+    async fn resolve(&self, info: &RequestInfo) -> Result<Vec<Arc<Route>>, ApiError> {
         if !info.caller.permits_model(&info.model) {
             return Err(ApiError::new(
                 ErrorKind::ModelNotPermitted,
                 format!("this key may not use the model `{}`", info.model),
             ));
         }
-        let routes = self
-            .router
+        self.router
             .send(Resolve {
                 model: info.model.clone(),
             })
@@ -93,53 +112,198 @@ impl Relay {
                     )
                 },
                 RouteError::StoreUnavailable | RouteError::Store(_) => ApiError::unavailable(),
-            })?;
-        for route in routes {
-            if let Ok(Ok(())) = route.provider.send(Admit).timeout(ASK_TIMEOUT).await {
-                let permit = AdmitPermit::new(route.provider.clone());
-                return Ok((route, permit));
+            })
+    }
+
+    /// Tries the candidates in order (cycling while attempts and time remain) until one
+    /// answers. A deployment tried before in this request is retried after a backoff.
+    async fn attempt_all(
+        &self,
+        mut acc: Accounting,
+        routes: &[Arc<Route>],
+        req: &ChatRequest,
+    ) -> Result<ChatReply, ApiError> {
+        let deadline = acc.info().started + Duration::from_millis(self.routing.deadline_ms);
+        let max_attempts = self.routing.max_attempts.max(1);
+        let mut tried: Vec<(String, Option<Duration>)> = Vec::new();
+        let mut last_failure: Option<UpstreamFailure> = None;
+        let (mut saw_open, mut saw_saturated) = (false, false);
+        'passes: loop {
+            let mut admitted_this_pass = false;
+            for route in routes {
+                if acc.attempts() >= max_attempts || Instant::now() >= deadline {
+                    break 'passes;
+                }
+                if let Some((_, retry_after)) =
+                    tried.iter().find(|(id, _)| *id == route.deployment.id)
+                {
+                    let pause = self.backoff(acc.attempts(), *retry_after);
+                    if Instant::now() + pause >= deadline {
+                        break 'passes;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                let permit = match admit(&route.provider).await {
+                    Ok(permit) => permit,
+                    Err(AdmitError::Open) => {
+                        saw_open = true;
+                        continue;
+                    }
+                    Err(AdmitError::Saturated) => {
+                        saw_saturated = true;
+                        continue;
+                    }
+                };
+                admitted_this_pass = true;
+                acc.begin_attempt(route.clone());
+                let span = acc.span.clone();
+                let result = attempt(&mut acc, route, req, deadline)
+                    .instrument(span)
+                    .await;
+                match result {
+                    Ok(answer) => {
+                        return Ok(deliver(acc, route, permit, answer, req.include_usage));
+                    }
+                    Err(failure) => {
+                        acc.attempt_failed(failure.class.as_str());
+                        let health = if failure.class.is_client_fault() {
+                            CallResult::Ignored
+                        } else {
+                            CallResult::Failure
+                        };
+                        permit.finish(health);
+                        tracing::warn!(deployment = %route.deployment.id, class = failure.class.as_str(),
+                            attempt = acc.attempts(), "upstream attempt failed");
+                        if failure.class.is_client_fault() {
+                            return Err(fail(&mut acc, failure));
+                        }
+                        tried.retain(|(id, _)| *id != route.deployment.id);
+                        tried.push((route.deployment.id.clone(), failure.retry_after));
+                        last_failure = Some(failure);
+                    }
+                }
+            }
+            if !admitted_this_pass {
+                break;
             }
         }
-        Err(ApiError::new(
-            ErrorKind::UpstreamConcurrencyExceeded,
-            format!(
-                "every deployment of `{}` is at its concurrency limit",
-                info.model
+        let error = match last_failure {
+            Some(failure) => return Err(fail(&mut acc, failure)),
+            None if saw_saturated => ApiError::new(
+                ErrorKind::UpstreamConcurrencyExceeded,
+                format!(
+                    "every deployment of `{}` is at its concurrency limit",
+                    acc.info().model
+                ),
             ),
-        ))
+            None if saw_open => ApiError::new(
+                ErrorKind::NoHealthyDeployment,
+                format!(
+                    "no healthy deployment for `{}`: every circuit breaker is open",
+                    acc.info().model
+                ),
+            ),
+            None => ApiError::new(ErrorKind::UpstreamTimeout, "the request deadline passed"),
+        };
+        Err(reject(&mut acc, error))
+    }
+
+    /// Exponential backoff with full jitter, at least the upstream's `Retry-After`.
+    fn backoff(&self, attempts: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self
+            .routing
+            .backoff_initial_ms
+            .saturating_mul(1u64 << attempts.saturating_sub(1).min(20));
+        let cap = exp.min(self.routing.backoff_max_ms);
+        let mut bytes = [0u8; 8];
+        let random = match SystemRandom::new().fill(&mut bytes) {
+            Ok(()) => u64::from_le_bytes(bytes),
+            Err(_) => cap / 2,
+        };
+        let jitter = Duration::from_millis(if cap == 0 { 0 } else { random % (cap + 1) });
+        jitter.max(retry_after.unwrap_or_default())
     }
 }
 
-async fn dispatch(mut acc: Accounting, mut req: ChatRequest) -> Result<ChatReply, ApiError> {
-    let vendor = acc.route().vendor;
+/// Records a request that never reached an upstream, and answers its error.
+fn reject(acc: &mut Accounting, error: ApiError) -> ApiError {
+    acc.fail(error.kind.status().as_u16(), error.code());
+    error
+}
+
+/// Records a failed request and turns its last upstream failure into the client's error.
+fn fail(acc: &mut Accounting, failure: UpstreamFailure) -> ApiError {
+    let error = ApiError::from(failure);
+    acc.fail(error.kind.status().as_u16(), error.code());
+    error
+}
+
+fn deliver(
+    acc: Accounting,
+    route: &Arc<Route>,
+    permit: AdmitPermit,
+    answer: Answer,
+    include_usage: bool,
+) -> ChatReply {
+    let served = ServedBy {
+        model: route.deployment.model_id.clone(),
+        deployment_id: route.deployment.id.clone(),
+        attempts: acc.attempts(),
+    };
+    let body = match answer {
+        Answer::Json(bytes) => {
+            let mut acc = acc;
+            permit.finish(CallResult::Success);
+            acc.succeed();
+            ChatBody::Json(bytes)
+        }
+        Answer::Stream(open) => ChatBody::Stream(stream::relay(
+            acc,
+            permit,
+            open,
+            include_usage,
+            route.idle_timeout,
+        )),
+    };
+    ChatReply { body, served }
+}
+
+/// One upstream attempt, up to an answer that can be committed to the client: a complete,
+/// valid JSON answer, or a stream that has produced its first event.
+async fn attempt(
+    acc: &mut Accounting,
+    route: &Arc<Route>,
+    req: &ChatRequest,
+    deadline: Instant,
+) -> Result<Answer, UpstreamFailure> {
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = acc.info().created_at / 1000;
-    match (vendor, req.stream) {
+    let timeout = route
+        .request_timeout
+        .min(deadline.saturating_duration_since(Instant::now()));
+    match (route.vendor, req.stream) {
         (VendorType::Mock, false) => {
-            let answer = mock::complete(&req, &id, created);
-            finish_blocking(acc, Bytes::from(answer.to_string()))
+            let answer = mock::complete(req, &id, created);
+            check_json(acc, Bytes::from(answer.to_string()))
         }
         (VendorType::Mock, true) => {
-            let frames = mock::stream_frames(&req, &id, created);
+            let frames = mock::stream_frames(req, &id, created);
             let body: UpstreamBody =
                 futures_util::stream::iter(frames.into_iter().map(|f| Ok(Bytes::from(f))))
                     .boxed_local();
-            Ok(ChatReply::Stream(stream::relay(
-                acc,
-                body,
-                req.include_usage,
-            )))
+            open_stream(acc, body, route.idle_timeout, timeout).await
         }
         (VendorType::OpenAI, stream) => {
-            let route = acc.route();
-            let base_url = route.deployment.base_url.clone().unwrap_or_default();
-            openai::prepare_chat_body(&mut req.body, &route.upstream_model, stream);
-            let body = serde_json::to_vec(&req.body).map_err(|_| ApiError::internal())?;
+            let mut body = req.body.clone();
+            openai::prepare_chat_body(&mut body, &route.upstream_model, stream);
+            let bytes = serde_json::to_vec(&body)
+                .map_err(|e| UpstreamFailure::new(FailureClass::InvalidRequest, e.to_string()))?;
+            let base_url = route.deployment.base_url.as_deref().unwrap_or_default();
             let mut call = route
                 .client
-                .post(openai::chat_url(&base_url))
+                .post(openai::chat_url(base_url))
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
+                .body(bytes);
             if let Some(key) = &route.api_key {
                 call = call.bearer_auth(key.expose());
             }
@@ -149,83 +313,106 @@ async fn dispatch(mut acc: Accounting, mut req: ChatRequest) -> Result<ChatReply
             let mut trace_headers = reqwest::header::HeaderMap::new();
             otel::inject_trace_context(&acc.span, &mut trace_headers);
             call = call.headers(trace_headers);
-            let timeout = route.request_timeout;
-            let waited = Instant::now();
+
+            let started = Instant::now();
             let sent = tokio::time::timeout(timeout, call.send()).await;
-            acc.waited(waited.elapsed());
+            acc.waited(started.elapsed());
             let response = match sent {
-                Err(_) => return Err(upstream_failed(&mut acc, timeout_failure())),
-                Ok(Err(e)) => return Err(upstream_failed(&mut acc, transport_failure(&e))),
+                Err(_) => return Err(timeout_failure()),
+                Ok(Err(e)) => return Err(transport_failure(&e)),
                 Ok(Ok(r)) => r,
             };
             let status = response.status();
+            let retry_after = retry_after(response.headers());
             if stream && status.is_success() {
                 let body: UpstreamBody = response
                     .bytes_stream()
                     .map(|chunk| chunk.map_err(|e| transport_failure(&e)))
                     .boxed_local();
-                return Ok(ChatReply::Stream(stream::relay(
-                    acc,
-                    body,
-                    req.include_usage,
-                )));
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                return open_stream(acc, body, route.idle_timeout, remaining).await;
             }
-            let waited = Instant::now();
-            let remaining = timeout.saturating_sub(acc.info().started.elapsed());
+            let started = Instant::now();
+            let remaining =
+                timeout.saturating_sub(started.saturating_duration_since(acc.info().started));
             let read =
                 tokio::time::timeout(remaining.max(Duration::from_millis(1)), response.bytes())
                     .await;
-            acc.waited(waited.elapsed());
+            acc.waited(started.elapsed());
             let bytes = match read {
-                Err(_) => return Err(upstream_failed(&mut acc, timeout_failure())),
-                Ok(Err(e)) => return Err(upstream_failed(&mut acc, transport_failure(&e))),
+                Err(_) => return Err(timeout_failure()),
+                Ok(Err(e)) => return Err(transport_failure(&e)),
                 Ok(Ok(b)) => b,
             };
             if !status.is_success() {
-                return Err(upstream_failed(
-                    &mut acc,
-                    openai::classify(status.as_u16(), &bytes),
-                ));
+                let mut failure = openai::classify(status.as_u16(), &bytes);
+                failure.retry_after = retry_after;
+                return Err(failure);
             }
-            finish_blocking(acc, bytes)
+            check_json(acc, bytes)
         }
     }
 }
 
-/// Checks a complete answer, records its usage, and hands the upstream's bytes on as is.
-fn finish_blocking(mut acc: Accounting, bytes: Bytes) -> Result<ChatReply, ApiError> {
-    let parsed: Result<serde_json::Value, _> = serde_json::from_slice(&bytes);
-    match parsed {
+/// A complete answer must be a JSON object; its usage and model are recorded.
+fn check_json(acc: &mut Accounting, bytes: Bytes) -> Result<Answer, UpstreamFailure> {
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
         Ok(answer) if answer.is_object() => {
             acc.observe(&answer);
             acc.usage = answer.get("usage").and_then(TokenUsage::from_openai);
-            acc.succeed();
-            Ok(ChatReply::Json(bytes))
+            Ok(Answer::Json(bytes))
         }
-        _ => Err(upstream_failed(
-            &mut acc,
-            UpstreamFailure::new(
-                FailureClass::MalformedResponse,
-                "answer is not a JSON object",
-            ),
+        _ => Err(UpstreamFailure::new(
+            FailureClass::MalformedResponse,
+            "answer is not a JSON object",
         )),
     }
 }
 
-/// Records a failed upstream call and turns it into the client's error.
-fn upstream_failed(acc: &mut Accounting, failure: UpstreamFailure) -> ApiError {
-    let outcome = if failure.class.is_client_fault() {
-        Outcome::Neutral
-    } else {
-        Outcome::Failure
-    };
-    let error = ApiError::from(failure);
-    acc.fail(error.kind.status().as_u16(), error.code(), outcome);
-    error
+/// Reads a stream until its first event, so that a stream failing before it says anything
+/// can still move to another deployment. An error event counts as a failure.
+async fn open_stream(
+    acc: &mut Accounting,
+    mut upstream: UpstreamBody,
+    idle: Option<Duration>,
+    limit: Duration,
+) -> Result<Answer, UpstreamFailure> {
+    let mut parser = SseParser::default();
+    let until = Instant::now() + limit;
+    loop {
+        let wait = idle
+            .unwrap_or(limit)
+            .min(until.saturating_duration_since(Instant::now()));
+        let started = Instant::now();
+        let next = tokio::time::timeout(wait, upstream.next()).await;
+        acc.waited(started.elapsed());
+        let bytes = match next {
+            Err(_) => return Err(timeout_failure()),
+            Ok(None) => {
+                return Err(UpstreamFailure::new(
+                    FailureClass::MalformedResponse,
+                    "stream ended before any event",
+                ));
+            }
+            Ok(Some(Err(failure))) => return Err(failure),
+            Ok(Some(Ok(bytes))) => bytes,
+        };
+        let first = parser.push(&bytes);
+        if let Some(event) = first.first() {
+            if let Some(error) = stream::error_event(event) {
+                return Err(error);
+            }
+            return Ok(Answer::Stream(OpenStream {
+                upstream,
+                parser,
+                first,
+            }));
+        }
+    }
 }
 
 fn timeout_failure() -> UpstreamFailure {
-    UpstreamFailure::new(FailureClass::Timeout, "request_timeout_ms elapsed")
+    UpstreamFailure::new(FailureClass::Timeout, "the upstream did not answer in time")
 }
 
 /// Classifies a transport error (connect, timeout, broken body).
@@ -238,4 +425,14 @@ fn transport_failure(e: &reqwest::Error) -> UpstreamFailure {
         FailureClass::Upstream5xx
     };
     UpstreamFailure::new(class, e.to_string())
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by model vendors).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(3600.0)))
 }

@@ -1,19 +1,24 @@
-//! Relaying an upstream SSE stream to the client, event by event: usage is taken from the
-//! usage chunk (and hidden unless the client asked for it), the first content chunk stamps
-//! the time to first token, and an upstream failure after the first byte ends the stream
-//! with a well-formed error event and `[DONE]`, never a silent truncation.
+//! Relaying a committed upstream SSE stream to the client, event by event: usage is taken
+//! from the usage chunk (and hidden unless the client asked for it), the first content
+//! chunk stamps the time to first token, and an upstream failure after commit (broken
+//! connection, idle timeout, error event, missing `[DONE]`) ends the stream with a
+//! well-formed error event and `[DONE]`, never a silent truncation. Dropping the stream
+//! (client gone) drops the upstream connection with it.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web_lab::sse::{Data, Event};
 use futures_util::StreamExt;
 use futures_util::stream::LocalBoxStream;
 use serde_json::Value;
 
-use super::{Accounting, UpstreamBody, upstream_failed};
-use crate::domain::sse::SseParser;
+use super::{Accounting, OpenStream, UpstreamBody};
+use crate::actors::provider::AdmitPermit;
+use crate::domain::breaker::CallResult;
+use crate::domain::sse::{SseEvent, SseParser};
 use crate::domain::usage::TokenUsage;
+use crate::error::ApiError;
 use crate::providers::{FailureClass, UpstreamFailure};
 
 struct StreamRelay {
@@ -21,7 +26,9 @@ struct StreamRelay {
     parser: SseParser,
     out: VecDeque<Event>,
     include_usage: bool,
+    idle: Option<Duration>,
     acc: Accounting,
+    permit: Option<AdmitPermit>,
     /// `[DONE]` or an error was queued: nothing more goes to the client.
     finished: bool,
     /// The first chunk's model has been recorded on the span.
@@ -30,22 +37,38 @@ struct StreamRelay {
     _span: tracing::Span,
 }
 
+/// An upstream error event (`{"error": {...}}`) as a failure.
+pub(super) fn error_event(event: &SseEvent) -> Option<UpstreamFailure> {
+    let chunk: Value = serde_json::from_str(&event.data).ok()?;
+    let error = chunk.get("error").filter(|e| e.is_object())?;
+    let detail = error
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    Some(UpstreamFailure::new(FailureClass::Upstream5xx, detail))
+}
+
 pub(super) fn relay(
     acc: Accounting,
-    upstream: UpstreamBody,
+    permit: AdmitPermit,
+    open: OpenStream,
     include_usage: bool,
+    idle: Option<Duration>,
 ) -> LocalBoxStream<'static, Event> {
     let span = tracing::info_span!(parent: &acc.span, "stream");
-    let state = StreamRelay {
-        observed: false,
-        _span: span,
-        upstream,
-        parser: SseParser::default(),
+    let mut state = StreamRelay {
+        upstream: open.upstream,
+        parser: open.parser,
         out: VecDeque::new(),
         include_usage,
+        idle,
         acc,
+        permit: Some(permit),
         finished: false,
+        observed: false,
+        _span: span,
     };
+    state.on_events(open.first);
     futures_util::stream::unfold(state, |mut s| async move {
         loop {
             if let Some(event) = s.out.pop_front() {
@@ -56,10 +79,23 @@ pub(super) fn relay(
                 return None;
             }
             let waited = Instant::now();
-            let next = s.upstream.next().await;
+            let next = match s.idle {
+                Some(idle) => tokio::time::timeout(idle, s.upstream.next())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Some(Err(UpstreamFailure::new(
+                            FailureClass::Timeout,
+                            "idle_timeout_ms passed between two chunks",
+                        )))
+                    }),
+                None => s.upstream.next().await,
+            };
             s.acc.waited(waited.elapsed());
             match next {
-                Some(Ok(bytes)) => s.on_bytes(&bytes),
+                Some(Ok(bytes)) => {
+                    let events = s.parser.push(&bytes);
+                    s.on_events(events);
+                }
                 Some(Err(failure)) => s.on_failure(failure),
                 None => s.on_failure(UpstreamFailure::new(
                     FailureClass::MalformedResponse,
@@ -77,12 +113,15 @@ async fn drain(upstream: &mut UpstreamBody) {
 }
 
 impl StreamRelay {
-    fn on_bytes(&mut self, bytes: &[u8]) {
-        for event in self.parser.push(bytes) {
+    fn on_events(&mut self, events: Vec<SseEvent>) {
+        for event in events {
             if self.finished {
                 return;
             }
             if event.data == "[DONE]" {
+                if let Some(permit) = self.permit.take() {
+                    permit.finish(CallResult::Success);
+                }
                 self.acc.succeed();
                 self.out.push_back(Event::Data(Data::new("[DONE]")));
                 self.finished = true;
@@ -95,12 +134,8 @@ impl StreamRelay {
                 ));
                 return;
             };
-            if let Some(error) = chunk.get("error").filter(|e| e.is_object()) {
-                let detail = error
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                self.on_failure(UpstreamFailure::new(FailureClass::Upstream5xx, detail));
+            if let Some(failure) = error_event(&event) {
+                self.on_failure(failure);
                 return;
             }
             let usage = chunk.get("usage").and_then(TokenUsage::from_openai);
@@ -132,7 +167,12 @@ impl StreamRelay {
 
     /// Ends the stream with an OpenAI-shaped error chunk and `[DONE]`.
     fn on_failure(&mut self, failure: UpstreamFailure) {
-        let error = upstream_failed(&mut self.acc, failure);
+        self.acc.attempt_failed(failure.class.as_str());
+        if let Some(permit) = self.permit.take() {
+            permit.finish(CallResult::Failure);
+        }
+        let error = ApiError::from(failure);
+        self.acc.fail(error.kind.status().as_u16(), error.code());
         self.out
             .push_back(Event::Data(Data::new(error.body().to_string())));
         self.out.push_back(Event::Data(Data::new("[DONE]")));

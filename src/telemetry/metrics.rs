@@ -45,6 +45,11 @@ pub struct SourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeploymentLabels {
+    pub deployment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailureLabels {
     pub model: String,
     pub class: String,
@@ -77,6 +82,8 @@ pub struct Metrics {
     upstream_duration: Family<ModelLabels, Histogram>,
     ttft: Family<ModelLabels, Histogram>,
     overhead: Histogram,
+    breaker_state: Family<DeploymentLabels, Gauge>,
+    retries: Family<ModelLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -164,7 +171,21 @@ impl Metrics {
             Unit::Seconds,
             overhead.clone(),
         );
+        let breaker_state = Family::<DeploymentLabels, Gauge>::default();
+        registry.register(
+            "gateway_breaker_state",
+            "Circuit breaker per deployment: 0 closed, 1 open, 2 half-open",
+            breaker_state.clone(),
+        );
+        let retries = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "gateway_upstream_retries",
+            "Upstream attempts beyond the first (retries and fallbacks), by requested model",
+            retries.clone(),
+        );
         Self {
+            breaker_state,
+            retries,
             registry,
             http_requests,
             http_duration,
@@ -214,6 +235,14 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    pub fn set_breaker_state(&self, deployment: &str, state: crate::domain::breaker::BreakerState) {
+        self.breaker_state
+            .get_or_create(&DeploymentLabels {
+                deployment: deployment.to_string(),
+            })
+            .set(state.as_gauge());
+    }
+
     /// Everything a usage row says, as metrics; called once per row, beside `RecordUsage`.
     pub fn record_usage(&self, row: &UsageRecord, upstream_wait: Option<Duration>) {
         self.usage_records
@@ -223,6 +252,13 @@ impl Metrics {
             .inc();
         if row.deployment_id.is_none() {
             return;
+        }
+        if row.attempts > 1 {
+            self.retries
+                .get_or_create(&ModelLabels {
+                    model: row.model.clone(),
+                })
+                .inc_by(u64::from(row.attempts - 1));
         }
         let model = ModelLabels {
             model: row.model.clone(),

@@ -216,7 +216,7 @@ async fn unknown_models_and_routes_are_404() {
 
 #[actix_web::test]
 async fn upstream_failures_are_502_with_their_class_and_recorded() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(|s| s.routing.max_attempts = 1).await;
     app.add_openai_model("gpt-test", json!({})).await;
     app.upstream.push(Reply::Status(
         500,
@@ -293,7 +293,7 @@ async fn an_unreachable_upstream_is_502_connect() {
 
 #[actix_web::test]
 async fn a_slow_upstream_is_504_after_request_timeout_ms() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(|s| s.routing.max_attempts = 1).await;
     app.add_openai_model("gpt-slow", json!({"request_timeout_ms": 200}))
         .await;
     app.upstream.push(Reply::Delay(Duration::from_secs(10)));

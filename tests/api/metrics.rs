@@ -53,7 +53,7 @@ fn value(samples: &HashMap<String, f64>, key: &str) -> f64 {
 
 #[actix_web::test]
 async fn metrics_count_exactly_the_traffic_that_happened() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(|s| s.routing.max_attempts = 1).await;
     app.add_openai_model(
         "gpt-test",
         json!({"price_input_per_mtok": 2.0, "price_output_per_mtok": 8.0}),

@@ -4,7 +4,7 @@ use actix::prelude::*;
 use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, QueryOrder, QuerySelect};
 use serde_json::Value;
 
-use super::{ListAudit, StoreActor, StoreError};
+use super::{AppendAudit, ListAudit, StoreActor, StoreError};
 use crate::domain::now_ms;
 use crate::domain::records::{Actor, AuditEntry};
 use crate::entities::audit_log;
@@ -59,6 +59,24 @@ impl Handler<ListAudit> for StoreActor {
                     created_at: r.created_at,
                 })
                 .collect())
+        })
+    }
+}
+
+impl Handler<AppendAudit> for StoreActor {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, msg: AppendAudit, _: &mut Self::Context) -> Self::Result {
+        self.run(move |db, _| async move {
+            append(
+                &db,
+                &msg.actor,
+                msg.action,
+                msg.target_type,
+                &msg.target_id,
+                msg.details,
+            )
+            .await
         })
     }
 }

@@ -146,6 +146,8 @@ impl Handler<SeedDeployments> for StoreActor {
                         connect_timeout_ms: Some(seed.connect_timeout_ms),
                         request_timeout_ms: Some(seed.request_timeout_ms),
                         max_concurrency: Some(seed.max_concurrency),
+                        idle_timeout_ms: Some(seed.idle_timeout_ms),
+                        breaker: Some(seed.breaker),
                         enabled: None,
                     });
                 }

@@ -35,6 +35,12 @@ pub(super) fn to_record(m: &deployment::Model) -> Deployment {
         connect_timeout_ms: m.connect_timeout_ms,
         request_timeout_ms: m.request_timeout_ms,
         max_concurrency: m.max_concurrency,
+        idle_timeout_ms: m.idle_timeout_ms,
+        breaker: m
+            .breaker
+            .as_deref()
+            .and_then(|b| serde_json::from_str(b).ok())
+            .unwrap_or_default(),
         enabled: m.enabled,
         created_at: m.created_at,
         updated_at: m.updated_at,
@@ -101,6 +107,21 @@ fn apply(
     if let Some(v) = spec.max_concurrency {
         am.max_concurrency = Set(v);
     }
+    if let Some(v) = spec.idle_timeout_ms {
+        am.idle_timeout_ms = Set(v);
+    }
+    if let Some(v) = &spec.breaker {
+        if let Some(config) = v {
+            config
+                .validate()
+                .map_err(|(field, message)| invalid(&format!("breaker.{field}"), message))?;
+        }
+        let json = v
+            .map(|c| serde_json::to_string(&c))
+            .transpose()
+            .map_err(|e| invalid("breaker", e.to_string()))?;
+        am.breaker = Set(json);
+    }
     if let Some(v) = spec.enabled {
         am.enabled = Set(v);
     }
@@ -128,6 +149,7 @@ fn validate(m: &deployment::ActiveModel) -> Result<(), StoreError> {
     for (param, v) in [
         ("connect_timeout_ms", m.connect_timeout_ms.clone().unwrap()),
         ("request_timeout_ms", m.request_timeout_ms.clone().unwrap()),
+        ("idle_timeout_ms", m.idle_timeout_ms.clone().unwrap()),
     ] {
         if v.is_some_and(|v| v <= 0) {
             return Err(invalid(param, format!("`{param}` must be greater than 0")));
@@ -151,7 +173,8 @@ fn describe(spec: &DeploymentSpec) -> serde_json::Value {
         "price_input_per_mtok": spec.price_input_per_mtok,
         "price_output_per_mtok": spec.price_output_per_mtok,
         "connect_timeout_ms": spec.connect_timeout_ms, "request_timeout_ms": spec.request_timeout_ms,
-        "max_concurrency": spec.max_concurrency, "enabled": spec.enabled,
+        "max_concurrency": spec.max_concurrency, "idle_timeout_ms": spec.idle_timeout_ms,
+        "breaker": spec.breaker, "enabled": spec.enabled,
     })
 }
 
@@ -180,6 +203,8 @@ pub(super) fn new_row(
         response_script: Set(None),
         workflow: Set(None),
         mcp_servers: Set(None),
+        idle_timeout_ms: Set(None),
+        breaker: Set(None),
         enabled: Set(true),
         created_at: Set(now),
         updated_at: Set(now),

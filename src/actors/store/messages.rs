@@ -160,3 +160,28 @@ pub struct LoadDeployments;
 pub struct ListAudit {
     pub limit: u64,
 }
+
+/// Replace the fallback chain of `model_id` (400 if it would close a cycle).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<String>, StoreError>")]
+pub struct SetFallbacks {
+    pub model_id: String,
+    pub fallbacks: Vec<String>,
+    pub actor: Actor,
+}
+
+/// From the router: every model's fallbacks, in order.
+#[derive(Message)]
+#[rtype(result = "Result<std::collections::HashMap<String, Vec<String>>, StoreError>")]
+pub struct LoadFallbacks;
+
+/// An audit row for an admin action that changes no table (e.g. forcing a breaker).
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct AppendAudit {
+    pub actor: Actor,
+    pub action: &'static str,
+    pub target_type: &'static str,
+    pub target_id: String,
+    pub details: serde_json::Value,
+}

@@ -6,6 +6,7 @@
 mod audit;
 mod bootstrap;
 mod deployments;
+mod fallbacks;
 mod keys;
 pub mod messages;
 mod usage;

@@ -33,6 +33,7 @@ pub(super) fn to_active_model(r: UsageRecord) -> usage::ActiveModel {
         stream: Set(r.stream),
         usage_source: Set(r.usage_source.as_str().to_string()),
         created_at: Set(r.created_at),
+        attempts: Set(i32::try_from(r.attempts).unwrap_or(i32::MAX)),
     }
 }
 

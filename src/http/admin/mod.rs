@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod keys;
 pub mod models;
+pub mod resilience;
 pub mod users;
 
 use actix_web::web;
@@ -23,5 +24,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/models", web::get().to(models::list_models))
         .route("/models/{id}", web::patch().to(models::update_model))
         .route("/models/{id}", web::delete().to(models::delete_model))
+        .route(
+            "/models/{model_id}/fallbacks",
+            web::put().to(resilience::set_fallbacks),
+        )
+        .route("/breakers", web::get().to(resilience::list_breakers))
+        .route(
+            "/breakers/{deployment_id}",
+            web::put().to(resilience::override_breaker),
+        )
         .route("/audit", web::get().to(audit::list_audit));
 }

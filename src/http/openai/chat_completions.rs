@@ -9,7 +9,8 @@ use crate::domain::chat::ChatRequest;
 use crate::error::ApiError;
 use crate::http::extract::Caller;
 use crate::http::{AppState, read_body, request_id, upstream_clock};
-use crate::relay::{ChatReply, Relay, RequestInfo};
+use crate::relay::{ChatBody, ChatReply, Relay, RequestInfo};
+use actix_web::http::header::{HeaderName, HeaderValue};
 
 pub async fn chat_completions(
     state: web::Data<AppState>,
@@ -32,13 +33,26 @@ pub async fn chat_completions(
         store: state.store.clone(),
         router: state.router.clone(),
         metrics: state.metrics.clone(),
+        routing: state.settings.routing,
     };
-    match relay.chat(info, chat).await? {
-        ChatReply::Json(bytes) => Ok(HttpResponse::Ok()
+    let ChatReply { body, served } = relay.chat(info, chat).await?;
+    let mut res = match body {
+        ChatBody::Json(bytes) => HttpResponse::Ok()
             .content_type("application/json")
-            .body(bytes)),
-        ChatReply::Stream(events) => Ok(Sse::from_infallible_stream(events)
+            .body(bytes),
+        ChatBody::Stream(events) => Sse::from_infallible_stream(events)
             .respond_to(&req)
-            .map_into_boxed_body()),
+            .map_into_boxed_body(),
+    };
+    let headers = res.headers_mut();
+    for (name, value) in [
+        ("x-lowart-model", served.model),
+        ("x-lowart-deployment", served.deployment_id),
+        ("x-lowart-attempts", served.attempts.to_string()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
     }
+    Ok(res)
 }

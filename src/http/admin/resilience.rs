@@ -1,0 +1,103 @@
+//! Fallback chains and circuit breakers: `PUT /admin/models/{model_id}/fallbacks`,
+//! `GET /admin/breakers`, `PUT /admin/breakers/{deployment_id}` (hold open or closed for
+//! maintenance, or back to `auto`).
+
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+use crate::actors::ASK_TIMEOUT;
+use crate::actors::provider::{ForceBreaker, GetBreaker};
+use crate::actors::router::{ListProviders, Reload};
+use crate::actors::store::{AppendAudit, SetFallbacks};
+use crate::domain::breaker::BreakerState;
+use crate::error::ApiError;
+use crate::http::AppState;
+use crate::http::dto::{BreakerOverride, BreakerOverrideBody, FallbacksBody};
+use crate::http::extract::{AdminReader, ModelAdmin};
+
+pub async fn set_fallbacks(
+    state: web::Data<AppState>,
+    caller: ModelAdmin,
+    path: web::Path<String>,
+    body: web::Json<FallbacksBody>,
+) -> Result<HttpResponse, ApiError> {
+    let model_id = path.into_inner();
+    let fallbacks = body.into_inner().fallbacks;
+    if fallbacks.iter().any(|f| f.trim().is_empty()) {
+        return Err(ApiError::invalid(
+            "fallbacks",
+            "fallback model names must not be empty",
+        ));
+    }
+    let msg = SetFallbacks {
+        model_id: model_id.clone(),
+        fallbacks,
+        actor: caller.actor(),
+    };
+    let fallbacks = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
+    state
+        .router
+        .send(Reload)
+        .timeout(ASK_TIMEOUT)
+        .await?
+        .map_err(|e| {
+            tracing::error!(error = %e, "routing table reload failed");
+            ApiError::unavailable()
+        })?;
+    Ok(HttpResponse::Ok().json(json!({"model_id": model_id, "fallbacks": fallbacks})))
+}
+
+pub async fn list_breakers(
+    state: web::Data<AppState>,
+    _: AdminReader,
+) -> Result<HttpResponse, ApiError> {
+    let providers = state
+        .router
+        .send(ListProviders)
+        .timeout(ASK_TIMEOUT)
+        .await?;
+    let mut data = Vec::with_capacity(providers.len());
+    for (_, provider) in providers {
+        data.push(provider.send(GetBreaker).timeout(ASK_TIMEOUT).await?);
+    }
+    Ok(HttpResponse::Ok().json(json!({"data": data})))
+}
+
+pub async fn override_breaker(
+    state: web::Data<AppState>,
+    caller: ModelAdmin,
+    path: web::Path<String>,
+    body: web::Json<BreakerOverrideBody>,
+) -> Result<HttpResponse, ApiError> {
+    let deployment_id = path.into_inner();
+    let providers = state
+        .router
+        .send(ListProviders)
+        .timeout(ASK_TIMEOUT)
+        .await?;
+    let provider = providers
+        .into_iter()
+        .find(|(id, _)| *id == deployment_id)
+        .map(|(_, p)| p)
+        .ok_or_else(|| {
+            ApiError::not_found(format!("deployment `{deployment_id}` is not routable"))
+        })?;
+    let (forced, label) = match body.state {
+        BreakerOverride::Open => (Some(BreakerState::Open), "open"),
+        BreakerOverride::Closed => (Some(BreakerState::Closed), "closed"),
+        BreakerOverride::Auto => (None, "auto"),
+    };
+    let view = provider
+        .send(ForceBreaker(forced))
+        .timeout(ASK_TIMEOUT)
+        .await?;
+    let audit = AppendAudit {
+        actor: caller.actor(),
+        action: "breaker.override",
+        target_type: "deployment",
+        target_id: deployment_id,
+        details: json!({"state": label}),
+    };
+    state.store.send(audit).timeout(ASK_TIMEOUT).await??;
+    Ok(HttpResponse::Ok().json(view))
+}
