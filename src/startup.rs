@@ -123,7 +123,10 @@ impl Application {
                 settings.security.key_cache_ttl_ms.max(1),
             ))
             .build();
+        let downstream = (settings.server.max_concurrency > 0)
+            .then(|| Arc::new(tokio::sync::Semaphore::new(settings.server.max_concurrency)));
         let state = web::Data::new(AppState {
+            downstream,
             store: store.clone(),
             router,
             keys,
@@ -144,6 +147,8 @@ impl Application {
                 .default_service(web::to(http::not_found))
         })
         .disable_signals()
+        // A client that closes its side has gone: stop its stream (and so the upstream's).
+        .h1_allow_half_closed(false)
         .shutdown_timeout(settings.server.shutdown_grace_ms.div_ceil(1000));
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);

@@ -13,13 +13,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::Addr;
-use actix_web::body::MessageBody;
+use actix_web::body::{BodySize, BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use futures_util::{FutureExt, StreamExt};
+use std::pin::Pin;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::actors::router::RouterActor;
 use crate::actors::store::StoreActor;
@@ -34,6 +36,8 @@ pub type KeyCache = moka::future::Cache<[u8; 32], Option<Arc<KeyGrant>>>;
 
 /// What every handler can reach: actor addresses, the key cache, immutable settings.
 pub struct AppState {
+    /// The global cap on requests handled at once (`server.max_concurrency`).
+    pub downstream: Option<Arc<Semaphore>>,
     pub store: Addr<StoreActor>,
     pub router: Addr<RouterActor>,
     pub keys: KeyCache,
@@ -87,15 +91,32 @@ pub async fn request_context(
     if let Some(m) = &metrics {
         m.request_started();
     }
-    let outcome = AssertUnwindSafe(next.call(req)).catch_unwind().await;
-    let elapsed = started.elapsed();
-    let result = match outcome {
-        Ok(result) => result,
-        Err(_) => {
-            tracing::error!(request_id = %id, "handler panicked");
-            Err(ApiError::internal().into())
+    let exempt = matches!(req.path(), "/healthz" | "/readyz" | "/metrics");
+    let downstream = req
+        .app_data::<web::Data<AppState>>()
+        .and_then(|s| s.downstream.clone())
+        .filter(|_| !exempt);
+    let (permit, over_cap) = match downstream.map(Semaphore::try_acquire_owned) {
+        None => (None, false),
+        Some(Ok(permit)) => (Some(permit), false),
+        Some(Err(_)) => (None, true),
+    };
+    let result = if over_cap {
+        Err(ApiError::new(
+            ErrorKind::DownstreamConcurrencyExceeded,
+            "the gateway is at its concurrency limit; retry shortly",
+        )
+        .into())
+    } else {
+        match AssertUnwindSafe(next.call(req)).catch_unwind().await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::error!(request_id = %id, "handler panicked");
+                Err(ApiError::internal().into())
+            }
         }
     };
+    let elapsed = started.elapsed();
     let (route, status) = match &result {
         Ok(res) => (
             res.request()
@@ -120,7 +141,35 @@ pub async fn request_context(
     if let Ok(value) = HeaderValue::from_str(&format!("{overhead:.3}")) {
         headers.insert(OVERHEAD, value);
     }
-    Ok(res)
+    // The permit lives as long as the body: a stream holds its slot until it ends.
+    Ok(res.map_body(|_, body| match permit {
+        None => EitherBody::left(body),
+        Some(permit) => EitherBody::right(GuardedBody {
+            body: BoxBody::new(body),
+            _permit: permit,
+        }),
+    }))
+}
+
+/// A response body that holds a downstream-concurrency permit until it is done.
+pub struct GuardedBody {
+    body: BoxBody,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl MessageBody for GuardedBody {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
 }
 
 /// The upstream clock of the current request (a detached one outside the middleware).

@@ -11,4 +11,5 @@ mod helpers;
 mod listeners;
 mod metrics;
 mod mock_upstream;
+mod resilience;
 mod tracing_export;

@@ -37,6 +37,8 @@ pub enum Reply {
     Status(u16, Value),
     /// Waits this long before answering with `Text`.
     Delay(Duration),
+    /// 429 with `Retry-After: <seconds>`.
+    RateLimited(u64),
 }
 
 #[derive(Clone, Debug)]
@@ -51,6 +53,10 @@ pub struct Received {
 struct Script {
     replies: VecDeque<Reply>,
     received: Vec<Received>,
+    /// When set, requests alternate in runs of this many between healthy and 500.
+    flapping: Option<usize>,
+    /// Notified whenever a streamed answer is dropped (finished or cut).
+    stream_dropped: Arc<Notify>,
 }
 
 #[derive(Clone)]
@@ -91,6 +97,7 @@ impl MockUpstream {
         })
         .workers(1)
         .disable_signals()
+        .h1_allow_half_closed(false)
         .bind("127.0.0.1:0")
         .expect("mock binds");
         let addr = server.addrs()[0];
@@ -108,6 +115,15 @@ impl MockUpstream {
 
     pub fn received(&self) -> Vec<Received> {
         self.script.lock().unwrap().received.clone()
+    }
+
+    /// From now on, alternate runs of `period` healthy answers and `period` 500s.
+    pub fn flap(&self, period: usize) {
+        self.script.lock().unwrap().flapping = Some(period);
+    }
+
+    pub fn stream_dropped(&self) -> Arc<Notify> {
+        self.script.lock().unwrap().stream_dropped.clone()
     }
 }
 
@@ -133,8 +149,16 @@ async fn handle(
                 .map(str::to_string),
             body: body.clone(),
         });
-        s.replies.pop_front().unwrap_or_else(default_text)
+        let index = s.received.len() - 1;
+        match s.flapping {
+            Some(period) if (index / period) % 2 == 1 => Reply::Status(
+                500,
+                json!({"error": {"message": "flapping", "type": "server_error"}}),
+            ),
+            _ => s.replies.pop_front().unwrap_or_else(default_text),
+        }
     };
+    let dropped = script.lock().unwrap().stream_dropped.clone();
     let stream = body["stream"].as_bool().unwrap_or(false);
     let include_usage = body["stream_options"]["include_usage"]
         .as_bool()
@@ -142,24 +166,32 @@ async fn handle(
     match reply {
         Reply::Delay(d) => {
             tokio::time::sleep(d).await;
-            text_reply(default_text(), stream, include_usage)
+            text_reply(default_text(), stream, include_usage, dropped)
         }
         Reply::Status(code, body) => {
             HttpResponse::build(actix_web::http::StatusCode::from_u16(code).unwrap()).json(body)
         }
+        Reply::RateLimited(seconds) => HttpResponse::TooManyRequests()
+            .insert_header(("retry-after", seconds.to_string()))
+            .json(json!({"error": {"message": "slow down", "type": "rate_limit_error"}})),
         Reply::Json(v) => HttpResponse::Ok().json(v),
-        Reply::Events(events) => sse(frames(&events, true), None),
-        Reply::Truncated(events) => sse(frames(&events, false), None),
+        Reply::Events(events) => sse(frames(&events, true), None, dropped),
+        Reply::Truncated(events) => sse(frames(&events, false), None, dropped),
         Reply::Gated {
             events,
             before,
             gate,
-        } => sse(frames(&events, true), Some((before, gate))),
-        text @ Reply::Text { .. } => text_reply(text, stream, include_usage),
+        } => sse(frames(&events, true), Some((before, gate)), dropped),
+        text @ Reply::Text { .. } => text_reply(text, stream, include_usage, dropped),
     }
 }
 
-fn text_reply(reply: Reply, stream: bool, include_usage: bool) -> HttpResponse {
+fn text_reply(
+    reply: Reply,
+    stream: bool,
+    include_usage: bool,
+    dropped: Arc<Notify>,
+) -> HttpResponse {
     let Reply::Text {
         content,
         prompt_tokens,
@@ -188,7 +220,7 @@ fn text_reply(reply: Reply, stream: bool, include_usage: bool) -> HttpResponse {
     if include_usage {
         events.push(usage_chunk(prompt_tokens, completion_tokens));
     }
-    sse(frames(&events, true), None)
+    sse(frames(&events, true), None, dropped)
 }
 
 fn frames(events: &[Value], done: bool) -> Vec<Bytes> {
@@ -202,17 +234,31 @@ fn frames(events: &[Value], done: bool) -> Vec<Bytes> {
     out
 }
 
-fn sse(frames: Vec<Bytes>, gate: Option<(usize, Arc<Notify>)>) -> HttpResponse {
+/// Notifies when dropped: the mock's way to see a stream end or be cut.
+struct DropSignal(Arc<Notify>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
+}
+
+fn sse(
+    frames: Vec<Bytes>,
+    gate: Option<(usize, Arc<Notify>)>,
+    dropped: Arc<Notify>,
+) -> HttpResponse {
+    let signal = DropSignal(dropped);
     let stream = futures_util::stream::unfold(
-        (frames.into_iter().enumerate(), gate),
-        |(mut it, gate)| async move {
+        (frames.into_iter().enumerate(), gate, signal),
+        |(mut it, gate, signal)| async move {
             let (i, frame) = it.next()?;
             if let Some((before, g)) = &gate
                 && i == *before
             {
                 g.notified().await;
             }
-            Some((Ok::<_, actix_web::Error>(frame), (it, gate)))
+            Some((Ok::<_, actix_web::Error>(frame), (it, gate, signal)))
         },
     );
     HttpResponse::Ok()
