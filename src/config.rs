@@ -134,7 +134,7 @@ impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
             url: Secret::new("sqlite://lowart.db?mode=rwc"),
-            max_connections: 8,
+            max_connections: 4,
             usage_batch_size: 256,
             usage_flush_ms: 100,
         }

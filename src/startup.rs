@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::{App, HttpServer, middleware::from_fn, web};
+use actix_web::middleware::{Condition, from_fn};
+use actix_web::{App, HttpServer, web};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
 
@@ -135,6 +136,11 @@ impl Application {
         });
 
         let body_limit = settings.server.max_body_bytes;
+        let tracing_export = settings
+            .telemetry
+            .otlp_endpoint
+            .as_deref()
+            .is_some_and(|e| !e.is_empty());
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -142,13 +148,15 @@ impl Application {
                 .app_data(http::path_config())
                 .app_data(http::query_config())
                 .wrap(from_fn(http::request_context))
-                .wrap(TracingLogger::default())
+                .wrap(Condition::new(tracing_export, TracingLogger::default()))
                 .configure(http::configure)
                 .default_service(web::to(http::not_found))
         })
         .disable_signals()
         // A client that closes its side has gone: stop its stream (and so the upstream's).
         .h1_allow_half_closed(false)
+        // Stream events go out as they come, not after a delayed ACK.
+        .tcp_nodelay(true)
         .shutdown_timeout(settings.server.shutdown_grace_ms.div_ceil(1000));
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);

@@ -25,6 +25,8 @@ pub struct Route {
     pub deployment: Deployment,
     pub vendor: VendorType,
     pub upstream_model: String,
+    /// `{base_url}/chat/completions`, parsed once (OpenAI vendor only).
+    pub chat_url: Option<reqwest::Url>,
     pub api_key: Option<Secret>,
     pub prices: Prices,
     pub request_timeout: Duration,
@@ -143,7 +145,20 @@ impl RouterActor {
                 return None;
             }
         };
+        let chat_url = match (vendor, dep.base_url.as_deref()) {
+            (VendorType::OpenAI, Some(base)) => {
+                match reqwest::Url::parse(&crate::providers::openai::chat_url(base)) {
+                    Ok(url) => Some(url),
+                    Err(e) => {
+                        tracing::error!(deployment = %dep.id, error = %e, "invalid base_url; deployment skipped");
+                        return None;
+                    }
+                }
+            }
+            _ => None,
+        };
         Some(Arc::new(Route {
+            chat_url,
             upstream_model: dep
                 .upstream_model
                 .clone()
@@ -215,6 +230,7 @@ impl RouterActor {
             deployment: route.deployment.clone(),
             vendor: route.vendor,
             upstream_model: route.upstream_model.clone(),
+            chat_url: route.chat_url.clone(),
             api_key: route.api_key.clone(),
             prices: route.prices,
             request_timeout: route.request_timeout,

@@ -298,10 +298,12 @@ async fn attempt(
             openai::prepare_chat_body(&mut body, &route.upstream_model, stream);
             let bytes = serde_json::to_vec(&body)
                 .map_err(|e| UpstreamFailure::new(FailureClass::InvalidRequest, e.to_string()))?;
-            let base_url = route.deployment.base_url.as_deref().unwrap_or_default();
+            let url = route.chat_url.clone().ok_or_else(|| {
+                UpstreamFailure::new(FailureClass::Connect, "deployment has no base_url")
+            })?;
             let mut call = route
                 .client
-                .post(openai::chat_url(base_url))
+                .post(url)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(bytes);
             if let Some(key) = &route.api_key {

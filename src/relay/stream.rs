@@ -31,6 +31,8 @@ struct StreamRelay {
     permit: Option<AdmitPermit>,
     /// `[DONE]` or an error was queued: nothing more goes to the client.
     finished: bool,
+    /// The upstream sent `[DONE]`.
+    succeeded: bool,
     /// The first chunk's model has been recorded on the span.
     observed: bool,
     /// "stream" span, child of the chat span: open for as long as the relay runs.
@@ -65,6 +67,7 @@ pub(super) fn relay(
         acc,
         permit: Some(permit),
         finished: false,
+        succeeded: false,
         observed: false,
         _span: span,
     };
@@ -75,7 +78,15 @@ pub(super) fn relay(
                 return Some((event, s));
             }
             if s.finished {
-                drain(&mut s.upstream).await;
+                if s.succeeded {
+                    // Read the upstream's last bytes off the client's path so the upstream
+                    // connection can be reused; a stalled upstream is dropped after a while.
+                    let upstream = std::mem::replace(
+                        &mut s.upstream,
+                        futures_util::stream::empty().boxed_local(),
+                    );
+                    actix::spawn(drain(upstream));
+                }
                 return None;
             }
             let waited = Instant::now();
@@ -107,9 +118,14 @@ pub(super) fn relay(
     .boxed_local()
 }
 
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
 /// Reads what the upstream still sends after `[DONE]` so its connection can be reused.
-async fn drain(upstream: &mut UpstreamBody) {
-    while let Some(Ok(_)) = upstream.next().await {}
+async fn drain(mut upstream: UpstreamBody) {
+    let _ = tokio::time::timeout(DRAIN_LIMIT, async {
+        while let Some(Ok(_)) = upstream.next().await {}
+    })
+    .await;
 }
 
 impl StreamRelay {
@@ -125,6 +141,7 @@ impl StreamRelay {
                 self.acc.succeed();
                 self.out.push_back(Event::Data(Data::new("[DONE]")));
                 self.finished = true;
+                self.succeeded = true;
                 return;
             }
             let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else {

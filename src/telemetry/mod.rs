@@ -11,6 +11,8 @@ use std::time::Duration;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, fmt};
@@ -100,12 +102,24 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("lowart")));
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    // Log lines are events only: spans cost nothing unless the OTLP exporter wants them.
+    let events_only = || filter_fn(|meta| meta.is_event());
     let _ = match settings.log_format {
         LogFormat::Json => registry
-            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr)
+                    .with_filter(events_only()),
+            )
             .try_init(),
         LogFormat::Pretty => registry
-            .with(fmt::layer().compact().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .compact()
+                    .with_writer(std::io::stderr)
+                    .with_filter(events_only()),
+            )
             .try_init(),
     };
     Ok(TelemetryGuard { provider })

@@ -404,3 +404,39 @@ async fn chaos_a_flapping_primary_with_a_healthy_fallback_shows_no_5xx_and_one_r
         "the primary took real traffic"
     );
 }
+
+#[actix_web::test]
+async fn a_stream_that_stalls_after_its_first_event_ends_with_a_timeout_error_and_done() {
+    let app = spawn_app().await;
+    app.add_openai_model("gpt-test", json!({"idle_timeout_ms": 200}))
+        .await;
+    app.upstream.push(Reply::Gated {
+        events: vec![
+            chunk(
+                json!({"role": "assistant", "content": "first "}),
+                Value::Null,
+            ),
+            chunk(json!({"content": "never"}), Value::Null),
+        ],
+        before: 1,
+        gate: Arc::new(tokio::sync::Notify::new()),
+    });
+    let res = app
+        .chat(
+            &app.admin_key,
+            &json!({"model": "gpt-test", "stream": true, "messages": user_message("hi")}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let data = crate::helpers::sse_data(&res.text().await.unwrap());
+    assert_eq!(data.len(), 3, "{data:?}");
+    assert!(data[0].contains("first"));
+    let error: Value = serde_json::from_str(&data[1]).unwrap();
+    assert_eq!(error["error"]["code"], "timeout");
+    assert_eq!(data[2], "[DONE]");
+    let rows = app.usage_rows().await;
+    assert_eq!(
+        (rows[0].status, rows[0].error_class.as_deref()),
+        (504, Some("timeout"))
+    );
+}
