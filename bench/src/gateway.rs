@@ -13,7 +13,7 @@ use crate::BoxError;
 use crate::http::call_once;
 
 pub const ADMIN_KEY: &str = "lw-bench-admin-key-0123456789abcdef";
-const MASTER_KEY: &str = "6c6f776172742062656e6368206d6173746572206b6579202d2d2030313233";
+const MASTER_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 /// Runs `cargo build --release -p lowart --bin lowart` in the workspace root.
 pub fn build(root: &Path) -> Result<PathBuf, BoxError> {

@@ -35,10 +35,17 @@ fn main() -> ExitCode {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let marker = std::env::var(PINNED_MARKER).ok();
     if marker.is_none() {
-        let (Ok(_), _) = (gateway::build(&root), Loadgen::find(&root)) else {
-            eprintln!("bench: could not build the gateway");
-            return ExitCode::FAILURE;
-        };
+        let built = gateway::build(&root);
+        Loadgen::find(&root);
+        if let Err(e) = built {
+            if !root.join("target/release/lowart").exists() {
+                eprintln!("bench: {e}");
+                return ExitCode::FAILURE;
+            }
+            eprintln!(
+                "bench: {e}; WARNING: using the existing, possibly stale target/release/lowart"
+            );
+        }
         let has_taskset = Command::new("taskset").arg("-V").output().is_ok();
         if has_taskset && cpus >= 2 {
             eprintln!(

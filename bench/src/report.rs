@@ -63,8 +63,8 @@ impl Results {
         let _ = writeln!(t, "\n{}\n", self.header);
         let _ = writeln!(
             t,
-            "{:<34} {:>10} {:>10} {:>18}   {:<26} {}",
-            "metric", "direct", "gateway", "overhead", "target", ""
+            "{:<34} {:>10} {:>10} {:>18}   {:<26}",
+            "metric", "direct", "gateway", "overhead", "target"
         );
         let _ = writeln!(t, "{}", "-".repeat(110));
         let mut row = |label: &str, d: f64, g: f64, target: &str, ok: Option<bool>| {
