@@ -221,8 +221,10 @@ impl From<UpstreamFailure> for ApiError {
                 f.class.client_message().to_string(),
             ),
         };
+        // Timeouts answer the contract's `upstream_timeout`; other failures their class.
+        let class = (f.class != FailureClass::Timeout).then_some(f.class.as_str());
         Self {
-            class: Some(f.class.as_str()),
+            class,
             ..ApiError::new(kind, message)
         }
     }

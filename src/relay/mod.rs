@@ -232,9 +232,11 @@ fn reject(acc: &mut Accounting, error: ApiError) -> ApiError {
 }
 
 /// Records a failed request and turns its last upstream failure into the client's error.
+/// The usage row keeps the failure class; the client gets its error.
 fn fail(acc: &mut Accounting, failure: UpstreamFailure) -> ApiError {
+    let class = failure.class.as_str();
     let error = ApiError::from(failure);
-    acc.fail(error.kind.status().as_u16(), error.code());
+    acc.fail(error.kind.status().as_u16(), class);
     error
 }
 

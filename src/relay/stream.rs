@@ -188,8 +188,9 @@ impl StreamRelay {
         if let Some(permit) = self.permit.take() {
             permit.finish(CallResult::Failure);
         }
+        let class = failure.class.as_str();
         let error = ApiError::from(failure);
-        self.acc.fail(error.kind.status().as_u16(), error.code());
+        self.acc.fail(error.kind.status().as_u16(), class);
         self.out
             .push_back(Event::Data(Data::new(error.body().to_string())));
         self.out.push_back(Event::Data(Data::new("[DONE]")));

@@ -303,7 +303,10 @@ async fn a_slow_upstream_is_504_after_request_timeout_ms() {
             &json!({"model": "gpt-slow", "messages": user_message("x")}),
         )
         .await;
-    assert_eq!(assert_openai_error(res, 504).await["code"], "timeout");
+    assert_eq!(
+        assert_openai_error(res, 504).await["code"],
+        "upstream_timeout"
+    );
     let rows = app.usage_rows().await;
     assert_eq!(rows[0].status, 504);
     assert_eq!(rows[0].error_class.as_deref(), Some("timeout"));

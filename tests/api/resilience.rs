@@ -280,7 +280,7 @@ async fn retries_honour_retry_after_and_the_deadline() {
     }
     let started = Instant::now();
     let error = assert_openai_error(app.chat(&app.admin_key, &ask("slow")).await, 504).await;
-    assert_eq!(error["code"], "timeout");
+    assert_eq!(error["code"], "upstream_timeout");
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "the deadline bounds the retries"
@@ -432,7 +432,7 @@ async fn a_stream_that_stalls_after_its_first_event_ends_with_a_timeout_error_an
     assert_eq!(data.len(), 3, "{data:?}");
     assert!(data[0].contains("first"));
     let error: Value = serde_json::from_str(&data[1]).unwrap();
-    assert_eq!(error["error"]["code"], "timeout");
+    assert_eq!(error["error"]["code"], "upstream_timeout");
     assert_eq!(data[2], "[DONE]");
     let rows = app.usage_rows().await;
     assert_eq!(
