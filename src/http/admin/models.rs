@@ -13,7 +13,8 @@ use crate::http::AppState;
 use crate::http::dto::DeploymentBody;
 use crate::http::extract::{AdminReader, ModelAdmin};
 
-async fn reload(state: &AppState) -> Result<(), ApiError> {
+/// Rebuilds the routing table so the next request sees an admin change.
+pub(crate) async fn reload(state: &AppState) -> Result<(), ApiError> {
     state
         .router
         .send(Reload)

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::actors::ASK_TIMEOUT;
 use crate::actors::provider::{ForceBreaker, GetBreaker};
-use crate::actors::router::{ListProviders, Reload};
+use crate::actors::router::ListProviders;
 use crate::actors::store::{AppendAudit, SetFallbacks};
 use crate::domain::breaker::BreakerState;
 use crate::error::ApiError;
@@ -35,15 +35,7 @@ pub async fn set_fallbacks(
         actor: caller.actor(),
     };
     let fallbacks = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
-    state
-        .router
-        .send(Reload)
-        .timeout(ASK_TIMEOUT)
-        .await?
-        .map_err(|e| {
-            tracing::error!(error = %e, "routing table reload failed");
-            ApiError::unavailable()
-        })?;
+    super::models::reload(&state).await?;
     Ok(HttpResponse::Ok().json(json!({"model_id": model_id, "fallbacks": fallbacks})))
 }
 
