@@ -110,10 +110,13 @@ impl Application {
         }
 
         let metrics = Arc::new(Metrics::new());
+        let (published, routing_table) = tokio::sync::watch::channel(Arc::new(
+            crate::actors::router::RoutingSnapshot::default(),
+        ));
         let router = {
             let store = store.clone();
             let metrics = metrics.clone();
-            Supervisor::start(move |_| RouterActor::new(store, metrics))
+            Supervisor::start(move |_| RouterActor::new(store, metrics, published))
         };
         let routable = router.send(Reload).timeout(ASK_TIMEOUT).await??;
         tracing::info!(deployments = routable, "routing table loaded");
@@ -127,6 +130,7 @@ impl Application {
         let downstream = (settings.server.max_concurrency > 0)
             .then(|| Arc::new(tokio::sync::Semaphore::new(settings.server.max_concurrency)));
         let state = web::Data::new(AppState {
+            routing_table,
             downstream,
             store: store.clone(),
             router,

@@ -37,6 +37,81 @@ pub struct Route {
     pub provider: Addr<ProviderActor>,
 }
 
+/// An immutable view of the routing table, published by the router after every change so
+/// that request tasks route without a round trip to the actor.
+#[derive(Default)]
+pub struct RoutingSnapshot {
+    pub routes: HashMap<String, Vec<Arc<Route>>>,
+    pub fallbacks: HashMap<String, Vec<String>>,
+}
+
+impl RoutingSnapshot {
+    /// The deployments of `model` and then of its fallback chain, best first (empty for an
+    /// unknown model); `None` when a provider actor is gone and the router must repair it.
+    pub fn resolve(
+        &self,
+        model: &str,
+        random: &mut impl FnMut() -> u64,
+    ) -> Option<Vec<Arc<Route>>> {
+        let mut ordered = Vec::new();
+        for name in fallbacks::chain(&self.fallbacks, model) {
+            let candidates = self
+                .routes
+                .get(&name)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if candidates.iter().any(|r| !r.provider.connected()) {
+                return None;
+            }
+            ordered.extend(rank(candidates, random));
+        }
+        Some(ordered)
+    }
+}
+
+/// Lower `priority` first; within a tier, a weighted random order (Efraimidis–Spirakis:
+/// sort by u^(1/w) descending). Weight-0 deployments only serve when alone.
+pub fn rank(candidates: &[Arc<Route>], random: &mut impl FnMut() -> u64) -> Vec<Arc<Route>> {
+    let mut keyed: Vec<(i32, f64, Arc<Route>)> = candidates
+        .iter()
+        .filter(|r| r.deployment.weight > 0 || candidates.len() == 1)
+        .map(|r| {
+            let u = (random() >> 11) as f64 / (1u64 << 53) as f64;
+            let w = f64::from(r.deployment.weight.max(1));
+            (r.deployment.priority, -u.powf(1.0 / w), r.clone())
+        })
+        .collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    keyed.into_iter().map(|(_, _, r)| r).collect()
+}
+
+/// xorshift64*: plenty for spreading load, not for secrets.
+pub fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+/// A per-thread random stream for request tasks.
+pub fn thread_random() -> u64 {
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new(seed());
+    }
+    STATE.with(|cell| {
+        let mut state = cell.get();
+        let value = xorshift(&mut state);
+        cell.set(state);
+        value
+    })
+}
+
+/// A non-zero seed; `RandomState` carries per-process random keys.
+fn seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now()) | 1
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     #[error("the model `{0}` does not exist")]
@@ -75,6 +150,7 @@ pub struct ListProviders;
 
 pub struct RouterActor {
     store: Addr<StoreActor>,
+    published: tokio::sync::watch::Sender<Arc<RoutingSnapshot>>,
     metrics: Arc<Metrics>,
     fallbacks: HashMap<String, Vec<String>>,
     routes: HashMap<String, Vec<Arc<Route>>>,
@@ -86,29 +162,30 @@ pub struct RouterActor {
 }
 
 impl RouterActor {
-    pub fn new(store: Addr<StoreActor>, metrics: Arc<Metrics>) -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x9E37_79B9_7F4A_7C15);
+    pub fn new(
+        store: Addr<StoreActor>,
+        metrics: Arc<Metrics>,
+        published: tokio::sync::watch::Sender<Arc<RoutingSnapshot>>,
+    ) -> Self {
         Self {
             store,
+            published,
             metrics,
             fallbacks: HashMap::new(),
             routes: HashMap::new(),
             by_id: HashMap::new(),
             reloads_started: 0,
             reload_applied: 0,
-            rng: seed | 1,
+            rng: seed(),
         }
     }
 
-    fn next_random(&mut self) -> u64 {
-        // xorshift64*: plenty for spreading load, not for secrets.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    /// Publishes the current table for request tasks.
+    fn publish(&self) {
+        self.published.send_replace(Arc::new(RoutingSnapshot {
+            routes: self.routes.clone(),
+            fallbacks: self.fallbacks.clone(),
+        }));
     }
 
     fn build_route(&self, d: DeploymentWithSecret) -> Option<Arc<Route>> {
@@ -203,6 +280,7 @@ impl RouterActor {
         }
         self.routes = routes;
         self.by_id = by_id;
+        self.publish();
         self.by_id.len()
     }
 
@@ -249,22 +327,6 @@ impl RouterActor {
             }
         }
     }
-
-    /// Lower `priority` first; within a tier, a weighted random order.
-    fn order(&mut self, candidates: &[Arc<Route>]) -> Vec<Arc<Route>> {
-        let mut keyed: Vec<(i32, f64, Arc<Route>)> = candidates
-            .iter()
-            .filter(|r| r.deployment.weight > 0 || candidates.len() == 1)
-            .map(|r| {
-                // Efraimidis–Spirakis: sort by u^(1/w) descending.
-                let u = (self.next_random() >> 11) as f64 / (1u64 << 53) as f64;
-                let w = f64::from(r.deployment.weight.max(1));
-                (r.deployment.priority, -u.powf(1.0 / w), r.clone())
-            })
-            .collect();
-        keyed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
-        keyed.into_iter().map(|(_, _, r)| r).collect()
-    }
 }
 
 impl Actor for RouterActor {
@@ -285,11 +347,18 @@ impl Handler<Resolve> for RouterActor {
         let mut ordered = Vec::new();
         for model in fallbacks::chain(&self.fallbacks, &msg.model) {
             let candidates = self.routes.get(&model).cloned().unwrap_or_default();
+            let mut repaired = false;
             for route in candidates.iter().filter(|r| !r.provider.connected()) {
                 self.replace_provider(route);
+                repaired = true;
+            }
+            if repaired {
+                self.publish();
             }
             let candidates = self.routes.get(&model).cloned().unwrap_or_default();
-            ordered.extend(self.order(&candidates));
+            let mut rng = self.rng;
+            ordered.extend(rank(&candidates, &mut || xorshift(&mut rng)));
+            self.rng = rng;
         }
         if ordered.is_empty() {
             return Err(RouteError::UnknownModel(msg.model));

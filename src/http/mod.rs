@@ -23,7 +23,7 @@ use futures_util::{FutureExt, StreamExt};
 use std::pin::Pin;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::actors::router::RouterActor;
+use crate::actors::router::{RouterActor, RoutingSnapshot};
 use crate::actors::store::StoreActor;
 use crate::config::Settings;
 use crate::domain::records::KeyGrant;
@@ -36,6 +36,8 @@ pub type KeyCache = moka::future::Cache<[u8; 32], Option<Arc<KeyGrant>>>;
 
 /// What every handler can reach: actor addresses, the key cache, immutable settings.
 pub struct AppState {
+    /// The router's latest routing table, read by request tasks without a round trip.
+    pub routing_table: tokio::sync::watch::Receiver<Arc<RoutingSnapshot>>,
     /// The global cap on requests handled at once (`server.max_concurrency`).
     pub downstream: Option<Arc<Semaphore>>,
     pub store: Addr<StoreActor>,

@@ -22,7 +22,9 @@ pub use accounting::{CLIENT_CLOSED, RequestInfo, UpstreamClock};
 
 use crate::actors::ASK_TIMEOUT;
 use crate::actors::provider::{AdmitError, AdmitPermit, admit};
-use crate::actors::router::{Resolve, Route, RouteError, RouterActor};
+use crate::actors::router::{
+    Resolve, Route, RouteError, RouterActor, RoutingSnapshot, thread_random,
+};
 use crate::actors::store::StoreActor;
 use crate::config::RoutingSettings;
 use crate::domain::breaker::CallResult;
@@ -71,6 +73,7 @@ enum Answer {
 pub struct Relay {
     pub store: Addr<StoreActor>,
     pub router: Addr<RouterActor>,
+    pub routing_table: tokio::sync::watch::Receiver<Arc<RoutingSnapshot>>,
     pub metrics: Arc<Metrics>,
     pub routing: RoutingSettings,
 }
@@ -97,6 +100,15 @@ impl Relay {
                 format!("this key may not use the model `{}`", info.model),
             ));
         }
+        // The published table serves the hot path; the router itself only when it must
+        // first re-create a provider actor that has gone.
+        let snapshot = self.routing_table.borrow().clone();
+        if let Some(routes) = snapshot.resolve(&info.model, &mut thread_random) {
+            if routes.is_empty() {
+                return Err(unknown_model(&info.model));
+            }
+            return Ok(routes);
+        }
         self.router
             .send(Resolve {
                 model: info.model.clone(),
@@ -104,13 +116,7 @@ impl Relay {
             .timeout(ASK_TIMEOUT)
             .await?
             .map_err(|e| match e {
-                RouteError::UnknownModel(m) => ApiError {
-                    param: Some("model".into()),
-                    ..ApiError::new(
-                        ErrorKind::ModelNotFound,
-                        format!("the model `{m}` does not exist"),
-                    )
-                },
+                RouteError::UnknownModel(m) => unknown_model(&m),
                 RouteError::StoreUnavailable | RouteError::Store(_) => ApiError::unavailable(),
             })
     }
@@ -222,6 +228,16 @@ impl Relay {
         };
         let jitter = Duration::from_millis(if cap == 0 { 0 } else { random % (cap + 1) });
         jitter.max(retry_after.unwrap_or_default())
+    }
+}
+
+fn unknown_model(model: &str) -> ApiError {
+    ApiError {
+        param: Some("model".into()),
+        ..ApiError::new(
+            ErrorKind::ModelNotFound,
+            format!("the model `{model}` does not exist"),
+        )
     }
 }
 

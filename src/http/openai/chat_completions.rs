@@ -32,6 +32,7 @@ pub async fn chat_completions(
     let relay = Relay {
         store: state.store.clone(),
         router: state.router.clone(),
+        routing_table: state.routing_table.clone(),
         metrics: state.metrics.clone(),
         routing: state.settings.routing,
     };
