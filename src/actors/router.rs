@@ -344,26 +344,27 @@ impl Handler<Resolve> for RouterActor {
     type Result = Result<Vec<Arc<Route>>, RouteError>;
 
     fn handle(&mut self, msg: Resolve, _: &mut Self::Context) -> Self::Result {
-        let mut ordered = Vec::new();
-        for model in fallbacks::chain(&self.fallbacks, &msg.model) {
-            let candidates = self.routes.get(&model).cloned().unwrap_or_default();
-            let mut repaired = false;
-            for route in candidates.iter().filter(|r| !r.provider.connected()) {
-                self.replace_provider(route);
-                repaired = true;
-            }
-            if repaired {
-                self.publish();
-            }
-            let candidates = self.routes.get(&model).cloned().unwrap_or_default();
-            let mut rng = self.rng;
-            ordered.extend(rank(&candidates, &mut || xorshift(&mut rng)));
-            self.rng = rng;
+        let stale: Vec<Arc<Route>> = fallbacks::chain(&self.fallbacks, &msg.model)
+            .iter()
+            .filter_map(|model| self.routes.get(model))
+            .flatten()
+            .filter(|r| !r.provider.connected())
+            .cloned()
+            .collect();
+        for route in &stale {
+            self.replace_provider(route);
         }
-        if ordered.is_empty() {
-            return Err(RouteError::UnknownModel(msg.model));
+        if !stale.is_empty() {
+            self.publish();
         }
-        Ok(ordered)
+        let snapshot = self.published.borrow().clone();
+        let mut rng = self.rng;
+        let ordered = snapshot.resolve(&msg.model, &mut || xorshift(&mut rng));
+        self.rng = rng;
+        match ordered {
+            Some(ordered) if !ordered.is_empty() => Ok(ordered),
+            _ => Err(RouteError::UnknownModel(msg.model)),
+        }
     }
 }
 

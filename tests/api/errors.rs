@@ -272,10 +272,8 @@ async fn client_caused_upstream_errors_keep_their_4xx() {
 #[actix_web::test]
 async fn an_unreachable_upstream_is_502_connect() {
     let app = spawn_app().await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
-    let body = json!({"model_id": "dead", "vendor_type": "openai", "base_url": format!("http://127.0.0.1:{port}/v1")});
+    let base_url = format!("{}/v1", crate::helpers::closed_port_url());
+    let body = json!({"model_id": "dead", "vendor_type": "openai", "base_url": base_url});
     assert_eq!(
         app.post_json("/admin/models", &app.admin_key, &body)
             .await

@@ -409,3 +409,11 @@ pub async fn terminate(child: &mut tokio::process::Child) -> std::process::ExitS
         .expect("exits in time")
         .expect("exit status")
 }
+
+/// An `http://127.0.0.1:PORT` where nothing listens (the port was just freed).
+pub fn closed_port_url() -> String {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", closed.local_addr().expect("address"));
+    drop(closed);
+    url
+}

@@ -26,10 +26,7 @@ async fn breakers(app: &TestApp) -> Vec<Value> {
 }
 
 fn dead_base_url() -> String {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1", closed.local_addr().unwrap());
-    drop(closed);
-    url
+    format!("{}/v1", crate::helpers::closed_port_url())
 }
 
 async fn add_model(app: &TestApp, body: Value) -> String {

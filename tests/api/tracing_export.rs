@@ -90,20 +90,34 @@ async fn register_and_chat(
     statuses
 }
 
-#[actix_web::test]
-async fn genai_spans_reach_the_collector_and_the_upstream_sees_the_same_trace() {
-    let (collector, spans) = otlp_receiver().await;
+/// The binary exporting spans to `collector`, a mock upstream, and the admin key. The
+/// temporary directory must outlive the gateway.
+async fn gateway_exporting_to(
+    collector: &str,
+) -> (Gateway, MockUpstream, String, tempfile::TempDir) {
     let upstream = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let admin_key = lowart::crypto::generate_api_key().unwrap();
     let env = [
         ("LOWART_MASTER_KEY", MASTER_KEY),
         ("LOWART_ADMIN_KEY", admin_key.as_str()),
-        ("LOWART_TELEMETRY__OTLP_ENDPOINT", collector.as_str()),
+        ("LOWART_TELEMETRY__OTLP_ENDPOINT", collector),
     ];
-    let Gateway {
-        mut child, address, ..
-    } = spawn_binary(&dir, &env).await;
+    let gateway = spawn_binary(&dir, &env).await;
+    (gateway, upstream, admin_key, dir)
+}
+
+#[actix_web::test]
+async fn genai_spans_reach_the_collector_and_the_upstream_sees_the_same_trace() {
+    let (collector, spans) = otlp_receiver().await;
+    let (
+        Gateway {
+            mut child, address, ..
+        },
+        upstream,
+        admin_key,
+        _dir,
+    ) = gateway_exporting_to(&collector).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
 
@@ -191,20 +205,15 @@ async fn genai_spans_reach_the_collector_and_the_upstream_sees_the_same_trace() 
 
 #[actix_web::test]
 async fn an_unreachable_collector_does_not_fail_requests() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
-    let upstream = MockUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let admin_key = lowart::crypto::generate_api_key().unwrap();
-    let env = [
-        ("LOWART_MASTER_KEY", MASTER_KEY),
-        ("LOWART_ADMIN_KEY", admin_key.as_str()),
-        ("LOWART_TELEMETRY__OTLP_ENDPOINT", dead.as_str()),
-    ];
-    let Gateway {
-        mut child, address, ..
-    } = spawn_binary(&dir, &env).await;
+    let dead = crate::helpers::closed_port_url();
+    let (
+        Gateway {
+            mut child, address, ..
+        },
+        upstream,
+        admin_key,
+        _dir,
+    ) = gateway_exporting_to(&dead).await;
 
     let statuses = register_and_chat(&address, &admin_key, &upstream, None).await;
     assert_eq!(
