@@ -72,6 +72,14 @@ pub struct RoutingSettings {
     /// full jitter, never shorter than the upstream's Retry-After).
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
+    /// Longest silence between two chunks of a stream, for deployments that set none.
+    pub idle_timeout_ms: u64,
+    /// Longest a stream may run in total once committed; then it ends with an error event.
+    pub stream_timeout_ms: u64,
+    /// Largest upstream answer read (a blocking body); above it: 502 `malformed_response`.
+    pub max_response_bytes: usize,
+    /// Largest single upstream stream event; above it the attempt fails as malformed.
+    pub max_event_bytes: usize,
 }
 
 impl Default for RoutingSettings {
@@ -81,6 +89,10 @@ impl Default for RoutingSettings {
             deadline_ms: 600_000,
             backoff_initial_ms: 100,
             backoff_max_ms: 5_000,
+            idle_timeout_ms: 30_000,
+            stream_timeout_ms: 3_600_000,
+            max_response_bytes: 32 * 1024 * 1024,
+            max_event_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -343,6 +355,16 @@ impl Settings {
         }
         if self.routing.max_attempts == 0 {
             return Err(bad("routing.max_attempts", "must be at least 1"));
+        }
+        for (key, value) in [
+            ("routing.idle_timeout_ms", self.routing.idle_timeout_ms),
+            ("routing.stream_timeout_ms", self.routing.stream_timeout_ms),
+            ("routing.max_response_bytes", self.routing.max_response_bytes as u64),
+            ("routing.max_event_bytes", self.routing.max_event_bytes as u64),
+        ] {
+            if value == 0 {
+                return Err(bad(key, "must be greater than 0"));
+            }
         }
         if self.database.usage_batch_size == 0 {
             return Err(bad("database.usage_batch_size", "must be greater than 0"));

@@ -33,6 +33,8 @@ pub enum ErrorKind {
     UpstreamConcurrencyExceeded,
     DownstreamConcurrencyExceeded,
     ServiceUnavailable,
+    /// The gateway is stopping and its grace period ran out (ends streams still open).
+    ShuttingDown,
     Internal,
 }
 
@@ -59,6 +61,7 @@ impl ErrorKind {
             Self::UpstreamConcurrencyExceeded => "upstream_concurrency_exceeded",
             Self::DownstreamConcurrencyExceeded => "downstream_concurrency_exceeded",
             Self::ServiceUnavailable => "service_unavailable",
+            Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal_error",
         }
     }
@@ -80,7 +83,8 @@ impl ErrorKind {
             Self::NoHealthyDeployment
             | Self::UpstreamConcurrencyExceeded
             | Self::DownstreamConcurrencyExceeded
-            | Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::ServiceUnavailable
+            | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -127,6 +127,7 @@ impl Application {
                 settings.security.key_cache_ttl_ms.max(1),
             ))
             .build();
+        let (closing_tx, closing) = tokio::sync::watch::channel(false);
         let downstream = (settings.server.max_concurrency > 0)
             .then(|| Arc::new(tokio::sync::Semaphore::new(settings.server.max_concurrency)));
         let state = web::Data::new(AppState {
@@ -137,6 +138,7 @@ impl Application {
             keys,
             settings: settings.clone(),
             metrics,
+            closing,
         });
 
         let body_limit = settings.server.max_body_bytes;
@@ -195,7 +197,8 @@ impl Application {
         let server = server.run();
         let handle = server.handle();
         if handle_signals {
-            actix::spawn(stop_on_signal(handle.clone()));
+            let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
+            actix::spawn(stop_on_signal(handle.clone(), closing_tx, grace));
         }
         Ok(Self {
             server,
@@ -257,7 +260,14 @@ async fn bootstrap_admin(
     Ok(Some(key))
 }
 
-async fn stop_on_signal(handle: ServerHandle) {
+/// On SIGTERM or SIGINT: stop accepting and let in-flight requests finish. Streams still
+/// open just before the grace period runs out are ended with an error event and `[DONE]`
+/// (the server would otherwise cut them silently).
+async fn stop_on_signal(
+    handle: ServerHandle,
+    closing: tokio::sync::watch::Sender<bool>,
+    grace: Duration,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -270,5 +280,11 @@ async fn stop_on_signal(handle: ServerHandle) {
         _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight requests"),
         _ = int.recv() => tracing::info!("SIGINT: finishing in-flight requests"),
     }
+    // Leave the last tenth of the grace period (at most a second) to deliver the ends.
+    let margin = (grace / 10).min(Duration::from_secs(1));
+    actix::spawn(async move {
+        tokio::time::sleep(grace.saturating_sub(margin)).await;
+        closing.send_replace(true);
+    });
     handle.stop(true).await;
 }

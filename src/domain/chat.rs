@@ -15,6 +15,9 @@ const ROLES: &[&str] = &[
     "function",
 ];
 
+/// The longest model name accepted: it is stored in usage rows and echoed in errors.
+pub const MAX_MODEL_BYTES: usize = 256;
+
 /// A validated chat-completion request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatRequest {
@@ -40,6 +43,18 @@ impl ChatRequest {
             ));
         };
         let model = match body.get("model") {
+            Some(Value::String(m)) if m.len() > MAX_MODEL_BYTES => {
+                return Err(ApiError::invalid(
+                    "model",
+                    format!("`model` must be at most {MAX_MODEL_BYTES} bytes"),
+                ));
+            }
+            Some(Value::String(m)) if m.chars().any(char::is_control) => {
+                return Err(ApiError::invalid(
+                    "model",
+                    "`model` must not contain control characters",
+                ));
+            }
             Some(Value::String(m)) if !m.is_empty() => m.clone(),
             Some(Value::String(_)) | None | Some(Value::Null) => {
                 return Err(ApiError::invalid(
@@ -146,6 +161,14 @@ fn content_text(content: Option<&Value>) -> String {
     }
 }
 
+/// A client-supplied string as it may appear in an error message: at most 64 characters.
+fn shown(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_string(),
+    }
+}
+
 fn optional_bool(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, ApiError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
@@ -184,7 +207,8 @@ fn validate_messages(messages: Option<&Value>) -> Result<(), ApiError> {
                 return Err(ApiError::invalid(
                     format!("messages[{i}].role"),
                     format!(
-                        "unknown role `{role}`; expected one of {}",
+                        "unknown role `{}`; expected one of {}",
+                        shown(role),
                         ROLES.join(", ")
                     ),
                 ));
@@ -253,5 +277,98 @@ mod tests {
         );
         let not_json = ChatRequest::parse(b"{nope").err().map(|e| e.kind);
         assert_eq!(not_json, Some(ErrorKind::InvalidJson));
+    }
+
+    #[test]
+    fn a_huge_model_name_is_refused_without_being_echoed() {
+        let body = format!(
+            r#"{{"model":"{}","messages":[{{"role":"user"}}]}}"#,
+            "m".repeat(1_000_000)
+        );
+        let err = ChatRequest::parse(body.as_bytes()).err().unwrap();
+        assert_eq!(err.param.as_deref(), Some("model"));
+        assert!(err.message.len() < 100);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                ".{0,20}".prop_map(Value::from),
+                prop_oneof![Just("model"), Just("messages"), Just("role"), Just("user")]
+                    .prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 64, 8, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                    proptest::collection::btree_map(
+                        prop_oneof![
+                            Just("model".to_string()),
+                            Just("messages".to_string()),
+                            Just("role".to_string()),
+                            Just("content".to_string()),
+                            Just("stream".to_string()),
+                            Just("stream_options".to_string()),
+                            Just("max_tokens".to_string()),
+                            Just("tools".to_string()),
+                            "[a-z_]{1,8}",
+                        ],
+                        inner,
+                        0..6
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_are_answered_not_panicked_on(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                if let Err(e) = ChatRequest::parse(&bytes) {
+                    prop_assert!(matches!(e.kind, ErrorKind::InvalidJson | ErrorKind::InvalidRequest));
+                }
+            }
+
+            #[test]
+            fn arbitrary_json_is_validated_with_short_messages(value in json_value()) {
+                match ChatRequest::parse(value.to_string().as_bytes()) {
+                    Ok(req) => {
+                        prop_assert!(!req.model.is_empty() && req.model.len() <= MAX_MODEL_BYTES);
+                        prop_assert!(req.body.get("messages").and_then(Value::as_array).is_some_and(|m| !m.is_empty()));
+                    }
+                    Err(e) => {
+                        prop_assert_eq!(e.kind, ErrorKind::InvalidRequest);
+                        prop_assert!(e.message.len() < 400, "{}", e.message);
+                    }
+                }
+            }
+
+            #[test]
+            fn valid_requests_parse_and_keep_what_they_say(
+                model in "[A-Za-z0-9._:/-]{1,256}",
+                turns in proptest::collection::vec(
+                    (prop_oneof![Just("system"), Just("user"), Just("assistant"), Just("tool")], ".{0,40}"),
+                    1..8),
+                stream in any::<bool>(),
+                include_usage in any::<bool>(),
+            ) {
+                let messages: Vec<Value> = turns
+                    .iter()
+                    .map(|(role, content)| serde_json::json!({"role": role, "content": content}))
+                    .collect();
+                let body = serde_json::json!({"model": model, "messages": messages, "stream": stream,
+                    "stream_options": {"include_usage": include_usage}});
+                let req = ChatRequest::parse(body.to_string().as_bytes()).unwrap();
+                prop_assert_eq!(&req.model, &model);
+                prop_assert_eq!(req.stream, stream);
+                prop_assert_eq!(req.include_usage, include_usage);
+            }
+        }
     }
 }

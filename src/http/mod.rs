@@ -45,9 +45,12 @@ pub struct AppState {
     pub keys: KeyCache,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
+    /// Turns true when the shutdown grace period is about to end (streams end cleanly).
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The request id of the current request (inbound `x-request-id` if sane, else a UUIDv7).
+/// Sane: 1 to 128 characters of `A-Z a-z 0-9 - _ . :` — it is stored, logged and echoed.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
@@ -85,15 +88,19 @@ pub async fn request_context(
         .headers()
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|v| is_sane_request_id(v))
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string);
     let clock = UpstreamClock::default();
     req.extensions_mut().insert(RequestId(id.clone()));
     req.extensions_mut().insert(clock.clone());
-    if let Some(m) = &metrics {
-        m.request_started();
-    }
     let exempt = matches!(req.path(), "/healthz" | "/readyz" | "/metrics");
+    // In flight until the response's last byte, or until the request is dropped (a client
+    // that hangs up before the headers): the guard is dropped either way. Probes and
+    // scrapes are not counted.
+    let inflight = metrics
+        .clone()
+        .filter(|_| !exempt)
+        .map(InflightGuard::new);
     let downstream = req
         .app_data::<web::Data<AppState>>()
         .and_then(|s| s.downstream.clone())
@@ -143,20 +150,48 @@ pub async fn request_context(
     if let Ok(value) = HeaderValue::from_str(&format!("{overhead:.3}")) {
         headers.insert(OVERHEAD, value);
     }
-    // The permit lives as long as the body: a stream holds its slot until it ends.
-    Ok(res.map_body(|_, body| match permit {
-        None => EitherBody::left(body),
-        Some(permit) => EitherBody::right(GuardedBody {
+    // The permit and the in-flight count live as long as the body: a stream holds its
+    // slot until it ends.
+    Ok(res.map_body(|_, body| match (permit, inflight) {
+        (None, None) => EitherBody::left(body),
+        (permit, inflight) => EitherBody::right(GuardedBody {
             body: BoxBody::new(body),
             _permit: permit,
+            _inflight: inflight,
         }),
     }))
 }
 
-/// A response body that holds a downstream-concurrency permit until it is done.
+fn is_sane_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Counts one request in `gateway_inflight_requests` for as long as it lives.
+pub struct InflightGuard(Arc<Metrics>);
+
+impl InflightGuard {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        metrics.request_started();
+        Self(metrics)
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.request_ended();
+    }
+}
+
+/// A response body that holds a downstream-concurrency permit and the in-flight count
+/// until it is done or dropped.
 pub struct GuardedBody {
     body: BoxBody,
-    _permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
+    _inflight: Option<InflightGuard>,
 }
 
 impl MessageBody for GuardedBody {

@@ -16,9 +16,26 @@ fn usage(req: &ChatRequest, reply: &str) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
+/// The longest echo the mock gives, in bytes: a huge prompt must not become a huge
+/// answer (the rest is cut at a character boundary).
+pub const MAX_ECHO_BYTES: usize = 16 * 1024;
+
+/// The reply: the last user message, at most `MAX_ECHO_BYTES`.
+fn reply(req: &ChatRequest) -> String {
+    let mut text = req.last_user_text();
+    if text.len() > MAX_ECHO_BYTES {
+        let mut cut = MAX_ECHO_BYTES;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
 /// A complete `chat.completion` answer.
 pub fn complete(req: &ChatRequest, id: &str, created: i64) -> Value {
-    let reply = req.last_user_text();
+    let reply = reply(req);
     json!({
         "id": id,
         "object": "chat.completion",
@@ -35,31 +52,103 @@ pub fn complete(req: &ChatRequest, id: &str, created: i64) -> Value {
 }
 
 /// The SSE frames of a streamed answer, as an OpenAI upstream asked for usage would send
-/// them: a role chunk, one chunk per word, a finish chunk, a usage chunk, `[DONE]`.
-pub fn stream_frames(req: &ChatRequest, id: &str, created: i64) -> Vec<String> {
-    let reply = req.last_user_text();
-    let chunk = |delta: Value, finish: Value| {
-        json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": req.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]
-        })
-    };
-    let mut events = vec![chunk(
-        json!({"role": "assistant", "content": ""}),
-        Value::Null,
-    )];
-    let pieces: Vec<&str> = reply.split_inclusive(' ').collect();
-    for piece in pieces {
-        events.push(chunk(json!({"content": piece}), Value::Null));
+/// them: a role chunk, one chunk per word, a finish chunk, a usage chunk, `[DONE]`. Frames
+/// are made one at a time as the relay asks for them, so a stream holds one frame, not
+/// the whole answer rendered.
+pub fn stream_frames(req: &ChatRequest, id: &str, created: i64) -> MockStream {
+    let reply = reply(req);
+    MockStream {
+        usage: usage(req, &reply),
+        reply,
+        offset: 0,
+        stage: Stage::Role,
+        id: id.to_string(),
+        created,
+        model: req.model.clone(),
     }
-    events.push(chunk(json!({}), json!("stop")));
-    events.push(json!({
-        "id": id, "object": "chat.completion.chunk", "created": created, "model": req.model,
-        "choices": [], "usage": usage(req, &reply)
-    }));
-    let mut frames: Vec<String> = events.iter().map(|e| format!("data: {e}\n\n")).collect();
-    frames.push("data: [DONE]\n\n".to_string());
-    frames
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Role,
+    Words,
+    Finish,
+    Usage,
+    Done,
+    Ended,
+}
+
+/// The frames of one streamed mock answer, generated lazily.
+pub struct MockStream {
+    reply: String,
+    usage: Value,
+    /// Where the next word starts in `reply`.
+    offset: usize,
+    stage: Stage,
+    id: String,
+    created: i64,
+    model: String,
+}
+
+impl MockStream {
+    fn chunk(&self, choices: Value) -> String {
+        let chunk = json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+            "model": self.model, "choices": choices
+        });
+        format!("data: {chunk}\n\n")
+    }
+
+    fn delta(&self, delta: Value, finish: Value) -> String {
+        self.chunk(json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]))
+    }
+}
+
+impl Iterator for MockStream {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        loop {
+            match self.stage {
+                Stage::Role => {
+                    self.stage = Stage::Words;
+                    return Some(self.delta(
+                        json!({"role": "assistant", "content": ""}),
+                        Value::Null,
+                    ));
+                }
+                Stage::Words => {
+                    let rest = &self.reply[self.offset..];
+                    if rest.is_empty() {
+                        self.stage = Stage::Finish;
+                        continue;
+                    }
+                    let len = rest.find(' ').map_or(rest.len(), |i| i + 1);
+                    let piece = &rest[..len];
+                    let frame = self.delta(json!({"content": piece}), Value::Null);
+                    self.offset += len;
+                    return Some(frame);
+                }
+                Stage::Finish => {
+                    self.stage = Stage::Usage;
+                    return Some(self.delta(json!({}), json!("stop")));
+                }
+                Stage::Usage => {
+                    self.stage = Stage::Done;
+                    let chunk = json!({
+                        "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                        "model": self.model, "choices": [], "usage": self.usage
+                    });
+                    return Some(format!("data: {chunk}\n\n"));
+                }
+                Stage::Done => {
+                    self.stage = Stage::Ended;
+                    return Some("data: [DONE]\n\n".to_string());
+                }
+                Stage::Ended => return None,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -81,9 +170,19 @@ mod tests {
 
     #[test]
     fn the_mock_streams_word_by_word_and_ends_with_done() {
-        let frames = stream_frames(&request("one two three"), "id", 1);
+        let frames: Vec<String> = stream_frames(&request("one two three"), "id", 1).collect();
         assert_eq!(frames.len(), 1 + 3 + 1 + 1 + 1);
         assert!(frames[1].contains("\"content\":\"one \""));
         assert_eq!(frames.last().map(String::as_str), Some("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn the_echo_is_capped_at_a_character_boundary() {
+        let long = "é".repeat(MAX_ECHO_BYTES);
+        let answer = complete(&request(&long), "id", 1);
+        let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(content.len() <= MAX_ECHO_BYTES && content.len() > MAX_ECHO_BYTES - 4);
+        let streamed: usize = stream_frames(&request(&long), "id", 1).map(|f| f.len()).max().unwrap();
+        assert!(streamed < MAX_ECHO_BYTES + 1024, "one frame at a time, each bounded");
     }
 }

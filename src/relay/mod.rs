@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::Addr;
-use actix_web::web::Bytes;
+use actix_web::web::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::LocalBoxStream;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -58,11 +58,36 @@ pub struct ChatReply {
 /// The upstream's body as a stream of byte chunks, failures already classified.
 type UpstreamBody = LocalBoxStream<'static, Result<Bytes, UpstreamFailure>>;
 
-/// A stream that has produced its first event and may now be committed to the client.
+/// A stream that has produced its first content event and may now be committed to the
+/// client: the events read so far, and the rest still upstream.
 struct OpenStream {
     upstream: UpstreamBody,
     parser: SseParser,
     first: Vec<SseEvent>,
+}
+
+/// What bounds one attempt's answer, from `[routing]` and the deployment.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Longest silence between two stream chunks.
+    idle: Duration,
+    /// Longest a committed stream may run.
+    stream: Duration,
+    max_response_bytes: usize,
+    max_event_bytes: usize,
+}
+
+impl Limits {
+    fn of(routing: &RoutingSettings, route: &Route) -> Self {
+        Self {
+            idle: route
+                .idle_timeout
+                .unwrap_or(Duration::from_millis(routing.idle_timeout_ms)),
+            stream: Duration::from_millis(routing.stream_timeout_ms),
+            max_response_bytes: routing.max_response_bytes,
+            max_event_bytes: routing.max_event_bytes,
+        }
+    }
 }
 
 enum Answer {
@@ -76,6 +101,9 @@ pub struct Relay {
     pub routing_table: tokio::sync::watch::Receiver<Arc<RoutingSnapshot>>,
     pub metrics: Arc<Metrics>,
     pub routing: RoutingSettings,
+    /// Turns true when the shutdown grace period is about to end: open streams end with
+    /// an error event and `[DONE]` instead of being cut.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Relay {
@@ -103,22 +131,28 @@ impl Relay {
         // The published table serves the hot path; the router itself only when it must
         // first re-create a provider actor that has gone.
         let snapshot = self.routing_table.borrow().clone();
-        if let Some(routes) = snapshot.resolve(&info.model, &mut thread_random) {
-            if routes.is_empty() {
-                return Err(unknown_model(&info.model));
-            }
-            return Ok(routes);
+        let mut routes = match snapshot.resolve(&info.model, &mut thread_random) {
+            Some(routes) if routes.is_empty() => return Err(unknown_model(&info.model)),
+            Some(routes) => routes,
+            None => self
+                .router
+                .send(Resolve {
+                    model: info.model.clone(),
+                })
+                .timeout(ASK_TIMEOUT)
+                .await?
+                .map_err(|e| match e {
+                    RouteError::UnknownModel(m) => unknown_model(&m),
+                    RouteError::StoreUnavailable | RouteError::Store(_) => {
+                        ApiError::unavailable()
+                    }
+                })?,
+        };
+        // A fallback chain may lead to models this key may not use: those are skipped.
+        if info.caller.models.is_some() {
+            routes.retain(|r| info.caller.permits_model(&r.deployment.model_id));
         }
-        self.router
-            .send(Resolve {
-                model: info.model.clone(),
-            })
-            .timeout(ASK_TIMEOUT)
-            .await?
-            .map_err(|e| match e {
-                RouteError::UnknownModel(m) => unknown_model(&m),
-                RouteError::StoreUnavailable | RouteError::Store(_) => ApiError::unavailable(),
-            })
+        Ok(routes)
     }
 
     /// Tries the candidates in order (cycling while attempts and time remain) until one
@@ -163,12 +197,15 @@ impl Relay {
                 admitted_this_pass = true;
                 acc.begin_attempt(route.clone());
                 let span = acc.span.clone();
-                let result = attempt(&mut acc, route, req, deadline)
+                let limits = Limits::of(&self.routing, route);
+                let result = attempt(&mut acc, route, req, deadline, limits)
                     .instrument(span)
                     .await;
                 match result {
                     Ok(answer) => {
-                        return Ok(deliver(acc, route, permit, answer, req.include_usage));
+                        let closing = self.closing.clone();
+                        let stream = (req.include_usage, limits, closing);
+                        return Ok(deliver(acc, route, permit, answer, stream));
                     }
                     Err(failure) => {
                         acc.attempt_failed(failure.class.as_str());
@@ -261,7 +298,7 @@ fn deliver(
     route: &Arc<Route>,
     permit: AdmitPermit,
     answer: Answer,
-    include_usage: bool,
+    (include_usage, limits, closing): (bool, Limits, tokio::sync::watch::Receiver<bool>),
 ) -> ChatReply {
     let served = ServedBy {
         model: route.deployment.model_id.clone(),
@@ -279,20 +316,25 @@ fn deliver(
             acc,
             permit,
             open,
-            include_usage,
-            route.idle_timeout,
+            stream::RelayOptions {
+                include_usage,
+                idle: limits.idle,
+                total: limits.stream,
+                closing,
+            },
         )),
     };
     ChatReply { body, served }
 }
 
 /// One upstream attempt, up to an answer that can be committed to the client: a complete,
-/// valid JSON answer, or a stream that has produced its first event.
+/// valid JSON answer, or a stream that has produced its first content event.
 async fn attempt(
     acc: &mut Accounting,
     route: &Arc<Route>,
     req: &ChatRequest,
     deadline: Instant,
+    limits: Limits,
 ) -> Result<Answer, UpstreamFailure> {
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = acc.info().created_at / 1000;
@@ -307,9 +349,8 @@ async fn attempt(
         (VendorType::Mock, true) => {
             let frames = mock::stream_frames(req, &id, created);
             let body: UpstreamBody =
-                futures_util::stream::iter(frames.into_iter().map(|f| Ok(Bytes::from(f))))
-                    .boxed_local();
-            open_stream(acc, body, route.idle_timeout, timeout).await
+                futures_util::stream::iter(frames.map(|f| Ok(Bytes::from(f)))).boxed_local();
+            open_stream(acc, body, limits, timeout).await
         }
         (VendorType::OpenAI, stream) => {
             let mut body = req.body.clone();
@@ -350,19 +391,20 @@ async fn attempt(
                     .map(|chunk| chunk.map_err(|e| transport_failure(&e)))
                     .boxed_local();
                 let remaining = deadline.saturating_duration_since(Instant::now());
-                return open_stream(acc, body, route.idle_timeout, remaining).await;
+                return open_stream(acc, body, limits, remaining).await;
             }
             let started = Instant::now();
             let remaining =
                 timeout.saturating_sub(started.saturating_duration_since(acc.info().started));
-            let read =
-                tokio::time::timeout(remaining.max(Duration::from_millis(1)), response.bytes())
-                    .await;
+            let read = tokio::time::timeout(
+                remaining.max(Duration::from_millis(1)),
+                read_capped(response, limits.max_response_bytes),
+            )
+            .await;
             acc.waited(started.elapsed());
             let bytes = match read {
                 Err(_) => return Err(timeout_failure()),
-                Ok(Err(e)) => return Err(transport_failure(&e)),
-                Ok(Ok(b)) => b,
+                Ok(result) => result?,
             };
             if !status.is_success() {
                 let mut failure = openai::classify(status.as_u16(), &bytes);
@@ -389,19 +431,61 @@ fn check_json(acc: &mut Accounting, bytes: Bytes) -> Result<Answer, UpstreamFail
     }
 }
 
-/// Reads a stream until its first event, so that a stream failing before it says anything
-/// can still move to another deployment. An error event counts as a failure.
+/// Reads a blocking answer, at most `limit` bytes (a larger one is malformed, and is not
+/// read further).
+async fn read_capped(response: reqwest::Response, limit: usize) -> Result<Bytes, UpstreamFailure> {
+    let too_large = || {
+        UpstreamFailure::new(
+            FailureClass::MalformedResponse,
+            format!("the upstream answer exceeds routing.max_response_bytes ({limit})"),
+        )
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let mut chunks = response.bytes_stream();
+    // Most answers arrive in one chunk: keep it as it is, copy only when there are more.
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| transport_failure(&e))?;
+        let held = first.as_ref().map_or(0, Bytes::len) + joined.len();
+        if held + chunk.len() > limit {
+            return Err(too_large());
+        }
+        match first.take() {
+            None if joined.is_empty() => first = Some(chunk),
+            earlier => {
+                if let Some(earlier) = earlier {
+                    joined.extend_from_slice(&earlier);
+                }
+                joined.extend_from_slice(&chunk);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| joined.freeze()))
+}
+
+/// Reads a stream until its first event that says something (content, a tool call, a
+/// finish reason, usage or `[DONE]`), so that a stream failing before then (after a
+/// role-only first chunk, say) can still move to another deployment. An error event
+/// counts as a failure.
 async fn open_stream(
     acc: &mut Accounting,
     mut upstream: UpstreamBody,
-    idle: Option<Duration>,
+    limits: Limits,
     limit: Duration,
 ) -> Result<Answer, UpstreamFailure> {
-    let mut parser = SseParser::default();
+    let mut parser = SseParser::new(limits.max_event_bytes);
+    let mut first = Vec::new();
+    let mut held = 0usize;
     let until = Instant::now() + limit;
     loop {
-        let wait = idle
-            .unwrap_or(limit)
+        let wait = limits
+            .idle
             .min(until.saturating_duration_since(Instant::now()));
         let started = Instant::now();
         let next = tokio::time::timeout(wait, upstream.next()).await;
@@ -411,22 +495,29 @@ async fn open_stream(
             Ok(None) => {
                 return Err(UpstreamFailure::new(
                     FailureClass::MalformedResponse,
-                    "stream ended before any event",
+                    "stream ended before any content",
                 ));
             }
             Ok(Some(Err(failure))) => return Err(failure),
             Ok(Some(Ok(bytes))) => bytes,
         };
-        let first = parser.push(&bytes);
-        if let Some(event) = first.first() {
-            if let Some(error) = stream::error_event(event) {
+        let mut events = parser.push(&bytes).map_err(stream::oversized)?.into_iter();
+        while let Some(event) = events.next() {
+            if let Some(error) = stream::error_event(&event) {
                 return Err(error);
             }
-            return Ok(Answer::Stream(OpenStream {
-                upstream,
-                parser,
-                first,
-            }));
+            let commit = stream::says_something(&event);
+            held += event.data.len();
+            first.push(event);
+            // Waiting is bounded too: past one event's worth of preamble, commit anyway.
+            if commit || held > limits.max_event_bytes {
+                first.extend(events);
+                return Ok(Answer::Stream(OpenStream {
+                    upstream,
+                    parser,
+                    first,
+                }));
+            }
         }
     }
 }

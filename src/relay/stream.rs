@@ -1,7 +1,8 @@
 //! Relaying a committed upstream SSE stream to the client, event by event: usage is taken
 //! from the usage chunk (and hidden unless the client asked for it), the first content
 //! chunk stamps the time to first token, and an upstream failure after commit (broken
-//! connection, idle timeout, error event, missing `[DONE]`) ends the stream with a
+//! connection, idle timeout, the stream's total time, an oversized event, an error event,
+//! missing `[DONE]`) or the end of the shutdown grace period ends the stream with a
 //! well-formed error event and `[DONE]`, never a silent truncation. Dropping the stream
 //! (client gone) drops the upstream connection with it.
 
@@ -18,15 +19,30 @@ use crate::actors::provider::AdmitPermit;
 use crate::domain::breaker::CallResult;
 use crate::domain::sse::{SseEvent, SseParser};
 use crate::domain::usage::TokenUsage;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use crate::providers::{FailureClass, UpstreamFailure};
+
+/// How a committed stream is relayed.
+pub(super) struct RelayOptions {
+    /// The client asked for the usage chunk.
+    pub include_usage: bool,
+    /// Longest silence between two upstream chunks.
+    pub idle: Duration,
+    /// Longest the whole stream may run.
+    pub total: Duration,
+    /// Turns true when the shutdown grace period is about to end.
+    pub closing: tokio::sync::watch::Receiver<bool>,
+}
 
 struct StreamRelay {
     upstream: UpstreamBody,
     parser: SseParser,
     out: VecDeque<Event>,
     include_usage: bool,
-    idle: Option<Duration>,
+    idle: Duration,
+    /// When the stream must end, whatever the upstream does.
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    closing: tokio::sync::watch::Receiver<bool>,
     acc: Accounting,
     permit: Option<AdmitPermit>,
     /// `[DONE]` or an error was queued: nothing more goes to the client.
@@ -50,20 +66,61 @@ pub(super) fn error_event(event: &SseEvent) -> Option<UpstreamFailure> {
     Some(UpstreamFailure::new(FailureClass::Upstream5xx, detail))
 }
 
+/// An event too large to hold, as a failure of the attempt.
+pub(super) fn oversized(e: crate::domain::sse::EventTooLarge) -> UpstreamFailure {
+    UpstreamFailure::new(
+        FailureClass::MalformedResponse,
+        format!("{e} (routing.max_event_bytes)"),
+    )
+}
+
+/// Whether an event commits a stream: it carries content, a tool call, a finish reason or
+/// usage, or it is `[DONE]` (a role-only first chunk does not).
+pub(super) fn says_something(event: &SseEvent) -> bool {
+    if event.data == "[DONE]" {
+        return true;
+    }
+    let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else {
+        // Not JSON: let the relay report it as malformed.
+        return true;
+    };
+    has_content(&chunk)
+        || chunk.get("usage").is_some_and(|u| !u.is_null())
+        || chunk
+            .get("choices")
+            .and_then(|c| c.get(0))
+            .and_then(|c| c.get("finish_reason"))
+            .is_some_and(|f| !f.is_null())
+}
+
+/// Resolves once the shutdown grace period is about to end (never, if nobody can say so).
+async fn closing(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    if rx.wait_for(|closing| *closing).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// What ended the wait for the next upstream chunk.
+enum Next {
+    Chunk(Option<Result<actix_web::web::Bytes, UpstreamFailure>>),
+    Closing,
+}
+
 pub(super) fn relay(
     acc: Accounting,
     permit: AdmitPermit,
     open: OpenStream,
-    include_usage: bool,
-    idle: Option<Duration>,
+    options: RelayOptions,
 ) -> LocalBoxStream<'static, Event> {
     let span = tracing::info_span!(parent: &acc.span, "stream");
     let mut state = StreamRelay {
         upstream: open.upstream,
         parser: open.parser,
         out: VecDeque::new(),
-        include_usage,
-        idle,
+        include_usage: options.include_usage,
+        idle: options.idle,
+        deadline: Box::pin(tokio::time::sleep(options.total)),
+        closing: options.closing,
         acc,
         permit: Some(permit),
         finished: false,
@@ -90,28 +147,34 @@ pub(super) fn relay(
                 return None;
             }
             let waited = Instant::now();
-            let next = match s.idle {
-                Some(idle) => tokio::time::timeout(idle, s.upstream.next())
-                    .await
-                    .unwrap_or_else(|_| {
+            let next = tokio::select! {
+                biased;
+                () = closing(&mut s.closing) => Next::Closing,
+                () = s.deadline.as_mut() => Next::Chunk(Some(Err(UpstreamFailure::new(
+                    FailureClass::Timeout,
+                    "the stream ran longer than routing.stream_timeout_ms",
+                )))),
+                next = tokio::time::timeout(s.idle, s.upstream.next()) => {
+                    Next::Chunk(next.unwrap_or_else(|_| {
                         Some(Err(UpstreamFailure::new(
                             FailureClass::Timeout,
                             "idle_timeout_ms passed between two chunks",
                         )))
-                    }),
-                None => s.upstream.next().await,
+                    }))
+                }
             };
             s.acc.waited(waited.elapsed());
             match next {
-                Some(Ok(bytes)) => {
-                    let events = s.parser.push(&bytes);
-                    s.on_events(events);
-                }
-                Some(Err(failure)) => s.on_failure(failure),
-                None => s.on_failure(UpstreamFailure::new(
+                Next::Chunk(Some(Ok(bytes))) => match s.parser.push(&bytes) {
+                    Ok(events) => s.on_events(events),
+                    Err(e) => s.on_failure(oversized(e)),
+                },
+                Next::Chunk(Some(Err(failure))) => s.on_failure(failure),
+                Next::Chunk(None) => s.on_failure(UpstreamFailure::new(
                     FailureClass::MalformedResponse,
                     "stream ended without [DONE]",
                 )),
+                Next::Closing => s.on_closing(),
             }
         }
     })
@@ -182,14 +245,28 @@ impl StreamRelay {
         }
     }
 
-    /// Ends the stream with an OpenAI-shaped error chunk and `[DONE]`.
+    /// The upstream failed: the stream ends with an OpenAI-shaped error chunk.
     fn on_failure(&mut self, failure: UpstreamFailure) {
         self.acc.attempt_failed(failure.class.as_str());
-        if let Some(permit) = self.permit.take() {
-            permit.finish(CallResult::Failure);
-        }
         let class = failure.class.as_str();
-        let error = ApiError::from(failure);
+        self.end_with(ApiError::from(failure), class, CallResult::Failure);
+    }
+
+    /// The gateway is stopping and its grace period is ending: not the upstream's fault.
+    fn on_closing(&mut self) {
+        let error = ApiError::new(
+            ErrorKind::ShuttingDown,
+            "the gateway is shutting down; the stream was ended before its grace period ran out",
+        );
+        self.end_with(error, ErrorKind::ShuttingDown.as_str(), CallResult::Ignored);
+    }
+
+    /// Ends the stream with `error` as its last chunk and `[DONE]`; the usage row keeps
+    /// `class`.
+    fn end_with(&mut self, error: ApiError, class: &str, health: CallResult) {
+        if let Some(permit) = self.permit.take() {
+            permit.finish(health);
+        }
         self.acc.fail(error.kind.status().as_u16(), class);
         self.out
             .push_back(Event::Data(Data::new(error.body().to_string())));

@@ -212,6 +212,11 @@ impl Metrics {
         self.inflight.inc();
     }
 
+    /// The request's last byte went out, or the request was dropped.
+    pub fn request_ended(&self) {
+        self.inflight.dec();
+    }
+
     pub fn request_finished(
         &self,
         route: &str,
@@ -219,7 +224,6 @@ impl Metrics {
         status: u16,
         elapsed: Duration,
     ) {
-        self.inflight.dec();
         self.http_requests
             .get_or_create(&HttpLabels {
                 route: route.to_string(),

@@ -35,6 +35,7 @@ pub async fn chat_completions(
         routing_table: state.routing_table.clone(),
         metrics: state.metrics.clone(),
         routing: state.settings.routing,
+        closing: state.closing.clone(),
     };
     let ChatReply { body, served } = relay.chat(info, chat).await?;
     let mut res = match body {
