@@ -359,8 +359,14 @@ impl Settings {
         for (key, value) in [
             ("routing.idle_timeout_ms", self.routing.idle_timeout_ms),
             ("routing.stream_timeout_ms", self.routing.stream_timeout_ms),
-            ("routing.max_response_bytes", self.routing.max_response_bytes as u64),
-            ("routing.max_event_bytes", self.routing.max_event_bytes as u64),
+            (
+                "routing.max_response_bytes",
+                self.routing.max_response_bytes as u64,
+            ),
+            (
+                "routing.max_event_bytes",
+                self.routing.max_event_bytes as u64,
+            ),
         ] {
             if value == 0 {
                 return Err(bad(key, "must be greater than 0"));

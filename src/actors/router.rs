@@ -213,6 +213,8 @@ impl RouterActor {
         let client = match reqwest::Client::builder()
             .connect_timeout(ms(dep.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT))
             .tcp_nodelay(true)
+            // A peer that vanished without a FIN is noticed even while a stream is idle.
+            .tcp_keepalive(Duration::from_secs(30))
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
         {

@@ -97,10 +97,7 @@ pub async fn request_context(
     // In flight until the response's last byte, or until the request is dropped (a client
     // that hangs up before the headers): the guard is dropped either way. Probes and
     // scrapes are not counted.
-    let inflight = metrics
-        .clone()
-        .filter(|_| !exempt)
-        .map(InflightGuard::new);
+    let inflight = metrics.clone().filter(|_| !exempt).map(InflightGuard::new);
     let downstream = req
         .app_data::<web::Data<AppState>>()
         .and_then(|s| s.downstream.clone())

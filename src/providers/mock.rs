@@ -112,10 +112,9 @@ impl Iterator for MockStream {
             match self.stage {
                 Stage::Role => {
                     self.stage = Stage::Words;
-                    return Some(self.delta(
-                        json!({"role": "assistant", "content": ""}),
-                        Value::Null,
-                    ));
+                    return Some(
+                        self.delta(json!({"role": "assistant", "content": ""}), Value::Null),
+                    );
                 }
                 Stage::Words => {
                     let rest = &self.reply[self.offset..];
@@ -182,7 +181,13 @@ mod tests {
         let answer = complete(&request(&long), "id", 1);
         let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
         assert!(content.len() <= MAX_ECHO_BYTES && content.len() > MAX_ECHO_BYTES - 4);
-        let streamed: usize = stream_frames(&request(&long), "id", 1).map(|f| f.len()).max().unwrap();
-        assert!(streamed < MAX_ECHO_BYTES + 1024, "one frame at a time, each bounded");
+        let streamed: usize = stream_frames(&request(&long), "id", 1)
+            .map(|f| f.len())
+            .max()
+            .unwrap();
+        assert!(
+            streamed < MAX_ECHO_BYTES + 1024,
+            "one frame at a time, each bounded"
+        );
     }
 }

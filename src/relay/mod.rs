@@ -143,9 +143,7 @@ impl Relay {
                 .await?
                 .map_err(|e| match e {
                     RouteError::UnknownModel(m) => unknown_model(&m),
-                    RouteError::StoreUnavailable | RouteError::Store(_) => {
-                        ApiError::unavailable()
-                    }
+                    RouteError::StoreUnavailable | RouteError::Store(_) => ApiError::unavailable(),
                 })?,
         };
         // A fallback chain may lead to models this key may not use: those are skipped.
@@ -440,10 +438,7 @@ async fn read_capped(response: reqwest::Response, limit: usize) -> Result<Bytes,
             format!("the upstream answer exceeds routing.max_response_bytes ({limit})"),
         )
     };
-    if response
-        .content_length()
-        .is_some_and(|n| n > limit as u64)
-    {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
     let mut chunks = response.bytes_stream();

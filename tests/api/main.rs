@@ -7,6 +7,7 @@ mod admin;
 mod chat;
 mod cli;
 mod errors;
+mod hardening;
 mod helpers;
 mod listeners;
 mod metrics;

@@ -39,6 +39,11 @@ pub enum Reply {
     Delay(Duration),
     /// 429 with `Retry-After: <seconds>`.
     RateLimited(u64),
+    /// A stream that sends a content chunk every `interval`, for as long as it is read
+    /// (at most 100,000 chunks), and never `[DONE]`.
+    Trickle(Duration),
+    /// Never answers; notifies `stream_dropped` when the gateway hangs up.
+    Hang,
 }
 
 #[derive(Clone, Debug)]
@@ -183,6 +188,32 @@ async fn handle(
             gate,
         } => sse(frames(&events, true), Some((before, gate)), dropped),
         text @ Reply::Text { .. } => text_reply(text, stream, include_usage, dropped),
+        Reply::Trickle(interval) => {
+            let signal = DropSignal(dropped);
+            let ticks =
+                futures_util::stream::unfold((0u32, signal), move |(n, signal)| async move {
+                    if n >= 100_000 {
+                        return None;
+                    }
+                    tokio::time::sleep(interval).await;
+                    let frame = format!(
+                        "data: {}\n\n",
+                        chunk(json!({"content": "tick "}), Value::Null)
+                    );
+                    Some((
+                        Ok::<_, actix_web::Error>(Bytes::from(frame)),
+                        (n + 1, signal),
+                    ))
+                });
+            HttpResponse::Ok()
+                .content_type("text/event-stream")
+                .streaming(ticks.boxed_local())
+        }
+        Reply::Hang => {
+            let _signal = DropSignal(dropped);
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
     }
 }
 
