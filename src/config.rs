@@ -140,6 +140,13 @@ pub struct DatabaseSettings {
     pub usage_batch_size: usize,
     /// … or after this long, whichever comes first.
     pub usage_flush_ms: u64,
+    /// Batches waiting for the usage writer; when full, new batches go to the spill file.
+    pub usage_queue_batches: usize,
+    /// How long the writer retries a failing batch before appending it to the spill file.
+    pub usage_spill_after_ms: u64,
+    /// JSON-lines file (mode 0600) of usage rows the database did not take; replayed into
+    /// `usage` at the next start, or as soon as the database answers again.
+    pub usage_spill_file: PathBuf,
 }
 
 impl Default for DatabaseSettings {
@@ -149,6 +156,9 @@ impl Default for DatabaseSettings {
             max_connections: 4,
             usage_batch_size: 256,
             usage_flush_ms: 100,
+            usage_queue_batches: 64,
+            usage_spill_after_ms: 5_000,
+            usage_spill_file: PathBuf::from("lowart-usage.spill.jsonl"),
         }
     }
 }
@@ -374,6 +384,15 @@ impl Settings {
         }
         if self.database.usage_batch_size == 0 {
             return Err(bad("database.usage_batch_size", "must be greater than 0"));
+        }
+        if self.database.usage_queue_batches == 0 {
+            return Err(bad(
+                "database.usage_queue_batches",
+                "must be greater than 0",
+            ));
+        }
+        if self.database.usage_spill_file.as_os_str().is_empty() {
+            return Err(bad("database.usage_spill_file", "must be a file path"));
         }
         if let Some(key) = &self.security.master_key
             && crate::crypto::MasterKey::from_hex(key.expose()).is_err()

@@ -17,7 +17,8 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbE
 use crate::actors::ASK_TIMEOUT;
 use crate::actors::router::{Reload, RouteError, RouterActor};
 use crate::actors::store::{
-    EnsureAdminKey, FlushUsage, HasAdminKey, SeedDeployments, StoreActor, StoreError,
+    EnsureAdminKey, FlushUsage, HasAdminKey, ReplayUsageSpill, SeedDeployments, StoreActor,
+    StoreError, UsageOptions,
 };
 use crate::config::{Secret, Settings};
 use crate::crypto::{self, CryptoError, MasterKey};
@@ -91,13 +92,20 @@ impl Application {
         let master_key = Arc::new(master_key(&settings)?);
         let db = connect_and_migrate(&settings).await?;
 
+        let metrics = Arc::new(Metrics::new());
         let store = StoreActor::new(
             db,
             master_key,
-            settings.database.usage_batch_size,
-            Duration::from_millis(settings.database.usage_flush_ms.max(1)),
+            UsageOptions::from_settings(&settings.database),
+            metrics.clone(),
         )
         .start();
+        match store.send(ReplayUsageSpill).await? {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(rows, "usage rows replayed from the spill file"),
+            Err(e) => tracing::error!(error = %e,
+                "the usage spill file could not be replayed; it is kept for the next try"),
+        }
 
         let generated_admin_key = bootstrap_admin(&settings, &store).await?;
         let seeded = store
@@ -109,7 +117,6 @@ impl Application {
             tracing::info!(count = seeded, "seed deployments created");
         }
 
-        let metrics = Arc::new(Metrics::new());
         let (published, routing_table) = tokio::sync::watch::channel(Arc::new(
             crate::actors::router::RoutingSnapshot::default(),
         ));

@@ -1,9 +1,10 @@
 //! Token usage and cost: what a request consumed and what it cost, with where the figures
 //! came from, so no row is ever a silent zero.
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct TokenUsage {
     pub prompt: i64,
     pub completion: i64,
@@ -28,7 +29,8 @@ impl TokenUsage {
 }
 
 /// Where a usage row's token figures came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum UsageSource {
     /// The vendor's own figures.
     Reported,
@@ -55,7 +57,8 @@ pub struct Prices {
     pub output_per_mtok: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum CostStatus {
     Priced,
     Unpriced,
@@ -90,8 +93,9 @@ impl Prices {
     }
 }
 
-/// One usage row on its way to the store.
-#[derive(Debug, Clone, PartialEq)]
+/// One usage row on its way to the store (and, when the database is down, one line of
+/// the usage spill file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageRecord {
     pub request_id: String,
     pub user_id: Option<String>,

@@ -84,6 +84,9 @@ pub struct Metrics {
     overhead: Histogram,
     breaker_state: Family<DeploymentLabels, Gauge>,
     retries: Family<ModelLabels, Counter>,
+    usage_rows_spilled: Counter,
+    usage_rows_replayed: Counter,
+    usage_rows_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -183,7 +186,28 @@ impl Metrics {
             "Upstream attempts beyond the first (retries and fallbacks), by requested model",
             retries.clone(),
         );
+        let usage_rows_spilled = Counter::default();
+        registry.register(
+            "gateway_usage_rows_spilled",
+            "Usage rows appended to the spill file because the database did not take them",
+            usage_rows_spilled.clone(),
+        );
+        let usage_rows_replayed = Counter::default();
+        registry.register(
+            "gateway_usage_rows_replayed",
+            "Usage rows moved from the spill file into the database",
+            usage_rows_replayed.clone(),
+        );
+        let usage_rows_dropped = Counter::default();
+        registry.register(
+            "gateway_usage_rows_dropped",
+            "Usage rows lost: neither the database nor the spill file took them (should stay 0)",
+            usage_rows_dropped.clone(),
+        );
         Self {
+            usage_rows_spilled,
+            usage_rows_replayed,
+            usage_rows_dropped,
             breaker_state,
             retries,
             registry,
@@ -309,6 +333,20 @@ impl Metrics {
             self.ttft.get_or_create(&model).observe(ttft as f64 / 1e3);
         }
         self.overhead.observe(row.overhead_ms / 1e3);
+    }
+}
+
+impl Metrics {
+    pub fn usage_rows_spilled(&self, rows: usize) {
+        self.usage_rows_spilled.inc_by(rows as u64);
+    }
+
+    pub fn usage_rows_replayed(&self, rows: u64) {
+        self.usage_rows_replayed.inc_by(rows);
+    }
+
+    pub fn usage_rows_dropped(&self, rows: usize) {
+        self.usage_rows_dropped.inc_by(rows as u64);
     }
 }
 

@@ -78,6 +78,7 @@ pub fn test_settings(dir: &TempDir, db_url: &str, admin_key: &str) -> Settings {
     s.security.master_key = Some(Secret::new(MASTER_KEY));
     s.security.master_key_file = dir.path().join("lowart.key");
     s.security.admin_key = Some(Secret::new(admin_key));
+    s.database.usage_spill_file = usage_spill_file(dir);
     s
 }
 
@@ -416,4 +417,9 @@ pub fn closed_port_url() -> String {
     let url = format!("http://{}", closed.local_addr().expect("address"));
     drop(closed);
     url
+}
+
+/// The test's usage spill file (inside its temp dir, so tests never share one).
+pub fn usage_spill_file(dir: &TempDir) -> PathBuf {
+    dir.path().join("lowart-usage.spill.jsonl")
 }

@@ -14,3 +14,4 @@ mod metrics;
 mod mock_upstream;
 mod resilience;
 mod tracing_export;
+mod usage_spill;

@@ -15,10 +15,16 @@ use crate::domain::usage::UsageRecord;
 #[rtype(result = "()")]
 pub struct RecordUsage(pub UsageRecord);
 
-/// Write every buffered usage row now; answers once they are in the database.
+/// Write every buffered usage row now; answers once each is in the database or in the
+/// spill file (within about `usage_spill_after_ms` when the database is down).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct FlushUsage;
+
+/// At start: move the usage spill file (if any) into the database; answers the rows moved.
+#[derive(Message)]
+#[rtype(result = "Result<u64, super::SpillError>")]
+pub struct ReplayUsageSpill;
 
 /// Readiness probe: answers `Ok` when the database answers.
 #[derive(Message)]

@@ -1,7 +1,8 @@
 //! `StoreActor`: the only owner of the SeaORM `DatabaseConnection` (and of the master key
 //! that seals secrets at rest). Queries run as futures on the actor's own arbiter, so the
 //! mailbox never waits on the database; usage rows are buffered and written in batches by
-//! one writer task, in order, so a flush is a barrier.
+//! one writer task, in order, so a flush is a barrier. The writer's queue is bounded: when
+//! it is full, or the database stays down, batches go to the usage spill file instead.
 
 mod audit;
 mod bootstrap;
@@ -9,10 +10,12 @@ mod deployments;
 mod fallbacks;
 mod keys;
 pub mod messages;
+mod spill;
 mod usage;
 mod users;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,10 +26,14 @@ use sea_orm::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::config::DatabaseSettings;
 use crate::crypto::MasterKey;
-use crate::entities::usage as usage_entity;
+use crate::domain::usage::UsageRecord;
+use crate::telemetry::metrics::Metrics;
+use spill::UsageSpill;
 
 pub use messages::*;
+pub use usage::SpillError;
 
 /// Errors of the persistence layer.
 #[derive(Debug, thiserror::Error)]
@@ -61,36 +68,69 @@ pub(crate) async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTrans
 }
 
 enum WriterCmd {
-    Batch(Vec<usage_entity::ActiveModel>),
+    Batch(Vec<UsageRecord>),
     Barrier(oneshot::Sender<()>),
+    Replay(oneshot::Sender<Result<u64, SpillError>>),
+}
+
+/// How usage rows travel to the database (the `usage_*` keys of `[database]`).
+#[derive(Debug, Clone)]
+pub struct UsageOptions {
+    pub batch_size: usize,
+    pub flush_every: Duration,
+    /// Capacity of the writer queue, in batches.
+    pub queue_batches: usize,
+    pub spill_after: Duration,
+    pub spill_file: PathBuf,
+}
+
+impl UsageOptions {
+    pub fn from_settings(db: &DatabaseSettings) -> Self {
+        Self {
+            batch_size: db.usage_batch_size.max(1),
+            flush_every: Duration::from_millis(db.usage_flush_ms.max(1)),
+            queue_batches: db.usage_queue_batches.max(1),
+            spill_after: Duration::from_millis(db.usage_spill_after_ms),
+            spill_file: db.usage_spill_file.clone(),
+        }
+    }
 }
 
 pub struct StoreActor {
     db: DatabaseConnection,
     master_key: Arc<MasterKey>,
-    usage_buffer: Vec<usage_entity::ActiveModel>,
+    usage_buffer: Vec<UsageRecord>,
     batch_size: usize,
     flush_every: Duration,
-    writer: mpsc::UnboundedSender<WriterCmd>,
-    writer_rx: Option<mpsc::UnboundedReceiver<WriterCmd>>,
+    spill_after: Duration,
+    spill: Arc<UsageSpill>,
+    metrics: Arc<Metrics>,
+    writer: mpsc::Sender<WriterCmd>,
+    writer_rx: Option<mpsc::Receiver<WriterCmd>>,
+    /// The writer queue was found full (logged once until it has room again).
+    queue_full: bool,
 }
 
 impl StoreActor {
     pub fn new(
         db: DatabaseConnection,
         master_key: Arc<MasterKey>,
-        batch_size: usize,
-        flush_every: Duration,
+        usage: UsageOptions,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        let (writer, writer_rx) = mpsc::unbounded_channel();
+        let (writer, writer_rx) = mpsc::channel(usage.queue_batches.max(1));
         Self {
             db,
             master_key,
-            usage_buffer: Vec::with_capacity(batch_size),
-            batch_size,
-            flush_every,
+            usage_buffer: Vec::with_capacity(usage.batch_size),
+            batch_size: usage.batch_size,
+            flush_every: usage.flush_every,
+            spill_after: usage.spill_after,
+            spill: Arc::new(UsageSpill::new(usage.spill_file)),
+            metrics,
             writer,
             writer_rx: Some(writer_rx),
+            queue_full: false,
         }
     }
 
@@ -105,14 +145,31 @@ impl StoreActor {
         Box::pin(query(self.db.clone(), self.master_key.clone()))
     }
 
+    /// Hands the buffered rows to the writer; when its queue is full, appends them to the
+    /// spill file instead (one short synchronous write, only while the database lags).
     fn flush_usage_buffer(&mut self) {
         if self.usage_buffer.is_empty() {
             return;
         }
         let batch = std::mem::replace(&mut self.usage_buffer, Vec::with_capacity(self.batch_size));
-        if self.writer.send(WriterCmd::Batch(batch)).is_err() {
-            tracing::error!("usage writer is gone; usage rows could not be queued");
+        match self.writer.try_reserve() {
+            Ok(slot) => {
+                slot.send(WriterCmd::Batch(batch));
+                self.queue_full = false;
+                return;
+            }
+            Err(mpsc::error::TrySendError::Full(())) => {
+                if !self.queue_full {
+                    self.queue_full = true;
+                    tracing::warn!(file = %self.spill.path().display(),
+                        "usage writer queue is full; spilling usage rows to the file");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                tracing::error!("usage writer is gone; spilling usage rows to the file");
+            }
         }
+        spill::spill_or_drop(&self.spill, &self.metrics, &batch);
     }
 }
 
@@ -121,7 +178,13 @@ impl Actor for StoreActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         if let Some(rx) = self.writer_rx.take() {
-            actix::spawn(usage::writer_loop(self.db.clone(), rx));
+            let writer = usage::UsageWriter::new(
+                self.db.clone(),
+                self.spill.clone(),
+                self.metrics.clone(),
+                self.spill_after,
+            );
+            actix::spawn(writer.run(rx));
         }
         ctx.run_interval(self.flush_every, |actor, _| actor.flush_usage_buffer());
     }
@@ -136,7 +199,7 @@ impl Handler<RecordUsage> for StoreActor {
     type Result = ();
 
     fn handle(&mut self, msg: RecordUsage, _: &mut Self::Context) {
-        self.usage_buffer.push(usage::to_active_model(msg.0));
+        self.usage_buffer.push(msg.0);
         if self.usage_buffer.len() >= self.batch_size {
             self.flush_usage_buffer();
         }
@@ -148,12 +211,22 @@ impl Handler<FlushUsage> for StoreActor {
 
     fn handle(&mut self, _: FlushUsage, _: &mut Self::Context) -> Self::Result {
         self.flush_usage_buffer();
-        let (tx, rx) = oneshot::channel();
-        let queued = self.writer.send(WriterCmd::Barrier(tx)).is_ok();
+        let writer = self.writer.clone();
         Box::pin(async move {
-            if queued {
-                let _ = rx.await;
-            }
+            usage::ask(writer, WriterCmd::Barrier).await;
+        })
+    }
+}
+
+impl Handler<ReplayUsageSpill> for StoreActor {
+    type Result = ResponseFuture<Result<u64, SpillError>>;
+
+    fn handle(&mut self, _: ReplayUsageSpill, _: &mut Self::Context) -> Self::Result {
+        let writer = self.writer.clone();
+        Box::pin(async move {
+            usage::ask(writer, WriterCmd::Replay)
+                .await
+                .unwrap_or(Err(SpillError::WriterGone))
         })
     }
 }

@@ -1,16 +1,47 @@
-//! Usage rows: converted to storage rows on arrival, written in batches by one writer task
-//! so batches land in order and a barrier means "everything before me is written".
+//! Usage rows: buffered by the store actor, written in batches by one writer task so
+//! batches land in order and a barrier means "everything before me is written or spilled".
+//! A failing batch is retried with capped exponential backoff; once the database has been
+//! failing for `usage_spill_after_ms`, batches go to the spill file (one try per backoff
+//! period until the database answers again), and after the next successful write the
+//! spill file is replayed.
 
+use std::io::{BufRead, BufReader};
+use std::sync::Arc;
 use std::time::Duration;
 
-use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
-use tokio::sync::mpsc;
+use sea_orm::{ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
-use super::WriterCmd;
+use super::spill::{UsageSpill, spill_or_drop};
+use super::{WriterCmd, begin_write};
 use crate::domain::usage::UsageRecord;
 use crate::entities::usage;
+use crate::telemetry::metrics::Metrics;
 
-const WRITE_ATTEMPTS: u32 = 5;
+/// First pause before retrying a failed batch; it doubles up to `RETRY_MAX`.
+const RETRY_INITIAL: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+/// Rows per INSERT when replaying (20 columns: well under SQLite's and PostgreSQL's
+/// bind-parameter limits).
+const REPLAY_CHUNK: usize = 500;
+/// After a failed replay, how long to wait before trying again.
+const REPLAY_RETRY: Duration = Duration::from_secs(30);
+
+/// Why a spill file could not be replayed (it stays where it is, for the next try).
+#[derive(Debug, thiserror::Error)]
+pub enum SpillError {
+    #[error("usage spill file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
+    #[error(
+        "replayed, but the spill file could not be removed (remove it before the next start): {0}"
+    )]
+    NotRemoved(std::io::Error),
+    #[error("the usage writer is gone")]
+    WriterGone,
+}
 
 pub(super) fn to_active_model(r: UsageRecord) -> usage::ActiveModel {
     usage::ActiveModel {
@@ -37,36 +68,243 @@ pub(super) fn to_active_model(r: UsageRecord) -> usage::ActiveModel {
     }
 }
 
-/// Writes batches in arrival order, retrying a failed batch with backoff before giving up
-/// on it (loudly, with its size).
-pub(super) async fn writer_loop(
+async fn insert(db: &impl ConnectionTrait, rows: &[UsageRecord]) -> Result<(), DbErr> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    usage::Entity::insert_many(rows.iter().cloned().map(to_active_model))
+        .exec(db)
+        .await
+        .map(|_| ())
+}
+
+/// The database has been failing since `since`; the next try is due at `retry_at`.
+struct Outage {
+    since: Instant,
+    retry_at: Instant,
+    backoff: Duration,
+    spilled: usize,
+}
+
+/// The one task that writes usage rows.
+pub(super) struct UsageWriter {
     db: DatabaseConnection,
-    mut rx: mpsc::UnboundedReceiver<WriterCmd>,
-) {
-    while let Some(cmd) = rx.recv().await {
-        match cmd {
-            WriterCmd::Barrier(done) => {
-                let _ = done.send(());
-            }
-            WriterCmd::Batch(rows) => write_batch(&db, rows).await,
+    spill: Arc<UsageSpill>,
+    metrics: Arc<Metrics>,
+    spill_after: Duration,
+    outage: Option<Outage>,
+    /// Set after a failed replay: no new try before then.
+    replay_at: Option<Instant>,
+    /// A replayed file could not be removed: replaying it again would duplicate its rows.
+    replay_disabled: bool,
+}
+
+impl UsageWriter {
+    pub fn new(
+        db: DatabaseConnection,
+        spill: Arc<UsageSpill>,
+        metrics: Arc<Metrics>,
+        spill_after: Duration,
+    ) -> Self {
+        Self {
+            db,
+            spill,
+            metrics,
+            spill_after,
+            outage: None,
+            replay_at: None,
+            replay_disabled: false,
         }
+    }
+
+    /// Runs commands in arrival order until every sender is gone.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<WriterCmd>) {
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                WriterCmd::Batch(rows) => self.write_batch(rows).await,
+                WriterCmd::Barrier(done) => {
+                    let _ = done.send(());
+                }
+                WriterCmd::Replay(done) => {
+                    let _ = done.send(self.replay().await);
+                }
+            }
+        }
+    }
+
+    /// Writes `rows`, retrying while the database has been failing for less than
+    /// `spill_after`; after that, one try when the backoff allows, else the spill file.
+    /// Each try is bounded too, so a database that hangs is treated as one that fails.
+    async fn write_batch(&mut self, rows: Vec<UsageRecord>) {
+        let spill_after = self.spill_after;
+        loop {
+            let now = Instant::now();
+            let budget = match &self.outage {
+                None => spill_after.max(RETRY_MAX),
+                Some(o) => {
+                    // `None`: a window too long to represent, i.e. never spill.
+                    let deadline = o.since.checked_add(spill_after);
+                    if deadline.is_none_or(|d| now < d) {
+                        let wake = deadline.map_or(o.retry_at, |d| o.retry_at.min(d));
+                        tokio::time::sleep_until(wake).await;
+                        match deadline {
+                            Some(d) if Instant::now() >= d => continue,
+                            Some(d) => d.saturating_duration_since(Instant::now()),
+                            None => Duration::MAX,
+                        }
+                    } else if now >= o.retry_at {
+                        RETRY_MAX
+                    } else {
+                        self.spill(&rows);
+                        return;
+                    }
+                }
+            };
+            let started = Instant::now();
+            let result = match tokio::time::timeout(budget, insert(&self.db, &rows)).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {} ms", budget.as_millis())),
+            };
+            match result {
+                Ok(()) => {
+                    self.database_answered().await;
+                    return;
+                }
+                Err(error) => self.database_failed(started, rows.len(), &error),
+            }
+        }
+    }
+
+    fn database_failed(&mut self, started: Instant, rows: usize, error: &str) {
+        let now = Instant::now();
+        match &mut self.outage {
+            None => {
+                tracing::warn!(%error, rows, "usage batch write failed; retrying");
+                self.outage = Some(Outage {
+                    since: started,
+                    retry_at: now + RETRY_INITIAL,
+                    backoff: RETRY_INITIAL,
+                    spilled: 0,
+                });
+            }
+            Some(o) => {
+                tracing::debug!(%error, rows, "usage batch write failed again");
+                o.backoff = (o.backoff * 2).min(RETRY_MAX);
+                o.retry_at = now + o.backoff;
+            }
+        }
+    }
+
+    fn spill(&mut self, rows: &[UsageRecord]) {
+        let first = self.outage.as_ref().is_some_and(|o| o.spilled == 0);
+        if first {
+            tracing::warn!(file = %self.spill.path().display(),
+                after_ms = self.spill_after.as_millis() as u64,
+                "the database is not taking usage rows; spilling them to the file until it does");
+        }
+        if spill_or_drop(&self.spill, &self.metrics, rows)
+            && let Some(o) = &mut self.outage
+        {
+            o.spilled += rows.len();
+        }
+    }
+
+    /// A write succeeded: the outage (if any) is over, and spilled rows are replayed.
+    async fn database_answered(&mut self) {
+        if let Some(o) = self.outage.take() {
+            tracing::info!(
+                down_ms = o.since.elapsed().as_millis() as u64,
+                spilled = o.spilled,
+                "usage writes succeed again"
+            );
+        }
+        if self.replay_at.is_some_and(|at| Instant::now() < at) || !self.spill.pending() {
+            return;
+        }
+        match self.replay().await {
+            Ok(rows) if rows > 0 => tracing::info!(rows, "spilled usage rows replayed"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "spilled usage rows could not be replayed yet"),
+        }
+    }
+
+    /// Moves the spill file into `usage` (one transaction per file, then the file is
+    /// removed); answers the rows inserted. Unreadable lines are skipped and counted as
+    /// dropped.
+    async fn replay(&mut self) -> Result<u64, SpillError> {
+        if self.replay_disabled {
+            return Ok(0);
+        }
+        // A file left by an interrupted replay first, then the current spill file.
+        let mut result = Ok(0);
+        for _ in 0..2 {
+            if !self.spill.pending() {
+                break;
+            }
+            match replay_file(&self.db, &self.spill, &self.metrics).await {
+                Ok(rows) => result = result.map(|total| total + rows),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.replay_at = result.is_err().then(|| Instant::now() + REPLAY_RETRY);
+        self.replay_disabled = matches!(result, Err(SpillError::NotRemoved(_)));
+        result
     }
 }
 
-async fn write_batch(db: &DatabaseConnection, rows: Vec<usage::ActiveModel>) {
-    let count = rows.len();
-    let mut delay = Duration::from_millis(50);
-    for attempt in 1..=WRITE_ATTEMPTS {
-        match usage::Entity::insert_many(rows.clone()).exec(db).await {
-            Ok(_) => return,
-            Err(e) if attempt < WRITE_ATTEMPTS => {
-                tracing::warn!(error = %e, rows = count, attempt, "usage batch write failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
+async fn replay_file(
+    db: &DatabaseConnection,
+    spill: &UsageSpill,
+    metrics: &Metrics,
+) -> Result<u64, SpillError> {
+    let Some((path, file)) = spill.take()? else {
+        return Ok(0);
+    };
+    let txn = begin_write(db).await?;
+    let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
+    let (mut replayed, mut unreadable) = (0u64, 0usize);
+    for (index, line) in BufReader::new(file).split(b'\n').enumerate() {
+        let line = line?;
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<UsageRecord>(&line) {
+            Ok(row) => chunk.push(row),
             Err(e) => {
-                tracing::error!(error = %e, rows = count, "usage batch could not be written");
+                unreadable += 1;
+                tracing::error!(error = %e, line = index + 1, file = %path.display(),
+                    "USAGE ROW LOST: a spill file line is not a usage row; skipped");
             }
         }
+        if chunk.len() == REPLAY_CHUNK {
+            insert(&txn, &chunk).await?;
+            replayed += chunk.len() as u64;
+            chunk.clear();
+        }
     }
+    insert(&txn, &chunk).await?;
+    replayed += chunk.len() as u64;
+    txn.commit().await?;
+    metrics.usage_rows_replayed(replayed);
+    metrics.usage_rows_dropped(unreadable);
+    if let Err(e) = std::fs::remove_file(&path) {
+        // The rows are in the database; replaying this file again would count them twice.
+        tracing::error!(error = %e, file = %path.display(),
+            "replayed usage spill file could not be removed; remove it by hand before the next start");
+        return Err(SpillError::NotRemoved(e));
+    }
+    Ok(replayed)
+}
+
+/// Sends `cmd` built around a fresh reply channel and waits for the reply.
+pub(super) async fn ask<T>(
+    writer: mpsc::Sender<WriterCmd>,
+    cmd: impl FnOnce(oneshot::Sender<T>) -> WriterCmd,
+) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    writer.send(cmd(tx)).await.ok()?;
+    rx.await.ok()
 }
