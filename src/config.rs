@@ -152,6 +152,9 @@ pub struct SecuritySettings {
     pub admin_key: Option<Secret>,
     /// How long an API-key lookup stays cached (admin changes invalidate it at once).
     pub key_cache_ttl_ms: u64,
+    /// Hosts a deployment's `base_url` may name: `api.openai.com` (exact) or
+    /// `*.example.com` (below it). Empty: any host.
+    pub upstream_hosts: Vec<String>,
 }
 
 impl Default for SecuritySettings {
@@ -161,6 +164,7 @@ impl Default for SecuritySettings {
             master_key_file: PathBuf::from("lowart.key"),
             admin_key: None,
             key_cache_ttl_ms: 60_000,
+            upstream_hosts: Vec::new(),
         }
     }
 }
@@ -355,7 +359,26 @@ impl Settings {
                 "expected 64 hex characters (32 bytes)",
             ));
         }
+        let upstream_hosts =
+            crate::domain::upstream_hosts::UpstreamHosts::parse(&self.security.upstream_hosts)
+                .map_err(|(i, message)| bad(&format!("security.upstream_hosts[{i}]"), &message))?;
         for (i, seed) in self.models.iter().enumerate() {
+            if let Some(url) = &seed.base_url {
+                upstream_hosts
+                    .check_base_url(url)
+                    .map_err(|message| bad(&format!("models[{i}].base_url"), &message))?;
+            }
+            for (field, price) in [
+                ("price_input_per_mtok", seed.price_input_per_mtok),
+                ("price_output_per_mtok", seed.price_output_per_mtok),
+            ] {
+                if price.is_some_and(|p| !(p.is_finite() && p >= 0.0)) {
+                    return Err(bad(
+                        &format!("models[{i}].{field}"),
+                        "must be a finite number, not negative",
+                    ));
+                }
+            }
             if crate::providers::VendorType::parse(&seed.vendor_type).is_none() {
                 return Err(bad(
                     &format!("models[{i}].vendor_type"),

@@ -21,6 +21,7 @@ use crate::actors::store::{
 };
 use crate::config::{Secret, Settings};
 use crate::crypto::{self, CryptoError, MasterKey};
+use crate::domain::upstream_hosts::UpstreamHosts;
 use crate::http::{self, AppState};
 use crate::telemetry::metrics::Metrics;
 use tracing_actix_web::TracingLogger;
@@ -39,6 +40,8 @@ pub enum StartupError {
     Mailbox(#[from] MailboxError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// A built, listening gateway.
@@ -90,6 +93,10 @@ impl Application {
         let settings = Arc::new(settings);
         let master_key = Arc::new(master_key(&settings)?);
         let db = connect_and_migrate(&settings).await?;
+        let upstream_hosts =
+            UpstreamHosts::parse(&settings.security.upstream_hosts).map_err(|(i, message)| {
+                StartupError::Config(format!("security.upstream_hosts[{i}]: {message}"))
+            })?;
 
         let store = StoreActor::new(
             db,
@@ -97,6 +104,7 @@ impl Application {
             settings.database.usage_batch_size,
             Duration::from_millis(settings.database.usage_flush_ms.max(1)),
         )
+        .with_upstream_hosts(upstream_hosts)
         .start();
 
         let generated_admin_key = bootstrap_admin(&settings, &store).await?;

@@ -116,6 +116,7 @@ impl Handler<SeedDeployments> for StoreActor {
     type Result = ResponseFuture<Result<usize, StoreError>>;
 
     fn handle(&mut self, msg: SeedDeployments, _: &mut Self::Context) -> Self::Result {
+        let hosts = self.upstream_hosts.clone();
         self.run(move |db, key| async move {
             let txn = begin_write(&db).await?;
             let mut specs = Vec::new();
@@ -154,7 +155,9 @@ impl Handler<SeedDeployments> for StoreActor {
             }
             let created = specs.len();
             for spec in specs {
-                let row = deployments::new_row(&spec, &key)?.insert(&txn).await?;
+                let row = deployments::new_row(&spec, &key, &hosts)?
+                    .insert(&txn)
+                    .await?;
                 let details = json!({"model_id": row.model_id, "vendor_type": row.vendor_type});
                 audit::append(
                     &txn,

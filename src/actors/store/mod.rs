@@ -24,6 +24,7 @@ use sea_orm::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::crypto::MasterKey;
+use crate::domain::upstream_hosts::UpstreamHosts;
 use crate::entities::usage as usage_entity;
 
 pub use messages::*;
@@ -68,6 +69,8 @@ enum WriterCmd {
 pub struct StoreActor {
     db: DatabaseConnection,
     master_key: Arc<MasterKey>,
+    /// Where deployments may point (`security.upstream_hosts`).
+    upstream_hosts: Arc<UpstreamHosts>,
     usage_buffer: Vec<usage_entity::ActiveModel>,
     batch_size: usize,
     flush_every: Duration,
@@ -86,12 +89,19 @@ impl StoreActor {
         Self {
             db,
             master_key,
+            upstream_hosts: Arc::default(),
             usage_buffer: Vec::with_capacity(batch_size),
             batch_size,
             flush_every,
             writer,
             writer_rx: Some(writer_rx),
         }
+    }
+
+    /// Restricts deployments' `base_url` to these hosts (default: any host).
+    pub fn with_upstream_hosts(mut self, hosts: UpstreamHosts) -> Self {
+        self.upstream_hosts = Arc::new(hosts);
+        self
     }
 
     /// Runs a query future on this actor's arbiter without blocking the mailbox.
