@@ -148,7 +148,8 @@ pub struct SecuritySettings {
     pub master_key: Option<Secret>,
     /// Where the master key is kept when none is configured; created (0600) on first start.
     pub master_key_file: PathBuf,
-    /// Bootstrap admin API key; `LOWART_ADMIN_KEY` sets it.
+    /// Bootstrap admin API key (at least 32 characters); `LOWART_ADMIN_KEY` sets it. A
+    /// new one revokes the bootstrap keys configured before it.
     pub admin_key: Option<Secret>,
     /// How long an API-key lookup stays cached (admin changes invalidate it at once).
     pub key_cache_ttl_ms: u64,
@@ -156,6 +157,9 @@ pub struct SecuritySettings {
     /// `*.example.com` (below it). Empty: any host.
     pub upstream_hosts: Vec<String>,
 }
+
+/// The shortest bootstrap admin key accepted.
+pub const MIN_ADMIN_KEY_LEN: usize = 32;
 
 impl Default for SecuritySettings {
     fn default() -> Self {
@@ -359,6 +363,16 @@ impl Settings {
                 "expected 64 hex characters (32 bytes)",
             ));
         }
+        if let Some(key) = &self.security.admin_key
+            && key.expose().chars().count() < MIN_ADMIN_KEY_LEN
+        {
+            return Err(bad(
+                "security.admin_key",
+                &format!(
+                    "must be at least {MIN_ADMIN_KEY_LEN} characters (e.g. `openssl rand -hex 32`)"
+                ),
+            ));
+        }
         let upstream_hosts =
             crate::domain::upstream_hosts::UpstreamHosts::parse(&self.security.upstream_hosts)
                 .map_err(|(i, message)| bad(&format!("security.upstream_hosts[{i}]"), &message))?;
@@ -515,7 +529,10 @@ mod tests {
 
     #[test]
     fn secrets_are_masked_when_printed() -> Result<(), ConfigError> {
-        let env = FakeEnv(HashMap::from([("LOWART_ADMIN_KEY", "super-secret")]));
+        let env = FakeEnv(HashMap::from([(
+            "LOWART_ADMIN_KEY",
+            "super-secret-admin-key-0123456789abcdef",
+        )]));
         let s = Settings::from_toml_str("", &env)?;
         assert!(!s.masked_json().contains("super-secret"));
         assert!(!format!("{s:?}").contains("super-secret"));

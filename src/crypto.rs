@@ -153,9 +153,15 @@ pub fn generate_api_key() -> Result<String, CryptoError> {
     Ok(format!("lw-{}", hex_encode(&bytes)))
 }
 
-/// The displayable start of a key, enough to recognise it and useless to an attacker.
-pub fn key_prefix(key: &str) -> String {
-    key.chars().take(10).collect()
+/// The displayable start of a generated key (`lw-` + 64 hex), enough to recognise it and
+/// useless to an attacker; `None` for any other key, of which it could be a large part.
+pub fn key_prefix(key: &str) -> Option<String> {
+    let generated = key.len() == 3 + 64
+        && key.strip_prefix("lw-").is_some_and(|hex| {
+            hex.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+    generated.then(|| key[..10].to_string())
 }
 
 pub fn hex_encode(bytes: &[u8]) -> String {
@@ -217,6 +223,9 @@ mod tests {
         assert_eq!(a.len(), 3 + 64);
         assert_ne!(a, generate_api_key()?);
         assert_eq!(hash_api_key_hex(&a).len(), 64);
+        assert_eq!(key_prefix(&a).as_deref(), a.get(..10));
+        assert_eq!(key_prefix("lw-short-chosen-key"), None);
+        assert_eq!(key_prefix(&a.to_uppercase()), None);
         Ok(())
     }
 }

@@ -33,7 +33,8 @@ pub struct LookupKey {
     pub key_hash: String,
 }
 
-/// At startup: make sure the bootstrap admin key exists. Answers whether it was created.
+/// At startup: make sure the bootstrap admin key exists and revoke the bootstrap keys it
+/// replaces. Answers whether it was created.
 #[derive(Message)]
 #[rtype(result = "Result<bool, StoreError>")]
 pub struct EnsureAdminKey {
