@@ -64,32 +64,32 @@ impl MasterKey {
         })
     }
 
-    /// Reads the key file, or creates it (mode 0600) with a fresh random key.
-    /// Returns the key and whether it was just created.
-    pub fn load_or_create(path: &Path) -> Result<(Self, bool), CryptoError> {
-        let io = |source| CryptoError::KeyFile {
-            path: path.display().to_string(),
-            source,
-        };
-        if path.exists() {
-            let text = std::fs::read_to_string(path).map_err(io)?;
-            return Ok((Self::from_hex(&text)?, false));
-        }
+    /// A fresh random key as 64 hex characters.
+    pub fn generate_hex() -> Result<String, CryptoError> {
         let mut bytes = [0u8; 32];
         SystemRandom::new()
             .fill(&mut bytes)
             .map_err(|_| CryptoError::Rng)?;
-        let hex = hex_encode(&bytes);
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
+        Ok(hex_encode(&bytes))
+    }
+
+    /// Reads the key file; `None` when it does not exist.
+    pub fn load_file(path: &Path) -> Result<Option<Self>, CryptoError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Some(Self::from_hex(&text)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(CryptoError::KeyFile {
+                path: path.display().to_string(),
+                source,
+            }),
         }
-        let mut file = options.open(path).map_err(io)?;
-        file.write_all(hex.as_bytes()).map_err(io)?;
-        Ok((Self::from_hex(&hex)?, true))
+    }
+
+    /// Creates the key file with a fresh random key (mode 0600; never overwrites).
+    pub fn create_file(path: &Path) -> Result<Self, CryptoError> {
+        let hex = Self::generate_hex()?;
+        write_key_file(path, &hex)?;
+        Self::from_hex(&hex)
     }
 
     pub fn id(&self) -> &str {
@@ -131,6 +131,24 @@ impl MasterKey {
             .open_in_place(nonce, Aad::from(self.id.as_bytes()), &mut buf)?;
         String::from_utf8(plain.to_vec()).map_err(|_| CryptoError::Open)
     }
+}
+
+/// Writes `hex` to a new file at `path` (mode 0600, flushed to disk); fails if it exists.
+pub fn write_key_file(path: &Path, hex: &str) -> Result<(), CryptoError> {
+    let io = |source| CryptoError::KeyFile {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io)?;
+    file.write_all(hex.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)
 }
 
 /// The SHA-256 of an API key: what is stored and looked up, never the key itself.

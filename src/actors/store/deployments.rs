@@ -371,9 +371,11 @@ impl Handler<LoadDeployments> for StoreActor {
                         match key.open(&sealed) {
                             Ok(plain) => Some(Secret::new(plain)),
                             Err(_) => {
+                                // Never drop a deployment silently: the reload fails and
+                                // the router keeps the table it has.
                                 tracing::error!(deployment = %row.id, key_id = %kid,
-                                    "cannot open the deployment's API key with the current master key; deployment skipped");
-                                continue;
+                                    "cannot open the deployment's API key with the current master key (rotated while running?); restart with the right key");
+                                return Err(StoreError::Crypto);
                             }
                         }
                     }

@@ -186,3 +186,11 @@ pub struct AppendAudit {
     pub target_id: String,
     pub details: serde_json::Value,
 }
+
+/// From `lowart rotate-master-key`: open every sealed value with the current master key
+/// and seal it under `new_key`, in one transaction (audited). Answers how many.
+#[derive(Message)]
+#[rtype(result = "Result<usize, StoreError>")]
+pub struct ResealSecrets {
+    pub new_key: std::sync::Arc<crate::crypto::MasterKey>,
+}

@@ -9,6 +9,7 @@ mod deployments;
 mod fallbacks;
 mod keys;
 pub mod messages;
+mod secrets;
 mod usage;
 mod users;
 
@@ -28,6 +29,7 @@ use crate::domain::upstream_hosts::UpstreamHosts;
 use crate::entities::usage as usage_entity;
 
 pub use messages::*;
+pub use secrets::sealed_key_ids;
 
 /// Errors of the persistence layer.
 #[derive(Debug, thiserror::Error)]
