@@ -8,6 +8,7 @@ mod chat;
 mod cli;
 mod errors;
 mod helpers;
+mod keys;
 mod listeners;
 mod metrics;
 mod mock_upstream;
