@@ -23,12 +23,14 @@ pub enum MasterKeyError {
     )]
     Missing { sealed: String, path: String },
     #[error(
-        "the database holds provider keys sealed under master key {sealed}, but the master key from {source_name} is {current}. Start with the key they were sealed under (restore it from its backup); change keys only with `lowart rotate-master-key`"
+        "the database holds provider keys sealed under master key {sealed}, but the master key from {source_name} is {current}. Start with the key they were sealed under (restore it from its backup); change keys only with `lowart rotate-master-key`{hint}"
     )]
     Mismatch {
         sealed: String,
         current: String,
         source_name: String,
+        /// Points at a key file staged by an interrupted rotation, if there is one.
+        hint: String,
     },
     #[error(
         "no master key is configured and the key file {0} does not exist: there is no key to rotate"
@@ -120,10 +122,30 @@ fn check(key: &MasterKey, source: &KeySource, sealed: &[String]) -> Result<(), M
     if foreign.is_empty() {
         return Ok(());
     }
+    // A rotation interrupted between its commit and the rename leaves the key in `.new`.
+    let staged = match source {
+        KeySource::File(path) => {
+            let staged = sibling(path, "new");
+            MasterKey::load_file(&staged)
+                .ok()
+                .flatten()
+                .filter(|k| foreign.contains(&k.id()))
+                .map(|_| (staged, path))
+        }
+        KeySource::Configured => None,
+    };
+    let hint = staged.map_or_else(String::new, |(staged, path)| {
+        format!(
+            ". {} holds that key (an interrupted rotation): move it over {}",
+            staged.display(),
+            path.display()
+        )
+    });
     Err(MasterKeyError::Mismatch {
         sealed: foreign.join(", "),
         current: key.id().to_string(),
         source_name: source.name(),
+        hint,
     })
 }
 

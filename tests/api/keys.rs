@@ -593,6 +593,16 @@ async fn rotate_master_key_reseals_under_a_new_key_file_and_a_lost_key_file_stop
     );
     assert_eq!(upstream.received().len(), 2);
 
+    // Interrupted between the commit and the rename: the error points at the staged key.
+    let staged = dir.path().join("lowart.key.new");
+    std::fs::rename(&key_file, &staged).unwrap();
+    std::fs::write(&key_file, &old).unwrap();
+    let out = run_to_exit(&dir, &env, &["serve"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lowart.key.new holds that key"), "{stderr}");
+    std::fs::rename(&staged, &key_file).unwrap();
+
     // The old key no longer opens the database.
     let out = run_to_exit(
         &dir,
