@@ -467,6 +467,17 @@ async fn a_new_bootstrap_admin_key_revokes_the_one_it_replaces() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+    // Configuring a key made through the admin API registers nothing and revokes nothing.
+    let ordinary = start(&app.dir, &app.db_url, &made).await;
+    for key in [&second, &made] {
+        let res = client
+            .get(format!("{ordinary}/admin/keys"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
 }
 
 /// Builds and runs another gateway on the same database; answers its base URL.

@@ -31,7 +31,8 @@ impl Handler<EnsureAdminKey> for StoreActor {
 
     /// Registers the key unless it exists, then revokes every other live bootstrap key
     /// (each audited), so a replaced `security.admin_key` stops working. A configured key
-    /// that an admin revoked stays revoked, and then nothing else is revoked.
+    /// that an admin revoked stays revoked, and a configured key made through the admin
+    /// API stays what it is; then nothing else is revoked.
     fn handle(&mut self, msg: EnsureAdminKey, _: &mut Self::Context) -> Self::Result {
         self.run(move |db, _| async move {
             let secret = msg.key.expose().to_string();
@@ -45,6 +46,11 @@ impl Handler<EnsureAdminKey> for StoreActor {
                 Some(row) if row.revoked_at.is_some() => {
                     tracing::warn!(key = %row.id,
                         "the configured admin key was revoked; it stays revoked (configure a new one)");
+                    return Ok(false);
+                }
+                Some(row) if !row.bootstrap => {
+                    tracing::warn!(key = %row.id, user = %row.user_id,
+                        "the configured admin key is an ordinary key; earlier bootstrap keys are kept");
                     return Ok(false);
                 }
                 Some(row) => (row.id, false),
