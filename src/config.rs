@@ -170,11 +170,18 @@ pub struct SecuritySettings {
     pub master_key: Option<Secret>,
     /// Where the master key is kept when none is configured; created (0600) on first start.
     pub master_key_file: PathBuf,
-    /// Bootstrap admin API key; `LOWART_ADMIN_KEY` sets it.
+    /// Bootstrap admin API key (at least 32 characters); `LOWART_ADMIN_KEY` sets it. A
+    /// new one revokes the bootstrap keys configured before it.
     pub admin_key: Option<Secret>,
     /// How long an API-key lookup stays cached (admin changes invalidate it at once).
     pub key_cache_ttl_ms: u64,
+    /// Hosts a deployment's `base_url` may name: `api.openai.com` (exact) or
+    /// `*.example.com` (below it). Empty: any host.
+    pub upstream_hosts: Vec<String>,
 }
+
+/// The shortest bootstrap admin key accepted.
+pub const MIN_ADMIN_KEY_LEN: usize = 32;
 
 impl Default for SecuritySettings {
     fn default() -> Self {
@@ -183,6 +190,7 @@ impl Default for SecuritySettings {
             master_key_file: PathBuf::from("lowart.key"),
             admin_key: None,
             key_cache_ttl_ms: 60_000,
+            upstream_hosts: Vec::new(),
         }
     }
 }
@@ -402,7 +410,36 @@ impl Settings {
                 "expected 64 hex characters (32 bytes)",
             ));
         }
+        if let Some(key) = &self.security.admin_key
+            && key.expose().chars().count() < MIN_ADMIN_KEY_LEN
+        {
+            return Err(bad(
+                "security.admin_key",
+                &format!(
+                    "must be at least {MIN_ADMIN_KEY_LEN} characters (e.g. `openssl rand -hex 32`)"
+                ),
+            ));
+        }
+        let upstream_hosts =
+            crate::domain::upstream_hosts::UpstreamHosts::parse(&self.security.upstream_hosts)
+                .map_err(|(i, message)| bad(&format!("security.upstream_hosts[{i}]"), &message))?;
         for (i, seed) in self.models.iter().enumerate() {
+            if let Some(url) = &seed.base_url {
+                upstream_hosts
+                    .check_base_url(url)
+                    .map_err(|message| bad(&format!("models[{i}].base_url"), &message))?;
+            }
+            for (field, price) in [
+                ("price_input_per_mtok", seed.price_input_per_mtok),
+                ("price_output_per_mtok", seed.price_output_per_mtok),
+            ] {
+                if price.is_some_and(|p| !(p.is_finite() && p >= 0.0)) {
+                    return Err(bad(
+                        &format!("models[{i}].{field}"),
+                        "must be a finite number, not negative",
+                    ));
+                }
+            }
             if crate::providers::VendorType::parse(&seed.vendor_type).is_none() {
                 return Err(bad(
                     &format!("models[{i}].vendor_type"),
@@ -539,7 +576,10 @@ mod tests {
 
     #[test]
     fn secrets_are_masked_when_printed() -> Result<(), ConfigError> {
-        let env = FakeEnv(HashMap::from([("LOWART_ADMIN_KEY", "super-secret")]));
+        let env = FakeEnv(HashMap::from([(
+            "LOWART_ADMIN_KEY",
+            "super-secret-admin-key-0123456789abcdef",
+        )]));
         let s = Settings::from_toml_str("", &env)?;
         assert!(!s.masked_json().contains("super-secret"));
         assert!(!format!("{s:?}").contains("super-secret"));

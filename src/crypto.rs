@@ -64,32 +64,32 @@ impl MasterKey {
         })
     }
 
-    /// Reads the key file, or creates it (mode 0600) with a fresh random key.
-    /// Returns the key and whether it was just created.
-    pub fn load_or_create(path: &Path) -> Result<(Self, bool), CryptoError> {
-        let io = |source| CryptoError::KeyFile {
-            path: path.display().to_string(),
-            source,
-        };
-        if path.exists() {
-            let text = std::fs::read_to_string(path).map_err(io)?;
-            return Ok((Self::from_hex(&text)?, false));
-        }
+    /// A fresh random key as 64 hex characters.
+    pub fn generate_hex() -> Result<String, CryptoError> {
         let mut bytes = [0u8; 32];
         SystemRandom::new()
             .fill(&mut bytes)
             .map_err(|_| CryptoError::Rng)?;
-        let hex = hex_encode(&bytes);
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
+        Ok(hex_encode(&bytes))
+    }
+
+    /// Reads the key file; `None` when it does not exist.
+    pub fn load_file(path: &Path) -> Result<Option<Self>, CryptoError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Some(Self::from_hex(&text)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(CryptoError::KeyFile {
+                path: path.display().to_string(),
+                source,
+            }),
         }
-        let mut file = options.open(path).map_err(io)?;
-        file.write_all(hex.as_bytes()).map_err(io)?;
-        Ok((Self::from_hex(&hex)?, true))
+    }
+
+    /// Creates the key file with a fresh random key (mode 0600; never overwrites).
+    pub fn create_file(path: &Path) -> Result<Self, CryptoError> {
+        let hex = Self::generate_hex()?;
+        write_key_file(path, &hex)?;
+        Self::from_hex(&hex)
     }
 
     pub fn id(&self) -> &str {
@@ -133,6 +133,24 @@ impl MasterKey {
     }
 }
 
+/// Writes `hex` to a new file at `path` (mode 0600, flushed to disk); fails if it exists.
+pub fn write_key_file(path: &Path, hex: &str) -> Result<(), CryptoError> {
+    let io = |source| CryptoError::KeyFile {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io)?;
+    file.write_all(hex.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
 /// The SHA-256 of an API key: what is stored and looked up, never the key itself.
 pub fn hash_api_key(key: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
@@ -153,9 +171,15 @@ pub fn generate_api_key() -> Result<String, CryptoError> {
     Ok(format!("lw-{}", hex_encode(&bytes)))
 }
 
-/// The displayable start of a key, enough to recognise it and useless to an attacker.
-pub fn key_prefix(key: &str) -> String {
-    key.chars().take(10).collect()
+/// The displayable start of a generated key (`lw-` + 64 hex), enough to recognise it and
+/// useless to an attacker; `None` for any other key, of which it could be a large part.
+pub fn key_prefix(key: &str) -> Option<String> {
+    let generated = key.len() == 3 + 64
+        && key.strip_prefix("lw-").is_some_and(|hex| {
+            hex.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+    generated.then(|| key[..10].to_string())
 }
 
 pub fn hex_encode(bytes: &[u8]) -> String {
@@ -217,6 +241,9 @@ mod tests {
         assert_eq!(a.len(), 3 + 64);
         assert_ne!(a, generate_api_key()?);
         assert_eq!(hash_api_key_hex(&a).len(), 64);
+        assert_eq!(key_prefix(&a).as_deref(), a.get(..10));
+        assert_eq!(key_prefix("lw-short-chosen-key"), None);
+        assert_eq!(key_prefix(&a.to_uppercase()), None);
         Ok(())
     }
 }

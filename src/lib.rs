@@ -8,6 +8,7 @@ pub mod domain;
 pub mod entities;
 pub mod error;
 pub mod http;
+pub mod master_key;
 pub mod providers;
 pub mod relay;
 pub mod startup;

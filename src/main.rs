@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use lowart::config::Settings;
+use lowart::config::{Secret, Settings};
+use lowart::master_key::{self, Installed, Rotation};
 use lowart::startup::{Application, connect_and_migrate};
 
 #[derive(Parser)]
@@ -35,6 +36,14 @@ enum Command {
     Migrate,
     /// Print the effective configuration with secrets masked; exit non-zero if invalid.
     CheckConfig,
+    /// Re-seal every stored secret under a new master key and install it (stop the
+    /// gateway first). A key file is replaced (the old one kept as `<file>.<id>.bak`); a
+    /// configured key is printed once, to be put in the configuration.
+    RotateMasterKey {
+        /// The new key (64 hex characters); a random one when absent.
+        #[arg(long, env = "LOWART_NEW_MASTER_KEY", hide_env_values = true)]
+        new_key: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +74,13 @@ fn main() -> ExitCode {
                 tracing::info!("migrations applied");
                 Ok(())
             }
+            Some(Command::RotateMasterKey { new_key }) => {
+                let db = connect_and_migrate(&settings).await?;
+                let new_key = new_key.map(Secret::new);
+                let rotation = master_key::rotate(&settings, db, new_key.as_ref()).await?;
+                report_rotation(&rotation);
+                Ok(())
+            }
             _ => serve(settings).await,
         }
     };
@@ -92,4 +108,27 @@ async fn serve(settings: Settings) -> Result<(), lowart::startup::StartupError> 
         let _ = out.flush();
     }
     app.run_until_stopped().await
+}
+
+fn report_rotation(rotation: &Rotation) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "Master key rotated from {} to {}: {} stored secret(s) re-sealed.",
+        rotation.old_id, rotation.new_id, rotation.resealed
+    );
+    let _ = match &rotation.installed {
+        Installed::File { path, backup } => writeln!(
+            out,
+            "{} now holds the new key; the old key is kept in {} (back up the new file).",
+            path.display(),
+            backup.display()
+        ),
+        Installed::Configured { new_key } => writeln!(
+            out,
+            "The master key is configured, so the new key is shown once:\n\n    {}\n\nSet security.master_key (LOWART_MASTER_KEY) to it before the next start; the old key no longer opens the database.",
+            new_key.expose()
+        ),
+    };
+    let _ = out.flush();
 }

@@ -21,8 +21,10 @@ use crate::actors::store::{
     StoreError, UsageOptions,
 };
 use crate::config::{Secret, Settings};
-use crate::crypto::{self, CryptoError, MasterKey};
+use crate::crypto::{self, CryptoError};
+use crate::domain::upstream_hosts::UpstreamHosts;
 use crate::http::{self, AppState};
+use crate::master_key::{self, MasterKeyError};
 use crate::telemetry::metrics::Metrics;
 use tracing_actix_web::TracingLogger;
 
@@ -40,6 +42,10 @@ pub enum StartupError {
     Mailbox(#[from] MailboxError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    #[error("master key: {0}")]
+    MasterKey(#[from] MasterKeyError),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// A built, listening gateway.
@@ -70,27 +76,18 @@ pub async fn connect_and_migrate(settings: &Settings) -> Result<DatabaseConnecti
     Ok(db)
 }
 
-fn master_key(settings: &Settings) -> Result<MasterKey, StartupError> {
-    if let Some(hex) = &settings.security.master_key {
-        return Ok(MasterKey::from_hex(hex.expose())?);
-    }
-    let path = &settings.security.master_key_file;
-    let (key, created) = MasterKey::load_or_create(path)?;
-    if created {
-        tracing::warn!(path = %path.display(),
-            "no master key configured: created a new one (mode 0600). Back it up, or set LOWART_MASTER_KEY; without it stored provider keys cannot be decrypted");
-    }
-    Ok(key)
-}
-
 impl Application {
     /// Builds everything and binds the listener. With `handle_signals`, SIGTERM and SIGINT
     /// stop the server gracefully (tests leave it off: they share one process).
     pub async fn build(settings: Settings, handle_signals: bool) -> Result<Self, StartupError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let settings = Arc::new(settings);
-        let master_key = Arc::new(master_key(&settings)?);
         let db = connect_and_migrate(&settings).await?;
+        let master_key = Arc::new(master_key::open_for_serve(&settings, &db).await?);
+        let upstream_hosts =
+            UpstreamHosts::parse(&settings.security.upstream_hosts).map_err(|(i, message)| {
+                StartupError::Config(format!("security.upstream_hosts[{i}]: {message}"))
+            })?;
 
         let metrics = Arc::new(Metrics::new());
         let store = StoreActor::new(
@@ -99,6 +96,7 @@ impl Application {
             UsageOptions::from_settings(&settings.database),
             metrics.clone(),
         )
+        .with_upstream_hosts(upstream_hosts)
         .start();
         match store.send(ReplayUsageSpill).await? {
             Ok(0) => {}

@@ -10,6 +10,7 @@ mod m20261122_000004_create_model_fallbacks;
 mod m20261122_000005_create_usage;
 mod m20261122_000006_create_audit_log;
 mod m20261122_000007_add_resilience_settings;
+mod m20261130_000008_api_key_prefix_and_bootstrap;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000005_create_usage::Migration),
             Box::new(m20261122_000006_create_audit_log::Migration),
             Box::new(m20261122_000007_add_resilience_settings::Migration),
+            Box::new(m20261130_000008_api_key_prefix_and_bootstrap::Migration),
         ]
     }
 }

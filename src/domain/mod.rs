@@ -6,6 +6,7 @@ pub mod chat;
 pub mod fallbacks;
 pub mod records;
 pub mod sse;
+pub mod upstream_hosts;
 pub mod usage;
 
 /// Milliseconds since the Unix epoch.

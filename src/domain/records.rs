@@ -58,7 +58,8 @@ pub struct ApiKeyInfo {
     pub id: String,
     pub user_id: String,
     pub name: Option<String>,
-    pub prefix: String,
+    /// Only for keys Lowart generated; a chosen key shows none.
+    pub prefix: Option<String>,
     pub models: Option<Vec<String>>,
     pub rpm_limit: Option<i64>,
     pub expires_at: Option<i64>,

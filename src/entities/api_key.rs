@@ -10,13 +10,16 @@ pub struct Model {
     /// SHA-256 of the key, hex.
     #[sea_orm(unique)]
     pub key_hash: String,
-    pub prefix: String,
+    /// The first characters of a generated key (`lw-` + 64 hex); `None` for any other key.
+    pub prefix: Option<String>,
     /// JSON array of permitted model names; `None` means every model.
     pub models: Option<String>,
     pub rpm_limit: Option<i64>,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
     pub created_at: i64,
+    /// Registered from `security.admin_key` or generated at first start.
+    pub bootstrap: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

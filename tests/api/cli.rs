@@ -97,7 +97,10 @@ fn check_config_masks_secrets_and_names_a_bad_key() {
     let good = lowart()
         .current_dir(dir.path())
         .arg("check-config")
-        .env("LOWART_ADMIN_KEY", "lw-very-secret-admin-key")
+        .env(
+            "LOWART_ADMIN_KEY",
+            "lw-very-secret-admin-key-at-least-32-chars",
+        )
         .env("LOWART_SERVER__LISTEN", "0.0.0.0:9999")
         .output()
         .unwrap();

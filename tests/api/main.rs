@@ -9,6 +9,7 @@ mod cli;
 mod errors;
 mod hardening;
 mod helpers;
+mod keys;
 mod listeners;
 mod metrics;
 mod mock_upstream;

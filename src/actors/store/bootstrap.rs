@@ -3,7 +3,8 @@
 
 use actix::prelude::*;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, IntoActiveModel, PaginatorTrait,
+    QueryFilter,
 };
 use serde_json::json;
 
@@ -28,62 +29,101 @@ fn system_actor() -> Actor {
 impl Handler<EnsureAdminKey> for StoreActor {
     type Result = ResponseFuture<Result<bool, StoreError>>;
 
+    /// Registers the key unless it exists, then revokes every other live bootstrap key
+    /// (each audited), so a replaced `security.admin_key` stops working. A configured key
+    /// that an admin revoked stays revoked, and a configured key made through the admin
+    /// API stays what it is; then nothing else is revoked.
     fn handle(&mut self, msg: EnsureAdminKey, _: &mut Self::Context) -> Self::Result {
         self.run(move |db, _| async move {
             let secret = msg.key.expose().to_string();
             let hash = crypto::hash_api_key_hex(&secret);
             let txn = begin_write(&db).await?;
-            if api_key::Entity::find()
+            let existing = api_key::Entity::find()
                 .filter(api_key::Column::KeyHash.eq(hash))
                 .one(&txn)
-                .await?
-                .is_some()
-            {
-                return Ok(false);
-            }
-            if user::Entity::find_by_id(BOOTSTRAP_USER)
-                .one(&txn)
-                .await?
-                .is_none()
-            {
-                let now = now_ms();
-                user::ActiveModel {
-                    id: Set(BOOTSTRAP_USER.into()),
-                    name: Set(Some("Bootstrap administrator".into())),
-                    role: Set(Role::Admin.as_str().into()),
-                    rpm_limit: Set(None),
-                    tpm_limit: Set(None),
-                    token_quota: Set(None),
-                    budget_usd: Set(None),
-                    disabled: Set(false),
-                    created_at: Set(now),
-                    updated_at: Set(now),
-                }
-                .insert(&txn)
                 .await?;
-            }
-            let id = format!("key_{}", uuid::Uuid::now_v7().simple());
-            let key = NewKey {
-                user_id: BOOTSTRAP_USER.into(),
-                name: Some("bootstrap".into()),
-                models: None,
-                rpm_limit: None,
-                expires_at: None,
+            let (current_id, created) = match existing {
+                Some(row) if row.revoked_at.is_some() => {
+                    tracing::warn!(key = %row.id,
+                        "the configured admin key was revoked; it stays revoked (configure a new one)");
+                    return Ok(false);
+                }
+                Some(row) if !row.bootstrap => {
+                    tracing::warn!(key = %row.id, user = %row.user_id,
+                        "the configured admin key is an ordinary key; earlier bootstrap keys are kept");
+                    return Ok(false);
+                }
+                Some(row) => (row.id, false),
+                None => (insert_bootstrap_key(&txn, &secret).await?, true),
             };
-            keys::insert(&txn, id.clone(), &key, &secret).await?;
-            audit::append(
-                &txn,
-                &system_actor(),
-                "key.bootstrap",
-                "api_key",
-                &id,
-                json!({}),
-            )
-            .await?;
+            let replaced = api_key::Entity::find()
+                .filter(api_key::Column::Bootstrap.eq(true))
+                .filter(api_key::Column::RevokedAt.is_null())
+                .filter(api_key::Column::Id.ne(current_id.clone()))
+                .all(&txn)
+                .await?;
+            let now = now_ms();
+            for row in replaced {
+                let id = row.id.clone();
+                let mut am = row.into_active_model();
+                am.revoked_at = Set(Some(now));
+                am.update(&txn).await?;
+                let details = json!({"reason": "bootstrap key replaced", "replaced_by": current_id});
+                audit::append(&txn, &system_actor(), "key.revoke", "api_key", &id, details)
+                    .await?;
+                tracing::info!(key = %id, "earlier bootstrap admin key revoked");
+            }
             txn.commit().await?;
-            Ok(true)
+            Ok(created)
         })
     }
+}
+
+/// Inserts the bootstrap key (and the `admin` user on first start), audited; answers its id.
+async fn insert_bootstrap_key(
+    txn: &sea_orm::DatabaseTransaction,
+    secret: &str,
+) -> Result<String, StoreError> {
+    if user::Entity::find_by_id(BOOTSTRAP_USER)
+        .one(txn)
+        .await?
+        .is_none()
+    {
+        let now = now_ms();
+        user::ActiveModel {
+            id: Set(BOOTSTRAP_USER.into()),
+            name: Set(Some("Bootstrap administrator".into())),
+            role: Set(Role::Admin.as_str().into()),
+            rpm_limit: Set(None),
+            tpm_limit: Set(None),
+            token_quota: Set(None),
+            budget_usd: Set(None),
+            disabled: Set(false),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(txn)
+        .await?;
+    }
+    let id = format!("key_{}", uuid::Uuid::now_v7().simple());
+    let key = NewKey {
+        user_id: BOOTSTRAP_USER.into(),
+        name: Some("bootstrap".into()),
+        models: None,
+        rpm_limit: None,
+        expires_at: None,
+    };
+    keys::insert(txn, id.clone(), &key, secret, true).await?;
+    audit::append(
+        txn,
+        &system_actor(),
+        "key.bootstrap",
+        "api_key",
+        &id,
+        json!({}),
+    )
+    .await?;
+    Ok(id)
 }
 
 impl Handler<HasAdminKey> for StoreActor {
@@ -116,6 +156,7 @@ impl Handler<SeedDeployments> for StoreActor {
     type Result = ResponseFuture<Result<usize, StoreError>>;
 
     fn handle(&mut self, msg: SeedDeployments, _: &mut Self::Context) -> Self::Result {
+        let hosts = self.upstream_hosts.clone();
         self.run(move |db, key| async move {
             let txn = begin_write(&db).await?;
             let mut specs = Vec::new();
@@ -154,7 +195,9 @@ impl Handler<SeedDeployments> for StoreActor {
             }
             let created = specs.len();
             for spec in specs {
-                let row = deployments::new_row(&spec, &key)?.insert(&txn).await?;
+                let row = deployments::new_row(&spec, &key, &hosts)?
+                    .insert(&txn)
+                    .await?;
                 let details = json!({"model_id": row.model_id, "vendor_type": row.vendor_type});
                 audit::append(
                     &txn,

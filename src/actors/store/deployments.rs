@@ -17,6 +17,7 @@ use crate::config::Secret;
 use crate::crypto::{MasterKey, Sealed};
 use crate::domain::now_ms;
 use crate::domain::records::{Deployment, DeploymentSpec, DeploymentWithSecret};
+use crate::domain::upstream_hosts::UpstreamHosts;
 use crate::entities::deployment;
 use crate::providers::VendorType;
 
@@ -128,19 +129,38 @@ fn apply(
     Ok(())
 }
 
-/// Checks the whole row after a create or an update.
-fn validate(m: &deployment::ActiveModel) -> Result<(), StoreError> {
+/// Checks the whole row after a create or an update: `base_url` must name an allowed host.
+fn validate(m: &deployment::ActiveModel, hosts: &UpstreamHosts) -> Result<(), StoreError> {
     let model_id = m.model_id.clone().unwrap();
     if model_id.trim().is_empty() {
         return Err(invalid("model_id", "`model_id` must not be empty"));
     }
     let vendor = VendorType::parse(&m.vendor_type.clone().unwrap());
     let base_url = m.base_url.clone().unwrap();
-    if vendor == Some(VendorType::OpenAI) {
-        match base_url.as_deref() {
-            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {}
-            Some(_) => return Err(invalid("base_url", "`base_url` must be an http(s) URL")),
-            None => return Err(invalid("base_url", "`base_url` is required for OpenAI")),
+    match base_url.as_deref() {
+        Some(u) => hosts
+            .check_base_url(u)
+            .map_err(|message| invalid("base_url", message))?,
+        None if vendor == Some(VendorType::OpenAI) => {
+            return Err(invalid("base_url", "`base_url` is required for OpenAI"));
+        }
+        None => {}
+    }
+    for (param, price) in [
+        (
+            "price_input_per_mtok",
+            m.price_input_per_mtok.clone().unwrap(),
+        ),
+        (
+            "price_output_per_mtok",
+            m.price_output_per_mtok.clone().unwrap(),
+        ),
+    ] {
+        if price.is_some_and(|p| !(p.is_finite() && p >= 0.0)) {
+            return Err(invalid(
+                param,
+                format!("`{param}` must be a finite number, not negative"),
+            ));
         }
     }
     if m.weight.clone().unwrap() < 0 {
@@ -182,6 +202,7 @@ fn describe(spec: &DeploymentSpec) -> serde_json::Value {
 pub(super) fn new_row(
     spec: &DeploymentSpec,
     key: &MasterKey,
+    hosts: &UpstreamHosts,
 ) -> Result<deployment::ActiveModel, StoreError> {
     let now = now_ms();
     let mut am = deployment::ActiveModel {
@@ -213,7 +234,7 @@ pub(super) fn new_row(
         return Err(invalid("vendor_type", "`vendor_type` is required"));
     }
     apply(&mut am, spec, key)?;
-    validate(&am)?;
+    validate(&am, hosts)?;
     Ok(am)
 }
 
@@ -221,8 +242,9 @@ impl Handler<CreateDeployment> for StoreActor {
     type Result = ResponseFuture<Result<Deployment, StoreError>>;
 
     fn handle(&mut self, msg: CreateDeployment, _: &mut Self::Context) -> Self::Result {
+        let hosts = self.upstream_hosts.clone();
         self.run(move |db, key| async move {
-            let am = new_row(&msg.spec, &key)?;
+            let am = new_row(&msg.spec, &key, &hosts)?;
             let txn = begin_write(&db).await?;
             let row = am.insert(&txn).await?;
             let details = describe(&msg.spec);
@@ -245,16 +267,29 @@ impl Handler<UpdateDeployment> for StoreActor {
     type Result = ResponseFuture<Result<Deployment, StoreError>>;
 
     fn handle(&mut self, msg: UpdateDeployment, _: &mut Self::Context) -> Self::Result {
+        let hosts = self.upstream_hosts.clone();
         self.run(move |db, key| async move {
             let txn = begin_write(&db).await?;
             let row = deployment::Entity::find_by_id(msg.id.clone())
                 .one(&txn)
                 .await?
                 .ok_or_else(|| StoreError::NotFound(format!("deployment `{}`", msg.id)))?;
+            // The stored key goes wherever `base_url` points: moving it needs the key again.
+            let moves_base_url = msg
+                .spec
+                .base_url
+                .as_ref()
+                .is_some_and(|url| *url != row.base_url);
+            if moves_base_url && row.api_key_ciphertext.is_some() && msg.spec.api_key.is_none() {
+                return Err(invalid(
+                    "api_key",
+                    "changing `base_url` of a deployment with a stored key requires `api_key` in the same request",
+                ));
+            }
             let mut am = row.into_active_model();
             apply(&mut am, &msg.spec, &key)?;
             am.updated_at = Set(now_ms());
-            validate(&am)?;
+            validate(&am, &hosts)?;
             let row = am.update(&txn).await?;
             let details = describe(&msg.spec);
             audit::append(
@@ -336,9 +371,11 @@ impl Handler<LoadDeployments> for StoreActor {
                         match key.open(&sealed) {
                             Ok(plain) => Some(Secret::new(plain)),
                             Err(_) => {
+                                // Never drop a deployment silently: the reload fails and
+                                // the router keeps the table it has.
                                 tracing::error!(deployment = %row.id, key_id = %kid,
-                                    "cannot open the deployment's API key with the current master key; deployment skipped");
-                                continue;
+                                    "cannot open the deployment's API key with the current master key (rotated while running?); restart with the right key");
+                                return Err(StoreError::Crypto);
                             }
                         }
                     }

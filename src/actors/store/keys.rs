@@ -45,6 +45,7 @@ pub(super) async fn insert(
     id: String,
     key: &super::NewKey,
     secret: &str,
+    bootstrap: bool,
 ) -> Result<api_key::Model, StoreError> {
     let models = match &key.models {
         Some(m) => Some(serde_json::to_string(m).map_err(|e| StoreError::Invalid {
@@ -64,6 +65,7 @@ pub(super) async fn insert(
         expires_at: Set(key.expires_at),
         revoked_at: Set(None),
         created_at: Set(now_ms()),
+        bootstrap: Set(bootstrap),
     }
     .insert(conn)
     .await?)
@@ -84,7 +86,7 @@ impl Handler<CreateKey> for StoreActor {
                 return Err(StoreError::NotFound(format!("user `{}`", msg.key.user_id)));
             }
             let id = format!("key_{}", uuid::Uuid::now_v7().simple());
-            let row = insert(&txn, id.clone(), &msg.key, &secret).await?;
+            let row = insert(&txn, id.clone(), &msg.key, &secret, false).await?;
             let details = json!({"user_id": msg.key.user_id, "name": msg.key.name,
                 "models": msg.key.models, "rpm_limit": msg.key.rpm_limit,
                 "expires_at": msg.key.expires_at, "prefix": row.prefix});

@@ -39,7 +39,8 @@ pub struct LookupKey {
     pub key_hash: String,
 }
 
-/// At startup: make sure the bootstrap admin key exists. Answers whether it was created.
+/// At startup: make sure the bootstrap admin key exists and revoke the bootstrap keys it
+/// replaces. Answers whether it was created.
 #[derive(Message)]
 #[rtype(result = "Result<bool, StoreError>")]
 pub struct EnsureAdminKey {
@@ -190,4 +191,12 @@ pub struct AppendAudit {
     pub target_type: &'static str,
     pub target_id: String,
     pub details: serde_json::Value,
+}
+
+/// From `lowart rotate-master-key`: open every sealed value with the current master key
+/// and seal it under `new_key`, in one transaction (audited). Answers how many.
+#[derive(Message)]
+#[rtype(result = "Result<usize, StoreError>")]
+pub struct ResealSecrets {
+    pub new_key: std::sync::Arc<crate::crypto::MasterKey>,
 }

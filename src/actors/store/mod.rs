@@ -10,6 +10,7 @@ mod deployments;
 mod fallbacks;
 mod keys;
 pub mod messages;
+mod secrets;
 mod spill;
 mod usage;
 mod users;
@@ -28,11 +29,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::DatabaseSettings;
 use crate::crypto::MasterKey;
+use crate::domain::upstream_hosts::UpstreamHosts;
 use crate::domain::usage::UsageRecord;
 use crate::telemetry::metrics::Metrics;
 use spill::UsageSpill;
 
 pub use messages::*;
+pub use secrets::sealed_key_ids;
 pub use usage::SpillError;
 
 /// Errors of the persistence layer.
@@ -99,6 +102,8 @@ impl UsageOptions {
 pub struct StoreActor {
     db: DatabaseConnection,
     master_key: Arc<MasterKey>,
+    /// Where deployments may point (`security.upstream_hosts`).
+    upstream_hosts: Arc<UpstreamHosts>,
     usage_buffer: Vec<UsageRecord>,
     batch_size: usize,
     flush_every: Duration,
@@ -122,6 +127,7 @@ impl StoreActor {
         Self {
             db,
             master_key,
+            upstream_hosts: Arc::default(),
             usage_buffer: Vec::with_capacity(usage.batch_size),
             batch_size: usage.batch_size,
             flush_every: usage.flush_every,
@@ -132,6 +138,12 @@ impl StoreActor {
             writer_rx: Some(writer_rx),
             queue_full: false,
         }
+    }
+
+    /// Restricts deployments' `base_url` to these hosts (default: any host).
+    pub fn with_upstream_hosts(mut self, hosts: UpstreamHosts) -> Self {
+        self.upstream_hosts = Arc::new(hosts);
+        self
     }
 
     /// Runs a query future on this actor's arbiter without blocking the mailbox.
