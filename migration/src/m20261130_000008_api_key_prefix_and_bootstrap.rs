@@ -10,6 +10,12 @@ pub struct Migration;
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
+    /// One transaction on every backend: on SQLite that also keeps every step on one
+    /// pooled connection, so no step meets a schema from before the previous one.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         // SQLite cannot drop NOT NULL in place: add a nullable column, copy, drop, rename.
         // One change per statement: SQLite alters one thing at a time.
