@@ -171,12 +171,10 @@ impl Application {
         let routable = router.send(Reload).timeout(ASK_TIMEOUT).await??;
         tracing::info!(deployments = routable, "routing table loaded");
 
-        let keys = http::KeyCache::builder()
-            .max_capacity(100_000)
-            .time_to_live(Duration::from_millis(
-                settings.security.key_cache_ttl_ms.max(1),
-            ))
-            .build();
+        let keys = Arc::new(http::KeyCache::new(
+            100_000,
+            Duration::from_millis(settings.security.key_cache_ttl_ms.max(1)),
+        ));
         let downstream = (settings.server.max_concurrency > 0)
             .then(|| Arc::new(tokio::sync::Semaphore::new(settings.server.max_concurrency)));
         let state = web::Data::new(AppState {

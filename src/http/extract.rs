@@ -1,6 +1,6 @@
 //! Authentication as extractors: `Caller` for any valid key, `AdminReader` /
 //! `ModelAdmin` / `Admin` for the admin API's roles. Keys are looked up by their SHA-256
-//! through the moka cache; a miss asks `StoreActor`, and admin changes clear the cache so
+//! through `KeyCache`; a miss asks `StoreActor`, and admin changes clear the cache so
 //! a revocation holds on the very next request.
 
 use std::sync::Arc;
@@ -55,6 +55,7 @@ async fn authenticate(
     let grant = match state.keys.get(&hash).await {
         Some(cached) => cached,
         None => {
+            let generation = state.keys.generation();
             let found = state
                 .store
                 .send(LookupKey {
@@ -63,7 +64,10 @@ async fn authenticate(
                 .timeout(ASK_TIMEOUT)
                 .await??
                 .map(Arc::new);
-            state.keys.insert(hash, found.clone()).await;
+            state
+                .keys
+                .insert_if_current(generation, hash, found.clone())
+                .await;
             found
         }
     };

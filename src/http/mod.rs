@@ -5,8 +5,11 @@ pub mod admin;
 pub mod dto;
 pub mod extract;
 pub mod health;
+pub mod key_cache;
 pub mod metrics;
 pub mod openai;
+
+pub use key_cache::KeyCache;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -26,13 +29,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::actors::router::{RouterActor, RoutingSnapshot};
 use crate::actors::store::StoreActor;
 use crate::config::Settings;
-use crate::domain::records::KeyGrant;
 use crate::error::{ApiError, ErrorKind};
 use crate::relay::UpstreamClock;
 use crate::telemetry::metrics::{Metrics, method_label};
-
-/// Cached key lookups by SHA-256 of the key; `None` caches an unknown key.
-pub type KeyCache = moka::future::Cache<[u8; 32], Option<Arc<KeyGrant>>>;
 
 /// What every handler can reach: actor addresses, the key cache, immutable settings.
 pub struct AppState {
@@ -42,7 +41,7 @@ pub struct AppState {
     pub downstream: Option<Arc<Semaphore>>,
     pub store: Addr<StoreActor>,
     pub router: Addr<RouterActor>,
-    pub keys: KeyCache,
+    pub keys: Arc<KeyCache>,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
 }

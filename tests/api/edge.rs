@@ -1,9 +1,173 @@
-//! The edge's security defects: loose database files, SQLite PRAGMAs on every pooled
-//! connection.
+//! The edge's security defects: revocation racing the key cache, loose database files,
+//! SQLite PRAGMAs on every pooled connection.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
 
-use crate::helpers::{is_postgres, spawn_app_with, test_settings};
+use crate::helpers::{TestApp, assert_openai_error, is_postgres, spawn_app_with, test_settings};
+
+const HOUR_MS: u64 = 3_600_000;
+
+/// Creates a user with a key; answers (key id, secret).
+async fn user_with_key(app: &TestApp, user_id: &str) -> (String, String) {
+    let res = app
+        .post_json(
+            "/admin/users",
+            &app.admin_key,
+            &json!({"user_id": user_id, "role": "user"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let res = app
+        .post_json("/admin/keys", &app.admin_key, &json!({"user_id": user_id}))
+        .await;
+    assert_eq!(res.status(), 201);
+    let key: Value = res.json().await.unwrap();
+    (
+        key["id"].as_str().unwrap().to_string(),
+        key["key"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn models_status(app: &TestApp, key: &str) -> u16 {
+    app.get("/v1/models", key).await.status().as_u16()
+}
+
+#[actix_web::test]
+async fn a_key_revoked_under_concurrent_use_is_refused_by_every_request_sent_after_the_revoke() {
+    let app = Arc::new(
+        spawn_app_with(|s| {
+            s.security.key_cache_ttl_ms = HOUR_MS;
+        })
+        .await,
+    );
+    // Admin changes running alongside keep the cache cold, so lookups of the key are in
+    // flight when its revocation commits: the window where a stale answer could land.
+    let churn_stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let (app, stop) = (app.clone(), churn_stop.clone());
+        actix_web::rt::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let res = app
+                    .post_json(
+                        "/admin/users",
+                        &app.admin_key,
+                        &json!({"user_id": format!("churn-{n}")}),
+                    )
+                    .await;
+                assert_eq!(res.status(), 201);
+            }
+        })
+    };
+    for round in 0..8 {
+        let (key_id, key) = user_with_key(&app, &format!("racer-{round}")).await;
+        let revoked = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicUsize::new(0));
+        let warmed_up = Arc::new(Notify::new());
+        let mut requesters = Vec::new();
+        for _ in 0..8 {
+            let (app, key, revoked, served, warmed_up) = (
+                app.clone(),
+                key.clone(),
+                revoked.clone(),
+                served.clone(),
+                warmed_up.clone(),
+            );
+            requesters.push(actix_web::rt::spawn(async move {
+                let mut after_revoke = Vec::new();
+                while after_revoke.len() < 40 {
+                    let sent_after_revoke = revoked.load(Ordering::SeqCst);
+                    let status = models_status(&app, &key).await;
+                    if sent_after_revoke {
+                        after_revoke.push(status);
+                    } else {
+                        assert!(status == 200 || status == 401, "{status}");
+                        if status == 200 && served.fetch_add(1, Ordering::SeqCst) + 1 == 40 {
+                            warmed_up.notify_one();
+                        }
+                    }
+                }
+                after_revoke
+            }));
+        }
+        warmed_up.notified().await;
+        let res = app
+            .delete(&format!("/admin/keys/{key_id}"), &app.admin_key)
+            .await;
+        assert_eq!(res.status(), 200);
+        revoked.store(true, Ordering::SeqCst);
+        for requester in requesters {
+            let statuses = requester.await.unwrap();
+            assert!(
+                statuses.iter().all(|s| *s == 401),
+                "round {round}: a request sent after the revocation answered was served: {statuses:?}"
+            );
+        }
+    }
+    churn_stop.store(true, Ordering::SeqCst);
+    churn.await.unwrap();
+}
+
+#[actix_web::test]
+async fn a_revocation_whose_store_call_fails_or_times_out_still_clears_the_key_cache() {
+    let app = spawn_app_with(|s| s.security.key_cache_ttl_ms = HOUR_MS).await;
+    let (key_id, key) = user_with_key(&app, "late").await;
+    assert_eq!(
+        models_status(&app, &key).await,
+        200,
+        "the key is now cached"
+    );
+
+    // Another connection revokes the key in a transaction it keeps open: the gateway's
+    // revocation waits for its lock and gives up (SQLite: busy, 500; PostgreSQL: the ask
+    // times out, 503).
+    let db = app.db().await;
+    let txn = db.begin().await.unwrap();
+    txn.execute_unprepared(&format!(
+        "UPDATE api_keys SET revoked_at = 1 WHERE id = '{key_id}'"
+    ))
+    .await
+    .unwrap();
+    let res = app
+        .delete(&format!("/admin/keys/{key_id}"), &app.admin_key)
+        .await;
+    let status = res.status().as_u16();
+    assert!(status == 500 || status == 503, "{status}");
+    assert_openai_error(res, status).await;
+
+    if is_postgres() {
+        // The gateway's revocation is still waiting for the row lock: the key still
+        // works, and this lookup caches it again.
+        assert_eq!(models_status(&app, &key).await, 200);
+        txn.commit().await.unwrap();
+        // The late revocation commits now; when the store answers, the cache is cleared
+        // again. Nothing outside can wait for that answer, so poll, with a deadline far
+        // below the cache's hour.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match models_status(&app, &key).await {
+                401 => break,
+                200 => assert!(
+                    Instant::now() < deadline,
+                    "a revocation committed after its answer left the key cached"
+                ),
+                other => panic!("unexpected {other}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    } else {
+        txn.commit().await.unwrap();
+        // Nothing looked the key up since the failed revocation cleared the cache.
+        assert_eq!(models_status(&app, &key).await, 401);
+    }
+}
 
 #[cfg(unix)]
 fn mode_of(path: &std::path::Path) -> u32 {

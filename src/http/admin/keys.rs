@@ -8,6 +8,7 @@ use crate::actors::ASK_TIMEOUT;
 use crate::actors::store::{CreateKey, ListKeys, NewKey, RevokeKey};
 use crate::error::ApiError;
 use crate::http::AppState;
+use crate::http::admin::change_grants;
 use crate::http::dto::{CreateKeyBody, KeysQuery};
 use crate::http::extract::{Admin, AdminReader};
 
@@ -34,8 +35,7 @@ pub async fn create_key(
         key,
         actor: caller.actor(),
     };
-    let (info, secret) = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
-    state.keys.invalidate_all();
+    let (info, secret) = change_grants(&state, msg).await?;
     let mut answer = serde_json::to_value(&info).map_err(|_| ApiError::internal())?;
     answer["key"] = json!(secret.expose());
     Ok(HttpResponse::Created().json(answer))
@@ -62,7 +62,6 @@ pub async fn revoke_key(
         id: path.into_inner(),
         actor: caller.actor(),
     };
-    let info = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
-    state.keys.invalidate_all();
+    let info = change_grants(&state, msg).await?;
     Ok(HttpResponse::Ok().json(info))
 }

@@ -8,7 +8,13 @@ pub mod models;
 pub mod resilience;
 pub mod users;
 
+use actix::prelude::*;
 use actix_web::web;
+
+use crate::actors::ASK_TIMEOUT;
+use crate::actors::store::{StoreActor, StoreError};
+use crate::error::ApiError;
+use crate::http::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/users", web::post().to(users::create_user))
@@ -34,4 +40,30 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::put().to(resilience::override_breaker),
         )
         .route("/audit", web::get().to(audit::list_audit));
+}
+
+/// Sends a change of users or keys to the store and clears the key cache whatever the
+/// answer (a lookup that raced the change must not outlive it). If the store does not
+/// answer within `ASK_TIMEOUT`, the change may still commit: the cache is cleared again
+/// when the store answers.
+pub(crate) async fn change_grants<M, T>(state: &AppState, msg: M) -> Result<T, ApiError>
+where
+    M: Message<Result = Result<T, StoreError>> + Send + 'static,
+    T: Send + 'static,
+    StoreActor: Handler<M>,
+{
+    let mut reply = Box::pin(state.store.send(msg));
+    let answer = tokio::time::timeout(ASK_TIMEOUT, &mut reply).await;
+    state.keys.invalidate();
+    match answer {
+        Ok(result) => Ok(result??),
+        Err(_) => {
+            let keys = state.keys.clone();
+            actix_web::rt::spawn(async move {
+                let _ = reply.await;
+                keys.invalidate();
+            });
+            Err(MailboxError::Timeout.into())
+        }
+    }
 }

@@ -8,6 +8,7 @@ use crate::actors::ASK_TIMEOUT;
 use crate::actors::store::{CreateUser, GetUser, ListUsers, UpdateUser, UserFields};
 use crate::error::ApiError;
 use crate::http::AppState;
+use crate::http::admin::change_grants;
 use crate::http::dto::{CreateUserBody, PatchUserBody, QuotaBody};
 use crate::http::extract::{Admin, AdminReader};
 
@@ -29,8 +30,7 @@ pub async fn create_user(
         fields,
         actor: caller.actor(),
     };
-    let user = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
-    state.keys.invalidate_all();
+    let user = change_grants(&state, msg).await?;
     Ok(HttpResponse::Created().json(user))
 }
 
@@ -67,8 +67,7 @@ async fn update(
         create_if_absent,
         actor: caller.actor(),
     };
-    let user = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
-    state.keys.invalidate_all();
+    let user = change_grants(state, msg).await?;
     Ok(HttpResponse::Ok().json(user))
 }
 
