@@ -187,7 +187,6 @@ impl Application {
             metrics,
         });
 
-        let body_limit = settings.server.max_body_bytes;
         let tracing_export = settings
             .telemetry
             .otlp_endpoint
@@ -196,7 +195,6 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .app_data(http::json_config(body_limit))
                 .app_data(http::path_config())
                 .app_data(http::query_config())
                 .wrap(from_fn(http::request_context))

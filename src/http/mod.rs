@@ -232,34 +232,43 @@ pub async fn read_body(
     Ok(body.freeze())
 }
 
-/// Maps actix's JSON, path and query extractor errors into `ApiError`s.
-pub fn json_config(limit: usize) -> web::JsonConfig {
-    web::JsonConfig::default()
-        .limit(limit)
-        .error_handler(|err, _| {
-            use actix_web::error::JsonPayloadError as E;
-            let api = match &err {
-                E::OverflowKnownLength { .. } | E::Overflow { .. } => {
-                    ApiError::new(ErrorKind::PayloadTooLarge, "request body is too large")
-                }
-                E::ContentType => ApiError::new(
-                    ErrorKind::InvalidRequest,
-                    "expected Content-Type: application/json",
-                ),
-                E::Deserialize(e) if e.is_syntax() || e.is_eof() => ApiError::new(
-                    ErrorKind::InvalidJson,
-                    format!("request body is not valid JSON: {e}"),
-                ),
-                E::Deserialize(e) => ApiError {
-                    param: field_of(&e.to_string()),
-                    ..ApiError::new(ErrorKind::InvalidRequest, format!("invalid body: {e}"))
-                },
-                _ => ApiError::new(ErrorKind::InvalidRequest, format!("invalid body: {err}")),
-            };
-            api.into()
-        })
+/// Reads a JSON body of type `T` (call it once the caller is authenticated): 400 without
+/// `Content-Type: application/json`, 413 above `limit`, 400 `invalid_json` on broken
+/// JSON, 400 `invalid_request` with `param` naming the field on a wrong shape.
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<T, ApiError> {
+    use actix_web::mime;
+    let is_json = req
+        .mime_type()
+        .ok()
+        .flatten()
+        .is_some_and(|m| m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON));
+    if !is_json {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            "expected Content-Type: application/json",
+        ));
+    }
+    let body = read_body(req, payload, limit).await?;
+    serde_json::from_slice(&body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            ApiError::new(
+                ErrorKind::InvalidJson,
+                format!("request body is not valid JSON: {e}"),
+            )
+        } else {
+            ApiError {
+                param: field_of(&e.to_string()),
+                ..ApiError::new(ErrorKind::InvalidRequest, format!("invalid body: {e}"))
+            }
+        }
+    })
 }
 
+/// Maps actix's path and query extractor errors into `ApiError`s.
 pub fn path_config() -> web::PathConfig {
     web::PathConfig::default().error_handler(|err, _| {
         ApiError::new(ErrorKind::InvalidRequest, format!("invalid path: {err}")).into()

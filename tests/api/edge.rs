@@ -1,10 +1,11 @@
-//! The edge's security defects: revocation racing the key cache, loose database files,
-//! SQLite PRAGMAs on every pooled connection.
+//! The edge's security defects: revocation racing the key cache, admin bodies read before
+//! authentication, loose database files, SQLite PRAGMAs on every pooled connection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -167,6 +168,98 @@ async fn a_revocation_whose_store_call_fails_or_times_out_still_clears_the_key_c
         // Nothing looked the key up since the failed revocation cleared the cache.
         assert_eq!(models_status(&app, &key).await, 401);
     }
+}
+
+#[actix_web::test]
+async fn admin_bodies_are_read_only_after_authentication() {
+    let app = spawn_app_with(|_| {}).await;
+    let viewer = app.user_key("vera", "viewer", None).await;
+    let bad_body = json!({"bogus": 1});
+    for path in [
+        "/admin/users",
+        "/admin/keys",
+        "/admin/models",
+        "/admin/users/quota",
+    ] {
+        let res = app.post_json(path, "lw-wrong-key", &bad_body).await;
+        let error = assert_openai_error(res, 401).await;
+        assert_eq!(error["code"], "invalid_api_key", "{path}");
+        assert!(
+            !error["message"].as_str().unwrap().contains("field"),
+            "{path}"
+        );
+        let res = app.post_json(path, &viewer, &bad_body).await;
+        assert_eq!(
+            assert_openai_error(res, 403).await["code"],
+            "admin_forbidden",
+            "{path}"
+        );
+    }
+    let res = app
+        .patch_json("/admin/users/vera", "lw-wrong-key", &bad_body)
+        .await;
+    assert_openai_error(res, 401).await;
+
+    // A body that never finishes arriving is not waited for before the key is checked.
+    let never_ending =
+        futures_util::stream::once(async { Ok::<_, std::io::Error>(bytes_of(r#"{"user_id":"#)) })
+            .chain(futures_util::stream::pending());
+    let res = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.client
+            .post(app.url("/admin/users"))
+            .bearer_auth("lw-wrong-key")
+            .header("content-type", "application/json")
+            .header("content-length", "1000000")
+            .body(reqwest::Body::wrap_stream(never_ending))
+            .send(),
+    )
+    .await
+    .expect("answered without reading the body")
+    .unwrap();
+    assert_openai_error(res, 401).await;
+
+    // An authorised caller still gets the same body errors as before.
+    let res = app
+        .post_json("/admin/users", &app.admin_key, &bad_body)
+        .await;
+    let error = assert_openai_error(res, 400).await;
+    assert_eq!(error["code"], "invalid_request");
+    assert_eq!(error["param"], "bogus");
+    let res = app
+        .client
+        .post(app.url("/admin/keys"))
+        .bearer_auth(&app.admin_key)
+        .header("content-type", "application/json")
+        .body("{broken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(assert_openai_error(res, 400).await["code"], "invalid_json");
+    let res = app
+        .client
+        .post(app.url("/admin/keys"))
+        .bearer_auth(&app.admin_key)
+        .header("content-type", "text/plain")
+        .body(r#"{"user_id":"vera"}"#)
+        .send()
+        .await
+        .unwrap();
+    let error = assert_openai_error(res, 400).await;
+    assert_eq!(error["code"], "invalid_request");
+    assert!(error["message"].as_str().unwrap().contains("Content-Type"));
+    let res = app
+        .post_json("/admin/keys", &app.admin_key, &json!({"name": "no user"}))
+        .await;
+    assert_eq!(assert_openai_error(res, 400).await["param"], "user_id");
+    let res = app
+        .post_json("/admin/keys", &app.admin_key, &json!({"user_id": "vera"}))
+        .await;
+    assert_eq!(res.status(), 201);
+}
+
+fn bytes_of(s: &'static str) -> actix_web::web::Bytes {
+    actix_web::web::Bytes::from_static(s.as_bytes())
 }
 
 #[cfg(unix)]

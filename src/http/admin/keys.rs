@@ -1,23 +1,25 @@
 //! `/admin/keys`: create (the secret is in this answer only), list, revoke. Revocation
 //! clears the key cache before answering, so the very next request with the key is a 401.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
 use crate::actors::ASK_TIMEOUT;
 use crate::actors::store::{CreateKey, ListKeys, NewKey, RevokeKey};
 use crate::error::ApiError;
-use crate::http::AppState;
 use crate::http::admin::change_grants;
 use crate::http::dto::{CreateKeyBody, KeysQuery};
 use crate::http::extract::{Admin, AdminReader};
+use crate::http::{AppState, read_json};
 
 pub async fn create_key(
     state: web::Data<AppState>,
     caller: Admin,
-    body: web::Json<CreateKeyBody>,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
+    let body: CreateKeyBody =
+        read_json(&req, payload, state.settings.server.max_body_bytes).await?;
     if body.rpm_limit.is_some_and(|n| n < 0) {
         return Err(ApiError::invalid(
             "rpm_limit",

@@ -1,6 +1,7 @@
 //! The admin API under `/admin`: users, keys, models (deployments), audit log. Reads need
 //! admin, operator or viewer; model changes admin or operator; user and key changes admin.
-//! Every change is audited by the store in the change's own transaction.
+//! Every change is audited by the store in the change's own transaction. Bodies are read
+//! by the handler, after the role extractor accepted the caller.
 
 pub mod audit;
 pub mod keys;
