@@ -152,6 +152,9 @@ pub struct SecuritySettings {
     pub admin_key: Option<Secret>,
     /// How long an API-key lookup stays cached (admin changes invalidate it at once).
     pub key_cache_ttl_ms: u64,
+    /// Key lookups finding no key a client address may cause per minute; beyond it, keys
+    /// the cache does not know get 429 without a lookup. 0 turns the brake off.
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for SecuritySettings {
@@ -161,6 +164,7 @@ impl Default for SecuritySettings {
             master_key_file: PathBuf::from("lowart.key"),
             admin_key: None,
             key_cache_ttl_ms: 60_000,
+            auth_failures_per_minute: 30,
         }
     }
 }

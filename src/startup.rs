@@ -175,6 +175,7 @@ impl Application {
             100_000,
             Duration::from_millis(settings.security.key_cache_ttl_ms.max(1)),
         ));
+        let auth_throttle = http::AuthThrottle::new(settings.security.auth_failures_per_minute);
         let downstream = (settings.server.max_concurrency > 0)
             .then(|| Arc::new(tokio::sync::Semaphore::new(settings.server.max_concurrency)));
         let state = web::Data::new(AppState {
@@ -183,6 +184,7 @@ impl Application {
             store: store.clone(),
             router,
             keys,
+            auth_throttle,
             settings: settings.clone(),
             metrics,
         });

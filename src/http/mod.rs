@@ -2,6 +2,7 @@
 //! actor or the relay, answer). Errors leave through `ApiError` only.
 
 pub mod admin;
+pub mod auth_throttle;
 pub mod dto;
 pub mod extract;
 pub mod health;
@@ -9,6 +10,7 @@ pub mod key_cache;
 pub mod metrics;
 pub mod openai;
 
+pub use auth_throttle::AuthThrottle;
 pub use key_cache::KeyCache;
 
 use std::panic::AssertUnwindSafe;
@@ -33,7 +35,8 @@ use crate::error::{ApiError, ErrorKind};
 use crate::relay::UpstreamClock;
 use crate::telemetry::metrics::{Metrics, method_label};
 
-/// What every handler can reach: actor addresses, the key cache, immutable settings.
+/// What every handler can reach: actor addresses, the key cache and the auth throttle,
+/// immutable settings.
 pub struct AppState {
     /// The router's latest routing table, read by request tasks without a round trip.
     pub routing_table: tokio::sync::watch::Receiver<Arc<RoutingSnapshot>>,
@@ -42,6 +45,7 @@ pub struct AppState {
     pub store: Addr<StoreActor>,
     pub router: Addr<RouterActor>,
     pub keys: Arc<KeyCache>,
+    pub auth_throttle: AuthThrottle,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
 }

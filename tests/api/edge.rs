@@ -1,5 +1,6 @@
 //! The edge's security defects: revocation racing the key cache, admin bodies read before
-//! authentication, loose database files, SQLite PRAGMAs on every pooled connection.
+//! authentication, key guessing, loose database files, SQLite PRAGMAs on every pooled
+//! connection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::helpers::{TestApp, assert_openai_error, is_postgres, spawn_app_with, test_settings};
@@ -44,6 +46,8 @@ async fn a_key_revoked_under_concurrent_use_is_refused_by_every_request_sent_aft
     let app = Arc::new(
         spawn_app_with(|s| {
             s.security.key_cache_ttl_ms = HOUR_MS;
+            // The revoked key is looked up again and again here; that is not guessing.
+            s.security.auth_failures_per_minute = 0;
         })
         .await,
     );
@@ -260,6 +264,93 @@ async fn admin_bodies_are_read_only_after_authentication() {
 
 fn bytes_of(s: &'static str) -> actix_web::web::Bytes {
     actix_web::web::Bytes::from_static(s.as_bytes())
+}
+
+#[actix_web::test]
+async fn guessing_keys_is_throttled_per_address_while_known_keys_keep_working() {
+    let app = spawn_app_with(|s| s.security.auth_failures_per_minute = 5).await;
+    let (_, valid) = user_with_key(&app, "honest").await;
+    let (_, not_yet_cached) = user_with_key(&app, "newcomer").await;
+    assert_eq!(models_status(&app, &valid).await, 200);
+    for n in 0..5 {
+        let res = app.get("/v1/models", &format!("lw-guess-{n}")).await;
+        assert_eq!(
+            assert_openai_error(res, 401).await["code"],
+            "invalid_api_key"
+        );
+    }
+    let res = app.get("/v1/models", "lw-guess-5").await;
+    let retry_after: u64 = res
+        .headers()
+        .get("retry-after")
+        .expect("Retry-After")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let error = assert_openai_error(res, 429).await;
+    assert_eq!(error["code"], "too_many_auth_failures");
+    assert_eq!(error["type"], "rate_limit_error");
+    // Chat and admin are guarded the same way.
+    let res = app
+        .post_json("/admin/users", "lw-guess-6", &json!({"user_id": "x"}))
+        .await;
+    assert_eq!(
+        assert_openai_error(res, 429).await["code"],
+        "too_many_auth_failures"
+    );
+
+    // Keys the cache knows answer as before: the valid one works, a guess already looked
+    // up is still a 401; a key the cache does not know waits like any guess.
+    assert_eq!(models_status(&app, &valid).await, 200);
+    assert_eq!(models_status(&app, "lw-guess-0").await, 401);
+    assert_eq!(models_status(&app, &not_yet_cached).await, 429);
+}
+
+/// Sends a `GET /v1/models` over the Unix socket; answers the status line.
+async fn uds_models(socket: &std::path::Path, key: &str) -> String {
+    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let request = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: lowart\r\nAuthorization: Bearer {key}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response.lines().next().unwrap_or_default().to_string()
+}
+
+#[actix_web::test]
+async fn unix_socket_clients_count_as_one_address() {
+    let socket_dir = tempfile::tempdir().unwrap();
+    let socket = socket_dir.path().join("lowart.sock");
+    let path = socket.clone();
+    let app = spawn_app_with(move |s| {
+        s.server.uds = Some(path);
+        s.security.auth_failures_per_minute = 2;
+    })
+    .await;
+    assert!(
+        uds_models(&socket, "lw-a")
+            .await
+            .starts_with("HTTP/1.1 401")
+    );
+    assert!(
+        uds_models(&socket, "lw-b")
+            .await
+            .starts_with("HTTP/1.1 401")
+    );
+    assert!(
+        uds_models(&socket, "lw-c")
+            .await
+            .starts_with("HTTP/1.1 429")
+    );
+    assert!(
+        uds_models(&socket, &app.admin_key)
+            .await
+            .starts_with("HTTP/1.1 429")
+    );
 }
 
 #[cfg(unix)]
