@@ -21,7 +21,14 @@ use crate::domain::now_ms;
 use crate::domain::records::{Actor, KeyGrant, Role};
 use crate::error::{ApiError, ErrorKind};
 
-/// The key presented: `Authorization: Bearer …`, or `x-api-key` for Anthropic clients.
+/// The token of an `Authorization` value with the `Bearer` scheme, in any case.
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(|c: char| c.is_ascii_whitespace())?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The key presented: `Authorization: Bearer …` (scheme in any case), or `x-api-key` for
+/// Anthropic clients.
 fn presented_key(req: &HttpRequest) -> Option<String> {
     if let Some(value) = req
         .headers()
@@ -29,11 +36,7 @@ fn presented_key(req: &HttpRequest) -> Option<String> {
         .and_then(|v| v.to_str().ok())
     {
         let value = value.trim();
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .unwrap_or(value)
-            .trim();
+        let token = bearer_token(value).unwrap_or(value);
         return (!token.is_empty()).then(|| token.to_string());
     }
     req.headers()

@@ -57,17 +57,30 @@ pub struct RequestId(pub String);
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const OVERHEAD: HeaderName = HeaderName::from_static("x-lowart-overhead-ms");
 
+/// A resource for a path with one route per method (`get => handler`, …); any other
+/// method answers 405 `method_not_allowed` with an `Allow` header naming these.
+macro_rules! resource {
+    ($path:expr, $($method:ident => $handler:expr),+ $(,)?) => {
+        actix_web::web::resource($path)
+            $(.route(actix_web::web::$method().to($handler)))+
+            .default_service(actix_web::web::to(|req: actix_web::HttpRequest| {
+                $crate::http::method_not_allowed(req, &[$(stringify!($method)),+])
+            }))
+    };
+}
+pub(crate) use resource;
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(health::healthz))
-        .route("/metrics", web::get().to(metrics::metrics))
-        .route("/readyz", web::get().to(health::readyz))
+    cfg.service(resource!("/healthz", get => health::healthz))
+        .service(resource!("/metrics", get => metrics::metrics))
+        .service(resource!("/readyz", get => health::readyz))
         .service(
             web::scope("/v1")
-                .route(
+                .service(resource!(
                     "/chat/completions",
-                    web::post().to(openai::chat_completions::chat_completions),
-                )
-                .route("/models", web::get().to(openai::models::list_models)),
+                    post => openai::chat_completions::chat_completions,
+                ))
+                .service(resource!("/models", get => openai::models::list_models)),
         )
         .service(web::scope("/admin").configure(admin::configure));
 }
@@ -191,13 +204,39 @@ pub fn request_id(req: &HttpRequest) -> String {
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), |r| r.0.clone())
 }
 
-/// Unknown paths and methods answer in the OpenAI error shape.
+/// Unknown paths answer in the OpenAI error shape.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     ApiError::new(
         ErrorKind::RouteNotFound,
         format!("no route for {} {}", req.method(), req.path()),
     )
     .error_response()
+}
+
+/// A known path with a method it has no route for: 405 with `Allow: <allowed>`.
+pub async fn method_not_allowed(
+    req: HttpRequest,
+    allowed: &'static [&'static str],
+) -> HttpResponse {
+    let allow = allowed
+        .iter()
+        .map(|m| m.to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut res = ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        format!(
+            "{} is not allowed on {}; allowed: {allow}",
+            req.method(),
+            req.path()
+        ),
+    )
+    .error_response();
+    if let Ok(value) = HeaderValue::from_str(&allow) {
+        res.headers_mut()
+            .insert(actix_web::http::header::ALLOW, value);
+    }
+    res
 }
 
 /// Reads a request body up to `limit` bytes (413 beyond it, 400 on a broken body).

@@ -1,6 +1,6 @@
 //! The edge's security defects: revocation racing the key cache, admin bodies read before
-//! authentication, key guessing, loose database files, SQLite PRAGMAs on every pooled
-//! connection.
+//! authentication, key guessing, loose database files, the `Bearer` scheme's case, 405 on
+//! a known path, SQLite PRAGMAs on every pooled connection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -441,5 +441,83 @@ async fn sqlite_pragmas_hold_on_every_pooled_connection() {
             .unwrap()
             .unwrap();
         assert_eq!(row.try_get_by_index::<String>(0).unwrap(), "wal");
+    }
+}
+
+#[actix_web::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let app = spawn_app_with(|s| {
+        s.telemetry.metrics_token = Some(lowart::config::Secret::new("scrape-me"))
+    })
+    .await;
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let res = app
+            .client
+            .get(app.url("/v1/models"))
+            .header("authorization", format!("{scheme} {}", app.admin_key))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{scheme}");
+        let res = app
+            .client
+            .get(app.url("/metrics"))
+            .header("authorization", format!("{scheme} scrape-me"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "metrics, {scheme}");
+    }
+    let res = app
+        .client
+        .get(app.url("/v1/models"))
+        .header("authorization", format!("Bearer\t {}", app.admin_key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "tab after the scheme");
+}
+
+#[actix_web::test]
+async fn a_known_path_with_a_wrong_method_is_405_and_an_unknown_path_404() {
+    let app = spawn_app_with(|_| {}).await;
+    let cases = [
+        (reqwest::Method::GET, "/v1/chat/completions", "POST"),
+        (reqwest::Method::POST, "/v1/models", "GET"),
+        (reqwest::Method::POST, "/healthz", "GET"),
+        (reqwest::Method::DELETE, "/admin/users", "POST, GET"),
+        (
+            reqwest::Method::PUT,
+            "/admin/users/bob",
+            "GET, PATCH, DELETE",
+        ),
+        (reqwest::Method::GET, "/admin/keys/key_1", "DELETE"),
+        (reqwest::Method::GET, "/admin/users/quota", "POST"),
+        (reqwest::Method::POST, "/admin/audit", "GET"),
+    ];
+    for (method, path, allow) in cases {
+        let res = app
+            .client
+            .request(method.clone(), app.url(path))
+            .bearer_auth(&app.admin_key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.headers().get("allow").and_then(|v| v.to_str().ok()),
+            Some(allow),
+            "{method} {path}"
+        );
+        let error = assert_openai_error(res, 405).await;
+        assert_eq!(error["code"], "method_not_allowed", "{method} {path}");
+        assert_eq!(error["type"], "invalid_request_error");
+    }
+    for path in ["/v1/nothing-here", "/admin/nothing", "/nothing"] {
+        let res = app.get(path, &app.admin_key).await;
+        assert_eq!(
+            assert_openai_error(res, 404).await["code"],
+            "route_not_found",
+            "{path}"
+        );
     }
 }
