@@ -178,6 +178,9 @@ pub struct SecuritySettings {
     /// Hosts a deployment's `base_url` may name: `api.openai.com` (exact) or
     /// `*.example.com` (below it). Empty: any host.
     pub upstream_hosts: Vec<String>,
+    /// Key lookups finding no key a client address may cause per minute; beyond it, keys
+    /// the cache does not know get 429 without a lookup. 0 turns the brake off.
+    pub auth_failures_per_minute: u32,
 }
 
 /// The shortest bootstrap admin key accepted.
@@ -191,6 +194,7 @@ impl Default for SecuritySettings {
             admin_key: None,
             key_cache_ttl_ms: 60_000,
             upstream_hosts: Vec::new(),
+            auth_failures_per_minute: 30,
         }
     }
 }

@@ -27,6 +27,7 @@ pub enum ErrorKind {
     PayloadTooLarge,
     Conflict,
     RateLimited,
+    TooManyAuthFailures,
     UpstreamError,
     UpstreamTimeout,
     NoHealthyDeployment,
@@ -55,6 +56,7 @@ impl ErrorKind {
             Self::PayloadTooLarge => "payload_too_large",
             Self::Conflict => "conflict",
             Self::RateLimited => "rate_limited",
+            Self::TooManyAuthFailures => "too_many_auth_failures",
             Self::UpstreamError => "upstream_error",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::NoHealthyDeployment => "no_healthy_deployment",
@@ -77,7 +79,7 @@ impl ErrorKind {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict => StatusCode::CONFLICT,
-            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited | Self::TooManyAuthFailures => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamError => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NoHealthyDeployment
@@ -112,6 +114,8 @@ pub struct ApiError {
     pub param: Option<String>,
     /// For upstream failures: the vendor's failure class, used as `code` instead of the kind.
     pub class: Option<&'static str>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -121,6 +125,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             class: None,
+            retry_after: None,
         }
     }
 
@@ -171,7 +176,11 @@ impl ResponseError for ApiError {
         if self.kind.status().is_server_error() {
             tracing::warn!(code = self.code(), message = %self.message, "request failed");
         }
-        HttpResponse::build(self.status_code()).json(self.body())
+        let mut res = HttpResponse::build(self.status_code());
+        if let Some(secs) = self.retry_after {
+            res.insert_header((actix_web::http::header::RETRY_AFTER, secs));
+        }
+        res.json(self.body())
     }
 }
 

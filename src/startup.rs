@@ -12,7 +12,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{Condition, from_fn};
 use actix_web::{App, HttpServer, web};
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
 use crate::actors::ASK_TIMEOUT;
 use crate::actors::router::{Reload, RouteError, RouterActor};
@@ -58,22 +58,72 @@ pub struct Application {
     generated_admin_key: Option<Secret>,
 }
 
-/// Opens the database (creating a SQLite file if needed) and runs pending migrations.
+/// Opens the database (creating a SQLite file, mode 0600, if needed) and runs pending
+/// migrations. SQLite's PRAGMAs are set on every pooled connection as it opens.
 pub async fn connect_and_migrate(settings: &Settings) -> Result<DatabaseConnection, StartupError> {
+    use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
     let url = settings.database.url.expose();
     let mut options = ConnectOptions::new(url.to_string());
     options
         .max_connections(settings.database.max_connections.max(1))
-        .sqlx_logging(false);
-    let db = Database::connect(options).await?;
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+        });
     if url.starts_with("sqlite:") {
-        db.execute_unprepared(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
-        )
-        .await?;
+        protect_sqlite_files(url)?;
     }
+    let db = Database::connect(options).await?;
     Migrator::up(&db, None).await?;
     Ok(db)
+}
+
+/// Creates a missing SQLite database file with mode 0600 (when the URL lets SQLite create
+/// it), and takes group and other access off an existing one and its `-wal`, `-shm` and
+/// `-journal` files. SQLite creates `-wal` and `-shm` with the main file's mode.
+fn protect_sqlite_files(url: &str) -> Result<(), StartupError> {
+    use sea_orm::sqlx::ConnectOptions as _;
+    use sea_orm::sqlx::sqlite::SqliteConnectOptions;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // A URL SQLite cannot parse is reported by the connection attempt.
+    let Ok(options) = url.parse::<SqliteConnectOptions>() else {
+        return Ok(());
+    };
+    let mode = options
+        .to_url_lossy()
+        .query_pairs()
+        .find(|(k, _)| k == "mode")
+        .map(|(_, v)| v.into_owned());
+    if mode.as_deref() == Some("memory") {
+        return Ok(());
+    }
+    let path = options.get_filename();
+    if mode.as_deref() == Some("rwc") {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & !0o077))?;
+        }
+    }
+    Ok(())
 }
 
 impl Application {
@@ -126,12 +176,11 @@ impl Application {
         let routable = router.send(Reload).timeout(ASK_TIMEOUT).await??;
         tracing::info!(deployments = routable, "routing table loaded");
 
-        let keys = http::KeyCache::builder()
-            .max_capacity(100_000)
-            .time_to_live(Duration::from_millis(
-                settings.security.key_cache_ttl_ms.max(1),
-            ))
-            .build();
+        let keys = Arc::new(http::KeyCache::new(
+            100_000,
+            Duration::from_millis(settings.security.key_cache_ttl_ms.max(1)),
+        ));
+        let auth_throttle = http::AuthThrottle::new(settings.security.auth_failures_per_minute);
         let (closing_tx, closing) = tokio::sync::watch::channel(false);
         let downstream = (settings.server.max_concurrency > 0)
             .then(|| Arc::new(tokio::sync::Semaphore::new(settings.server.max_concurrency)));
@@ -141,12 +190,12 @@ impl Application {
             store: store.clone(),
             router,
             keys,
+            auth_throttle,
             settings: settings.clone(),
             metrics,
             closing,
         });
 
-        let body_limit = settings.server.max_body_bytes;
         let tracing_export = settings
             .telemetry
             .otlp_endpoint
@@ -155,7 +204,6 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .app_data(http::json_config(body_limit))
                 .app_data(http::path_config())
                 .app_data(http::query_config())
                 .wrap(from_fn(http::request_context))

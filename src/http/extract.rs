@@ -1,7 +1,8 @@
 //! Authentication as extractors: `Caller` for any valid key, `AdminReader` /
 //! `ModelAdmin` / `Admin` for the admin API's roles. Keys are looked up by their SHA-256
-//! through the moka cache; a miss asks `StoreActor`, and admin changes clear the cache so
-//! a revocation holds on the very next request.
+//! through `KeyCache`; a miss asks `StoreActor` (unless `AuthThrottle` says the client has
+//! guessed enough), and admin changes clear the cache so a revocation holds on the very
+//! next request.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use futures_util::future::LocalBoxFuture;
 use tracing::Instrument;
 
 use super::AppState;
+use super::auth_throttle::{AuthThrottle, ClientAddr};
 use crate::actors::ASK_TIMEOUT;
 use crate::actors::store::LookupKey;
 use crate::crypto::{hash_api_key, hex_encode};
@@ -19,7 +21,14 @@ use crate::domain::now_ms;
 use crate::domain::records::{Actor, KeyGrant, Role};
 use crate::error::{ApiError, ErrorKind};
 
-/// The key presented: `Authorization: Bearer …`, or `x-api-key` for Anthropic clients.
+/// The token of an `Authorization` value with the `Bearer` scheme, in any case.
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(|c: char| c.is_ascii_whitespace())?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The key presented: `Authorization: Bearer …` (scheme in any case), or `x-api-key` for
+/// Anthropic clients.
 fn presented_key(req: &HttpRequest) -> Option<String> {
     if let Some(value) = req
         .headers()
@@ -27,11 +36,7 @@ fn presented_key(req: &HttpRequest) -> Option<String> {
         .and_then(|v| v.to_str().ok())
     {
         let value = value.trim();
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .unwrap_or(value)
-            .trim();
+        let token = bearer_token(value).unwrap_or(value);
         return (!token.is_empty()).then(|| token.to_string());
     }
     req.headers()
@@ -44,6 +49,7 @@ fn presented_key(req: &HttpRequest) -> Option<String> {
 async fn authenticate(
     state: web::Data<AppState>,
     key: Option<String>,
+    client: ClientAddr,
 ) -> Result<Arc<KeyGrant>, ApiError> {
     let key = key.ok_or_else(|| {
         ApiError::new(
@@ -55,6 +61,16 @@ async fn authenticate(
     let grant = match state.keys.get(&hash).await {
         Some(cached) => cached,
         None => {
+            if let Some(secs) = state.auth_throttle.blocked_for(client).await {
+                return Err(ApiError {
+                    retry_after: Some(secs),
+                    ..ApiError::new(
+                        ErrorKind::TooManyAuthFailures,
+                        "too many unknown API keys from this address; retry later",
+                    )
+                });
+            }
+            let generation = state.keys.generation();
             let found = state
                 .store
                 .send(LookupKey {
@@ -63,7 +79,13 @@ async fn authenticate(
                 .timeout(ASK_TIMEOUT)
                 .await??
                 .map(Arc::new);
-            state.keys.insert(hash, found.clone()).await;
+            if found.is_none() {
+                state.auth_throttle.record_failure(client).await;
+            }
+            state
+                .keys
+                .insert_if_current(generation, hash, found.clone())
+                .await;
             found
         }
     };
@@ -90,9 +112,10 @@ fn authorize(
 ) -> LocalBoxFuture<'static, Result<Arc<KeyGrant>, ApiError>> {
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let key = presented_key(req);
+    let client = AuthThrottle::client_of(req.peer_addr());
     Box::pin(async move {
         let state = state.ok_or_else(ApiError::internal)?;
-        let grant = authenticate(state, key)
+        let grant = authenticate(state, key, client)
             .instrument(tracing::info_span!("auth"))
             .await?;
         if allowed(grant.role) {

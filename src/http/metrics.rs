@@ -7,6 +7,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use crate::crypto::hash_api_key;
 use crate::error::{ApiError, ErrorKind};
 use crate::http::AppState;
+use crate::http::extract::bearer_token;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -26,7 +27,7 @@ pub async fn metrics(
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .unwrap_or_default();
         // Comparing digests keeps the comparison's timing independent of the token.
         if hash_api_key(presented.trim()) != hash_api_key(token.expose()) {

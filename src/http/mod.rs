@@ -2,11 +2,16 @@
 //! actor or the relay, answer). Errors leave through `ApiError` only.
 
 pub mod admin;
+pub mod auth_throttle;
 pub mod dto;
 pub mod extract;
 pub mod health;
+pub mod key_cache;
 pub mod metrics;
 pub mod openai;
+
+pub use auth_throttle::AuthThrottle;
+pub use key_cache::KeyCache;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -26,15 +31,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::actors::router::{RouterActor, RoutingSnapshot};
 use crate::actors::store::StoreActor;
 use crate::config::Settings;
-use crate::domain::records::KeyGrant;
 use crate::error::{ApiError, ErrorKind};
 use crate::relay::UpstreamClock;
 use crate::telemetry::metrics::{Metrics, method_label};
 
-/// Cached key lookups by SHA-256 of the key; `None` caches an unknown key.
-pub type KeyCache = moka::future::Cache<[u8; 32], Option<Arc<KeyGrant>>>;
-
-/// What every handler can reach: actor addresses, the key cache, immutable settings.
+/// What every handler can reach: actor addresses, the key cache and the auth throttle,
+/// immutable settings.
 pub struct AppState {
     /// The router's latest routing table, read by request tasks without a round trip.
     pub routing_table: tokio::sync::watch::Receiver<Arc<RoutingSnapshot>>,
@@ -42,7 +44,8 @@ pub struct AppState {
     pub downstream: Option<Arc<Semaphore>>,
     pub store: Addr<StoreActor>,
     pub router: Addr<RouterActor>,
-    pub keys: KeyCache,
+    pub keys: Arc<KeyCache>,
+    pub auth_throttle: AuthThrottle,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
     /// Turns true when the shutdown grace period is about to end (streams end cleanly).
@@ -57,17 +60,30 @@ pub struct RequestId(pub String);
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const OVERHEAD: HeaderName = HeaderName::from_static("x-lowart-overhead-ms");
 
+/// A resource for a path with one route per method (`get => handler`, …); any other
+/// method answers 405 `method_not_allowed` with an `Allow` header naming these.
+macro_rules! resource {
+    ($path:expr, $($method:ident => $handler:expr),+ $(,)?) => {
+        actix_web::web::resource($path)
+            $(.route(actix_web::web::$method().to($handler)))+
+            .default_service(actix_web::web::to(|req: actix_web::HttpRequest| {
+                $crate::http::method_not_allowed(req, &[$(stringify!($method)),+])
+            }))
+    };
+}
+pub(crate) use resource;
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(health::healthz))
-        .route("/metrics", web::get().to(metrics::metrics))
-        .route("/readyz", web::get().to(health::readyz))
+    cfg.service(resource!("/healthz", get => health::healthz))
+        .service(resource!("/metrics", get => metrics::metrics))
+        .service(resource!("/readyz", get => health::readyz))
         .service(
             web::scope("/v1")
-                .route(
+                .service(resource!(
                     "/chat/completions",
-                    web::post().to(openai::chat_completions::chat_completions),
-                )
-                .route("/models", web::get().to(openai::models::list_models)),
+                    post => openai::chat_completions::chat_completions,
+                ))
+                .service(resource!("/models", get => openai::models::list_models)),
         )
         .service(web::scope("/admin").configure(admin::configure));
 }
@@ -220,13 +236,39 @@ pub fn request_id(req: &HttpRequest) -> String {
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), |r| r.0.clone())
 }
 
-/// Unknown paths and methods answer in the OpenAI error shape.
+/// Unknown paths answer in the OpenAI error shape.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     ApiError::new(
         ErrorKind::RouteNotFound,
         format!("no route for {} {}", req.method(), req.path()),
     )
     .error_response()
+}
+
+/// A known path with a method it has no route for: 405 with `Allow: <allowed>`.
+pub async fn method_not_allowed(
+    req: HttpRequest,
+    allowed: &'static [&'static str],
+) -> HttpResponse {
+    let allow = allowed
+        .iter()
+        .map(|m| m.to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut res = ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        format!(
+            "{} is not allowed on {}; allowed: {allow}",
+            req.method(),
+            req.path()
+        ),
+    )
+    .error_response();
+    if let Ok(value) = HeaderValue::from_str(&allow) {
+        res.headers_mut()
+            .insert(actix_web::http::header::ALLOW, value);
+    }
+    res
 }
 
 /// Reads a request body up to `limit` bytes (413 beyond it, 400 on a broken body).
@@ -265,34 +307,43 @@ pub async fn read_body(
     Ok(body.freeze())
 }
 
-/// Maps actix's JSON, path and query extractor errors into `ApiError`s.
-pub fn json_config(limit: usize) -> web::JsonConfig {
-    web::JsonConfig::default()
-        .limit(limit)
-        .error_handler(|err, _| {
-            use actix_web::error::JsonPayloadError as E;
-            let api = match &err {
-                E::OverflowKnownLength { .. } | E::Overflow { .. } => {
-                    ApiError::new(ErrorKind::PayloadTooLarge, "request body is too large")
-                }
-                E::ContentType => ApiError::new(
-                    ErrorKind::InvalidRequest,
-                    "expected Content-Type: application/json",
-                ),
-                E::Deserialize(e) if e.is_syntax() || e.is_eof() => ApiError::new(
-                    ErrorKind::InvalidJson,
-                    format!("request body is not valid JSON: {e}"),
-                ),
-                E::Deserialize(e) => ApiError {
-                    param: field_of(&e.to_string()),
-                    ..ApiError::new(ErrorKind::InvalidRequest, format!("invalid body: {e}"))
-                },
-                _ => ApiError::new(ErrorKind::InvalidRequest, format!("invalid body: {err}")),
-            };
-            api.into()
-        })
+/// Reads a JSON body of type `T` (call it once the caller is authenticated): 400 without
+/// `Content-Type: application/json`, 413 above `limit`, 400 `invalid_json` on broken
+/// JSON, 400 `invalid_request` with `param` naming the field on a wrong shape.
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<T, ApiError> {
+    use actix_web::mime;
+    let is_json = req
+        .mime_type()
+        .ok()
+        .flatten()
+        .is_some_and(|m| m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON));
+    if !is_json {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            "expected Content-Type: application/json",
+        ));
+    }
+    let body = read_body(req, payload, limit).await?;
+    serde_json::from_slice(&body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            ApiError::new(
+                ErrorKind::InvalidJson,
+                format!("request body is not valid JSON: {e}"),
+            )
+        } else {
+            ApiError {
+                param: field_of(&e.to_string()),
+                ..ApiError::new(ErrorKind::InvalidRequest, format!("invalid body: {e}"))
+            }
+        }
+    })
 }
 
+/// Maps actix's path and query extractor errors into `ApiError`s.
 pub fn path_config() -> web::PathConfig {
     web::PathConfig::default().error_handler(|err, _| {
         ApiError::new(ErrorKind::InvalidRequest, format!("invalid path: {err}")).into()

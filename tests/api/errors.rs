@@ -210,7 +210,7 @@ async fn unknown_models_and_routes_are_404() {
     assert_eq!(error["code"], "model_not_found");
     assert_eq!(error["param"], "model");
     assert_openai_error(app.get("/v1/nothing-here", &app.admin_key).await, 404).await;
-    assert_openai_error(app.get("/v1/chat/completions", &app.admin_key).await, 404).await;
+    assert_openai_error(app.get("/v1/chat/completions", &app.admin_key).await, 405).await;
     assert_openai_error(app.get("/admin/users/ghost", &app.admin_key).await, 404).await;
 }
 

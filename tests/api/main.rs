@@ -6,6 +6,7 @@
 mod admin;
 mod chat;
 mod cli;
+mod edge;
 mod errors;
 mod hardening;
 mod helpers;

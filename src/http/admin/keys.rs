@@ -1,22 +1,25 @@
 //! `/admin/keys`: create (the secret is in this answer only), list, revoke. Revocation
 //! clears the key cache before answering, so the very next request with the key is a 401.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
 use crate::actors::ASK_TIMEOUT;
 use crate::actors::store::{CreateKey, ListKeys, NewKey, RevokeKey};
 use crate::error::ApiError;
-use crate::http::AppState;
+use crate::http::admin::change_grants;
 use crate::http::dto::{CreateKeyBody, KeysQuery};
 use crate::http::extract::{Admin, AdminReader};
+use crate::http::{AppState, read_json};
 
 pub async fn create_key(
     state: web::Data<AppState>,
     caller: Admin,
-    body: web::Json<CreateKeyBody>,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
+    let body: CreateKeyBody =
+        read_json(&req, payload, state.settings.server.max_body_bytes).await?;
     if body.rpm_limit.is_some_and(|n| n < 0) {
         return Err(ApiError::invalid(
             "rpm_limit",
@@ -34,8 +37,7 @@ pub async fn create_key(
         key,
         actor: caller.actor(),
     };
-    let (info, secret) = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
-    state.keys.invalidate_all();
+    let (info, secret) = change_grants(&state, msg).await?;
     let mut answer = serde_json::to_value(&info).map_err(|_| ApiError::internal())?;
     answer["key"] = json!(secret.expose());
     Ok(HttpResponse::Created().json(answer))
@@ -62,7 +64,6 @@ pub async fn revoke_key(
         id: path.into_inner(),
         actor: caller.actor(),
     };
-    let info = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
-    state.keys.invalidate_all();
+    let info = change_grants(&state, msg).await?;
     Ok(HttpResponse::Ok().json(info))
 }

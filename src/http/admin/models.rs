@@ -2,16 +2,16 @@
 //! before the answer, so the next request already routes by the new table. The upstream
 //! `api_key` is accepted, sealed, and never returned.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
 use crate::actors::ASK_TIMEOUT;
 use crate::actors::router::Reload;
 use crate::actors::store::{CreateDeployment, DeleteDeployment, ListDeployments, UpdateDeployment};
 use crate::error::ApiError;
-use crate::http::AppState;
 use crate::http::dto::DeploymentBody;
 use crate::http::extract::{AdminReader, ModelAdmin};
+use crate::http::{AppState, read_json};
 
 /// Rebuilds the routing table so the next request sees an admin change.
 pub(crate) async fn reload(state: &AppState) -> Result<(), ApiError> {
@@ -30,9 +30,12 @@ pub(crate) async fn reload(state: &AppState) -> Result<(), ApiError> {
 pub async fn create_model(
     state: web::Data<AppState>,
     caller: ModelAdmin,
-    body: web::Json<DeploymentBody>,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let spec = body.into_inner().into_spec();
+    let body: DeploymentBody =
+        read_json(&req, payload, state.settings.server.max_body_bytes).await?;
+    let spec = body.into_spec();
     if spec.model_id.is_none() {
         return Err(ApiError::invalid("model_id", "`model_id` is required"));
     }
@@ -61,11 +64,14 @@ pub async fn update_model(
     state: web::Data<AppState>,
     caller: ModelAdmin,
     path: web::Path<String>,
-    body: web::Json<DeploymentBody>,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let body: DeploymentBody =
+        read_json(&req, payload, state.settings.server.max_body_bytes).await?;
     let msg = UpdateDeployment {
         id: path.into_inner(),
-        spec: body.into_inner().into_spec(),
+        spec: body.into_spec(),
         actor: caller.actor(),
     };
     let deployment = state.store.send(msg).timeout(ASK_TIMEOUT).await??;

@@ -2,7 +2,7 @@
 //! `GET /admin/breakers`, `PUT /admin/breakers/{deployment_id}` (hold open or closed for
 //! maintenance, or back to `auto`).
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
 use crate::actors::ASK_TIMEOUT;
@@ -11,18 +11,21 @@ use crate::actors::router::ListProviders;
 use crate::actors::store::{AppendAudit, SetFallbacks};
 use crate::domain::breaker::BreakerState;
 use crate::error::ApiError;
-use crate::http::AppState;
 use crate::http::dto::{BreakerOverride, BreakerOverrideBody, FallbacksBody};
 use crate::http::extract::{AdminReader, ModelAdmin};
+use crate::http::{AppState, read_json};
 
 pub async fn set_fallbacks(
     state: web::Data<AppState>,
     caller: ModelAdmin,
     path: web::Path<String>,
-    body: web::Json<FallbacksBody>,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let body: FallbacksBody =
+        read_json(&req, payload, state.settings.server.max_body_bytes).await?;
     let model_id = path.into_inner();
-    let fallbacks = body.into_inner().fallbacks;
+    let fallbacks = body.fallbacks;
     if fallbacks.iter().any(|f| f.trim().is_empty()) {
         return Err(ApiError::invalid(
             "fallbacks",
@@ -59,8 +62,11 @@ pub async fn override_breaker(
     state: web::Data<AppState>,
     caller: ModelAdmin,
     path: web::Path<String>,
-    body: web::Json<BreakerOverrideBody>,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let body: BreakerOverrideBody =
+        read_json(&req, payload, state.settings.server.max_body_bytes).await?;
     let deployment_id = path.into_inner();
     let providers = state
         .router

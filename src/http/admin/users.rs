@@ -1,22 +1,26 @@
 //! `/admin/users`: create, list, read, update, disable; `/admin/users/quota` upserts limits.
 //! Any change clears the key cache: a disabled user's keys stop working at once.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
 use crate::actors::ASK_TIMEOUT;
 use crate::actors::store::{CreateUser, GetUser, ListUsers, UpdateUser, UserFields};
 use crate::error::ApiError;
-use crate::http::AppState;
+use crate::http::admin::change_grants;
 use crate::http::dto::{CreateUserBody, PatchUserBody, QuotaBody};
 use crate::http::extract::{Admin, AdminReader};
+use crate::http::{AppState, read_json};
 
 pub async fn create_user(
     state: web::Data<AppState>,
     caller: Admin,
-    body: web::Json<CreateUserBody>,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let (user_id, fields) = body.into_inner().into_fields()?;
+    let body: CreateUserBody =
+        read_json(&req, payload, state.settings.server.max_body_bytes).await?;
+    let (user_id, fields) = body.into_fields()?;
     let user_id = match user_id {
         Some(id) if id.trim().is_empty() => {
             return Err(ApiError::invalid("user_id", "`user_id` must not be empty"));
@@ -29,8 +33,7 @@ pub async fn create_user(
         fields,
         actor: caller.actor(),
     };
-    let user = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
-    state.keys.invalidate_all();
+    let user = change_grants(&state, msg).await?;
     Ok(HttpResponse::Created().json(user))
 }
 
@@ -67,8 +70,7 @@ async fn update(
         create_if_absent,
         actor: caller.actor(),
     };
-    let user = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
-    state.keys.invalidate_all();
+    let user = change_grants(state, msg).await?;
     Ok(HttpResponse::Ok().json(user))
 }
 
@@ -76,9 +78,12 @@ pub async fn update_user(
     state: web::Data<AppState>,
     caller: Admin,
     path: web::Path<String>,
-    body: web::Json<PatchUserBody>,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let fields = body.into_inner().into_fields()?;
+    let body: PatchUserBody =
+        read_json(&req, payload, state.settings.server.max_body_bytes).await?;
+    let fields = body.into_fields()?;
     update(&state, &caller, path.into_inner(), fields, false).await
 }
 
@@ -98,9 +103,11 @@ pub async fn disable_user(
 pub async fn set_quota(
     state: web::Data<AppState>,
     caller: Admin,
-    body: web::Json<QuotaBody>,
+    req: HttpRequest,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let (user_id, fields) = body.into_inner().into_fields()?;
+    let body: QuotaBody = read_json(&req, payload, state.settings.server.max_body_bytes).await?;
+    let (user_id, fields) = body.into_fields()?;
     if user_id.trim().is_empty() {
         return Err(ApiError::invalid("user_id", "`user_id` must not be empty"));
     }
