@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Gateway, assert_openai_error, closed_port_url, spawn_app, spawn_app_with, spawn_binary,
-    sse_data, user_message,
+    Gateway, assert_openai_error, closed_port_url, metric_sample, spawn_app, spawn_app_with,
+    spawn_binary, sse_data, user_message,
 };
 use crate::mock_upstream::{MockUpstream, Reply, chunk};
 
@@ -30,21 +30,8 @@ fn error_then_done(body: &str) -> Value {
     error["error"].clone()
 }
 
-/// The value of an unlabelled sample in `/metrics`.
 async fn sample(app: &crate::helpers::TestApp, name: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {name} in {text}"))
+    metric_sample(&app.client, &app.address, name).await
 }
 
 async fn mock_deployment_id(app: &crate::helpers::TestApp) -> String {
@@ -230,15 +217,7 @@ async fn fallbacks_stay_within_the_keys_models() {
         )
         .await;
     assert_eq!(res.status(), 201);
-    let res = app
-        .client
-        .put(app.url("/admin/models/cheap/fallbacks"))
-        .bearer_auth(&app.admin_key)
-        .json(&json!({"fallbacks": ["mock"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    assert_eq!(app.set_fallbacks("cheap", &["mock"]).await.status(), 200);
     let limited = app.user_key("alice", "user", Some(vec!["cheap"])).await;
     let ask = json!({"model": "cheap", "messages": user_message("secret")});
 
@@ -256,15 +235,7 @@ async fn fallbacks_stay_within_the_keys_models() {
 async fn a_stream_fails_over_after_a_role_only_first_chunk() {
     let app = spawn_app().await;
     app.add_openai_model("primary", json!({})).await;
-    let res = app
-        .client
-        .put(app.url("/admin/models/primary/fallbacks"))
-        .bearer_auth(&app.admin_key)
-        .json(&json!({"fallbacks": ["mock"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    assert_eq!(app.set_fallbacks("primary", &["mock"]).await.status(), 200);
     let role_only = chunk(json!({"role": "assistant", "content": ""}), Value::Null);
     app.upstream.push(Reply::Truncated(vec![role_only.clone()]));
     app.upstream.push(Reply::Events(vec![

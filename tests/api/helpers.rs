@@ -423,3 +423,34 @@ pub fn closed_port_url() -> String {
 pub fn usage_spill_file(dir: &TempDir) -> PathBuf {
     dir.path().join("lowart-usage.spill.jsonl")
 }
+
+/// The value of the unlabelled sample `name` in `address`'s `/metrics`.
+pub async fn metric_sample(client: &reqwest::Client, address: &str, name: &str) -> f64 {
+    let text = client
+        .get(format!("{address}/metrics"))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+impl TestApp {
+    /// `PUT /admin/models/{model}/fallbacks` as the admin.
+    pub async fn set_fallbacks(&self, model: &str, fallbacks: &[&str]) -> reqwest::Response {
+        self.client
+            .put(self.url(&format!("/admin/models/{model}/fallbacks")))
+            .bearer_auth(&self.admin_key)
+            .json(&serde_json::json!({"fallbacks": fallbacks}))
+            .send()
+            .await
+            .expect("request sent")
+    }
+}

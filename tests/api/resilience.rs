@@ -38,16 +38,6 @@ async fn add_model(app: &TestApp, body: Value) -> String {
         .to_string()
 }
 
-async fn set_fallbacks(app: &TestApp, model: &str, fallbacks: &[&str]) -> reqwest::Response {
-    app.client
-        .put(app.url(&format!("/admin/models/{model}/fallbacks")))
-        .bearer_auth(&app.admin_key)
-        .json(&json!({"fallbacks": fallbacks}))
-        .send()
-        .await
-        .unwrap()
-}
-
 #[actix_web::test]
 async fn the_breaker_opens_stops_traffic_and_a_probe_after_the_cool_down_closes_it() {
     let app = spawn_app_with(|s| s.routing.max_attempts = 1).await;
@@ -159,7 +149,7 @@ async fn a_fallback_serves_every_request_through_a_total_outage_of_the_primary()
     .await;
     app.add_openai_model("backup", json!({})).await;
     assert_eq!(
-        set_fallbacks(&app, "primary", &["backup"]).await.status(),
+        app.set_fallbacks("primary", &["backup"]).await.status(),
         200
     );
 
@@ -189,14 +179,8 @@ async fn a_three_level_chain_with_the_first_two_down_is_served_by_the_third() {
         .await;
     }
     app.add_openai_model("third", json!({})).await;
-    assert_eq!(
-        set_fallbacks(&app, "first", &["second"]).await.status(),
-        200
-    );
-    assert_eq!(
-        set_fallbacks(&app, "second", &["third"]).await.status(),
-        200
-    );
+    assert_eq!(app.set_fallbacks("first", &["second"]).await.status(), 200);
+    assert_eq!(app.set_fallbacks("second", &["third"]).await.status(), 200);
 
     let res = app.chat(&app.admin_key, &ask("first")).await;
     assert_eq!(res.status(), 200);
@@ -207,12 +191,12 @@ async fn a_three_level_chain_with_the_first_two_down_is_served_by_the_third() {
 #[actix_web::test]
 async fn fallback_cycles_are_refused() {
     let app = spawn_app().await;
-    assert_eq!(set_fallbacks(&app, "a", &["b"]).await.status(), 200);
-    assert_eq!(set_fallbacks(&app, "b", &["c"]).await.status(), 200);
-    let error = assert_openai_error(set_fallbacks(&app, "c", &["a"]).await, 400).await;
+    assert_eq!(app.set_fallbacks("a", &["b"]).await.status(), 200);
+    assert_eq!(app.set_fallbacks("b", &["c"]).await.status(), 200);
+    let error = assert_openai_error(app.set_fallbacks("c", &["a"]).await, 400).await;
     assert_eq!(error["param"], "fallbacks");
     assert!(error["message"].as_str().unwrap().contains("cycle"));
-    assert_openai_error(set_fallbacks(&app, "a", &["a"]).await, 400).await;
+    assert_openai_error(app.set_fallbacks("a", &["a"]).await, 400).await;
 }
 
 #[actix_web::test]
@@ -372,7 +356,7 @@ async fn chaos_a_flapping_primary_with_a_healthy_fallback_shows_no_5xx_and_one_r
     .await;
     add_model(&app, json!({"model_id": "backup", "vendor_type": "Mock"})).await;
     assert_eq!(
-        set_fallbacks(&app, "primary", &["backup"]).await.status(),
+        app.set_fallbacks("primary", &["backup"]).await.status(),
         200
     );
     app.upstream.flap(40);

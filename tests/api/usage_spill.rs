@@ -11,7 +11,9 @@ use lowart::startup::Application;
 use sea_orm::{ConnectionTrait, EntityTrait};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app_with, test_settings, usage_spill_file, user_message};
+use crate::helpers::{
+    TestApp, metric_sample, spawn_app_with, test_settings, usage_spill_file, user_message,
+};
 
 /// How long a flush may take against a dead database with a 300 ms spill bound: generous
 /// for a loaded machine, far below "never returns".
@@ -49,21 +51,9 @@ async fn chat_requests(app: &TestApp, count: usize) -> BTreeSet<String> {
     ids
 }
 
-/// The value of the unlabelled sample `name` at `address`'s `/metrics`.
+/// A counter's value at `address`.
 async fn counter(client: &reqwest::Client, address: &str, name: &str) -> u64 {
-    let text = client
-        .get(format!("{address}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
-        .parse()
-        .unwrap()
+    metric_sample(client, address, name).await as u64
 }
 
 fn spilled_request_ids(app: &TestApp) -> Vec<String> {
