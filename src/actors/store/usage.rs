@@ -4,6 +4,12 @@
 //! failing for `usage_spill_after_ms`, batches go to the spill file (one try per backoff
 //! period until the database answers again), and after the next successful write the
 //! spill file is replayed.
+//!
+//! A batch is written as INSERTs of a few fixed row counts (powers of two), in one
+//! transaction. The database driver keeps every distinct statement text prepared, per
+//! connection (up to 100 each): one INSERT per batch size would prepare a new statement
+//! for nearly every batch, and on SQLite a multi-row INSERT's program takes about 1.3 KiB
+//! per row, so the gateway's memory grew with every new batch size it met.
 
 use std::io::{BufRead, BufReader};
 use std::sync::Arc;
@@ -22,9 +28,11 @@ use crate::telemetry::metrics::Metrics;
 /// First pause before retrying a failed batch; it doubles up to `RETRY_MAX`.
 const RETRY_INITIAL: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
-/// Rows per INSERT when replaying (20 columns: well under SQLite's and PostgreSQL's
-/// bind-parameter limits).
-const REPLAY_CHUNK: usize = 500;
+/// Rows read from the spill file before they are inserted.
+const REPLAY_CHUNK: usize = 512;
+/// The most rows one INSERT carries: 256 rows × 20 columns = 5,120 bind parameters, well
+/// under SQLite's 32,766 and PostgreSQL's 65,535.
+const MAX_ROWS_PER_INSERT: usize = 256;
 /// After a failed replay, how long to wait before trying again.
 const REPLAY_RETRY: Duration = Duration::from_secs(30);
 
@@ -68,14 +76,41 @@ pub(super) fn to_active_model(r: UsageRecord) -> usage::ActiveModel {
     }
 }
 
+/// The row counts of the INSERTs that write `rows` rows: full inserts of
+/// `MAX_ROWS_PER_INSERT`, then the rest's binary decomposition, largest first. Every count
+/// is a power of two up to `MAX_ROWS_PER_INSERT`, so there are at most 9 statement texts.
+fn insert_sizes(rows: usize) -> impl Iterator<Item = usize> {
+    let full = rows / MAX_ROWS_PER_INSERT;
+    let rest = rows % MAX_ROWS_PER_INSERT;
+    let bits = (0..MAX_ROWS_PER_INSERT.trailing_zeros())
+        .rev()
+        .map(|bit| 1usize << bit)
+        .filter(move |size| rest & size != 0);
+    std::iter::repeat_n(MAX_ROWS_PER_INSERT, full).chain(bits)
+}
+
+/// Inserts `rows` as INSERTs of the sizes `insert_sizes` gives (callers that need them
+/// atomic pass a transaction).
 async fn insert(db: &impl ConnectionTrait, rows: &[UsageRecord]) -> Result<(), DbErr> {
-    if rows.is_empty() {
-        return Ok(());
+    let mut rest = rows;
+    for size in insert_sizes(rows.len()) {
+        let (chunk, tail) = rest.split_at(size.min(rest.len()));
+        usage::Entity::insert_many(chunk.iter().cloned().map(to_active_model))
+            .exec_without_returning(db)
+            .await?;
+        rest = tail;
     }
-    usage::Entity::insert_many(rows.iter().cloned().map(to_active_model))
-        .exec(db)
-        .await
-        .map(|_| ())
+    Ok(())
+}
+
+/// Writes one batch, atomically.
+async fn insert_batch(db: &DatabaseConnection, rows: &[UsageRecord]) -> Result<(), DbErr> {
+    if rows.len().is_power_of_two() && rows.len() <= MAX_ROWS_PER_INSERT {
+        return insert(db, rows).await;
+    }
+    let txn = begin_write(db).await?;
+    insert(&txn, rows).await?;
+    txn.commit().await
 }
 
 /// The database has been failing since `since`; the next try is due at `retry_at`.
@@ -161,7 +196,7 @@ impl UsageWriter {
                 }
             };
             let started = Instant::now();
-            let result = match tokio::time::timeout(budget, insert(&self.db, &rows)).await {
+            let result = match tokio::time::timeout(budget, insert_batch(&self.db, &rows)).await {
                 Ok(result) => result.map_err(|e| e.to_string()),
                 Err(_) => Err(format!("no answer within {} ms", budget.as_millis())),
             };
@@ -308,3 +343,21 @@ pub(super) async fn ask<T>(
     writer.send(cmd(tx)).await.ok()?;
     rx.await.ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_written_with_a_handful_of_statement_shapes() {
+        let mut shapes = std::collections::BTreeSet::new();
+        for rows in 0..=1_000 {
+            let sizes: Vec<usize> = insert_sizes(rows).collect();
+            assert_eq!(sizes.iter().sum::<usize>(), rows);
+            assert!(sizes.iter().all(|s| s.is_power_of_two() && *s <= MAX_ROWS_PER_INSERT));
+            shapes.extend(sizes);
+        }
+        assert_eq!(shapes.len(), 9, "1, 2, 4 … 256 rows: {shapes:?}");
+    }
+}
+
