@@ -1,5 +1,6 @@
-//! The gateway child process: build, spawn (pinned to CPU 0), find its address, wait
-//! for readiness, stop with SIGTERM, read its CPU time and peak RSS from /proc.
+//! The gateway child process: build, spawn (pinned to CPU 0, optionally under a wrapper
+//! such as heaptrack), find its address, wait for readiness, stop with SIGTERM, read its
+//! CPU time and memory from /proc.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -15,6 +16,13 @@ use crate::http::call_once;
 pub const ADMIN_KEY: &str = "lw-bench-admin-key-0123456789abcdef";
 const MASTER_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
+/// The release gateway binary: under `CARGO_TARGET_DIR` when set, else `<root>/target`.
+pub fn binary(root: &Path) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), |dir| root.join(dir));
+    target.join("release/lowart")
+}
+
 /// Runs `cargo build --release -p lowart --bin lowart` in the workspace root.
 pub fn build(root: &Path) -> Result<PathBuf, BoxError> {
     eprintln!("bench: cargo build --release -p lowart --bin lowart");
@@ -26,13 +34,16 @@ pub fn build(root: &Path) -> Result<PathBuf, BoxError> {
     if !status.success() {
         return Err(format!("building the gateway failed: {status}").into());
     }
-    Ok(root.join("target/release/lowart"))
+    Ok(binary(root))
 }
 
 pub struct Spec {
     pub bin: PathBuf,
     pub dir: PathBuf,
     pub pin: bool,
+    /// A command the gateway runs under (`BENCH_GATEWAY_WRAPPER`, split on spaces), e.g.
+    /// `heaptrack -o /tmp/lowart`.
+    pub wrapper: Vec<String>,
 }
 
 impl Spec {
@@ -75,13 +86,14 @@ impl Spec {
     /// Spawns the gateway and waits until `/readyz` answers 200. Returns the running
     /// gateway and the time from spawn to ready.
     pub async fn start(&self) -> Result<(Gateway, Duration), BoxError> {
-        let mut cmd = if self.pin {
-            let mut c = Command::new("taskset");
-            c.arg("-c").arg("0").arg(&self.bin);
-            c
-        } else {
-            Command::new(&self.bin)
-        };
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if self.pin {
+            argv.extend(["taskset", "-c", "0"].map(Into::into));
+        }
+        argv.extend(self.wrapper.iter().map(Into::into));
+        argv.push(self.bin.clone().into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
         cmd.current_dir(&self.dir)
             .envs(self.env())
             .stdin(Stdio::null())
@@ -112,8 +124,21 @@ impl Spec {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let ready = t0.elapsed();
-        let pid = child.id();
-        Ok((Gateway { child, addr, pid }, ready))
+        let wrapped = !self.wrapper.is_empty();
+        let pid = if wrapped {
+            descendant_named(child.id(), "lowart").ok_or("no lowart process under the wrapper")?
+        } else {
+            child.id()
+        };
+        Ok((
+            Gateway {
+                child,
+                addr,
+                pid,
+                wrapped,
+            },
+            ready,
+        ))
     }
 }
 
@@ -140,10 +165,60 @@ fn watch_stderr(stderr: std::process::ChildStderr, tx: tokio::sync::oneshot::Sen
     }
 }
 
+/// The first process below `root` (a wrapper) whose command name is `name`.
+fn descendant_named(root: u32, name: &str) -> Option<u32> {
+    let mut parents = Vec::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some((head, tail)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else {
+            continue;
+        };
+        let comm = head[open + 1..].to_owned();
+        let ppid = tail
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parents.push((pid, ppid, comm));
+        }
+    }
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (pid, ppid, comm) in &parents {
+            if *ppid == parent {
+                if comm == name {
+                    return Some(*pid);
+                }
+                frontier.push(*pid);
+            }
+        }
+    }
+    None
+}
+
+/// Resident memory of the gateway now, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    pub vm_rss: u64,
+    pub rss_anon: u64,
+}
+
 pub struct Gateway {
+    /// The spawned process: the gateway, or the wrapper it runs under.
     child: Child,
     pub addr: SocketAddr,
+    /// The gateway process itself.
     pub pid: u32,
+    wrapped: bool,
 }
 
 impl Gateway {
@@ -152,11 +227,13 @@ impl Gateway {
         Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
             .status()?;
+        // A wrapper such as heaptrack may take minutes to write its report.
+        let limit = Duration::from_secs(if self.wrapped { 600 } else { 45 });
         let t0 = Instant::now();
         while self.child.try_wait()?.is_none() {
-            if t0.elapsed() > Duration::from_secs(45) {
+            if t0.elapsed() > limit {
                 let _ = self.child.kill();
-                return Err("gateway ignored SIGTERM for 45 s".into());
+                return Err(format!("gateway ignored SIGTERM for {} s", limit.as_secs()).into());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -175,12 +252,29 @@ impl Gateway {
 
     /// Peak resident set size in bytes (VmHWM).
     pub fn peak_rss(&self) -> Result<u64, BoxError> {
+        self.status_bytes("VmHWM:")
+    }
+
+    /// Resident and anonymous resident memory now.
+    pub fn memory(&self) -> Result<Memory, BoxError> {
+        Ok(Memory {
+            vm_rss: self.status_bytes("VmRSS:")?,
+            rss_anon: self.status_bytes("RssAnon:")?,
+        })
+    }
+
+    /// A `kB` field of `/proc/<pid>/status`, in bytes.
+    fn status_bytes(&self, field: &str) -> Result<u64, BoxError> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
         let line = status
             .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .ok_or("no VmHWM")?;
-        let kb: u64 = line.split_whitespace().nth(1).ok_or("bad VmHWM")?.parse()?;
+            .find(|l| l.starts_with(field))
+            .ok_or_else(|| format!("no {field} in /proc/{}/status", self.pid))?;
+        let kb: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .ok_or_else(|| format!("bad {field}"))?
+            .parse()?;
         Ok(kb * 1024)
     }
 }
@@ -189,6 +283,11 @@ impl Drop for Gateway {
     /// A bench that fails half-way must not leave a gateway behind.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
+            if self.wrapped {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &self.pid.to_string()])
+                    .status();
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

@@ -3,12 +3,16 @@
 //! pins the gateway to CPU 0 and this process (mock + load) to the other CPUs, and
 //! measures latency at fixed rates, saturation throughput, SSE first-chunk delay, CPU
 //! per request, peak RSS and cold start. Prints a table, writes target/bench/results.json.
+//!
+//! `cargo run --release -p lowart-bench -- soak`: the memory soak instead (see `soak.rs`);
+//! writes target/bench/soak.json.
 
 mod gateway;
 mod http;
 mod load;
 mod mock;
 mod report;
+mod soak;
 mod sse;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +25,7 @@ use hyper::{Method, StatusCode};
 use crate::gateway::{ADMIN_KEY, Spec};
 use crate::http::call_once;
 use crate::load::{Loadgen, Target};
+use crate::soak::SoakSettings;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -34,16 +39,27 @@ fn main() -> ExitCode {
     let root = root.canonicalize().unwrap_or(root);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let marker = std::env::var(PINNED_MARKER).ok();
+    let soak = match std::env::args().nth(1).as_deref() {
+        None => false,
+        Some("soak") => true,
+        Some(other) => {
+            eprintln!("bench: unknown mode `{other}` (none, or `soak`)");
+            return ExitCode::FAILURE;
+        }
+    };
     if marker.is_none() {
         let built = gateway::build(&root);
-        Loadgen::find(&root);
+        if !soak {
+            Loadgen::find(&root);
+        }
         if let Err(e) = built {
-            if !root.join("target/release/lowart").exists() {
+            if !gateway::binary(&root).exists() {
                 eprintln!("bench: {e}");
                 return ExitCode::FAILURE;
             }
             eprintln!(
-                "bench: {e}; WARNING: using the existing, possibly stale target/release/lowart"
+                "bench: {e}; WARNING: using the existing, possibly stale {}",
+                gateway::binary(&root).display()
             );
         }
         let has_taskset = Command::new("taskset").arg("-V").output().is_ok();
@@ -57,6 +73,7 @@ fn main() -> ExitCode {
                     .arg("-c")
                     .arg(format!("1-{}", cpus - 1))
                     .arg(exe)
+                    .args(std::env::args_os().skip(1))
                     .env(PINNED_MARKER, "1")
                     .status()
             });
@@ -73,6 +90,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build();
     let result = match rt {
+        Ok(rt) if soak => rt.block_on(run_soak(&root, pinned)),
         Ok(rt) => rt.block_on(run(&root, pinned)),
         Err(e) => Err(e.into()),
     };
@@ -104,26 +122,29 @@ pub struct Settings {
     pub loadgen: String,
 }
 
-async fn run(root: &Path, pinned: bool) -> Result<(), BoxError> {
-    let loadgen = Loadgen::find(root);
-    let s = Settings {
-        secs: env_num("BENCH_SECONDS", 10.0),
-        warmup: env_num("BENCH_WARMUP_SECONDS", 2.0),
-        sse_n: env_num("BENCH_SSE_REQUESTS", 200.0) as usize,
-        cold_n: (env_num("BENCH_COLD_STARTS", 3.0) as usize).max(1),
-        rates: [500, 2000],
-        rate_conns: 16,
-        sat_conns: 64,
-        pinned,
-        loadgen: loadgen.name(),
-    };
+/// The mock upstream and a gateway with one deployment `bench` on it, smoke-tested.
+struct Setup {
+    mock: std::net::SocketAddr,
+    dir: PathBuf,
+    spec: Spec,
+    gw: gateway::Gateway,
+    first_start: Duration,
+}
+
+/// Starts the mock and the gateway and registers `bench` with `vendor` (`OpenAI`: the
+/// mock over HTTP; `Mock`: the gateway's built-in vendor).
+async fn setup(root: &Path, pinned: bool, vendor: &str) -> Result<Setup, BoxError> {
     let mock = mock::start().await?;
     let dir: PathBuf = std::env::temp_dir().join(format!("lowart-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let wrapper = std::env::var("BENCH_GATEWAY_WRAPPER")
+        .map(|w| w.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
     let spec = Spec {
-        bin: root.join("target/release/lowart"),
+        bin: gateway::binary(root),
         dir: dir.clone(),
         pin: pinned,
+        wrapper,
     };
     let (gw, first_start) = spec.start().await?;
     eprintln!(
@@ -131,7 +152,7 @@ async fn run(root: &Path, pinned: bool) -> Result<(), BoxError> {
         gw.addr, gw.pid
     );
 
-    let model = serde_json::json!({"model_id": "bench", "vendor_type": "OpenAI",
+    let model = serde_json::json!({"model_id": "bench", "vendor_type": vendor,
         "base_url": format!("http://{mock}/v1"), "api_key": "sk-bench",
         "price_input_per_mtok": 1.0, "price_output_per_mtok": 2.0});
     let (status, body) = call_once(
@@ -149,6 +170,74 @@ async fn run(root: &Path, pinned: bool) -> Result<(), BoxError> {
         )
         .into());
     }
+    for (addr, auth) in [(mock, None), (gw.addr, Some(ADMIN_KEY))] {
+        let (status, body) = call_once(
+            addr,
+            Method::POST,
+            "/v1/chat/completions",
+            auth,
+            Some(Bytes::from_static(BODY.as_bytes())),
+        )
+        .await?;
+        if status != StatusCode::OK || !body.starts_with(b"{") {
+            return Err(format!(
+                "smoke request to {addr}: {status} {}",
+                String::from_utf8_lossy(&body)
+            )
+            .into());
+        }
+    }
+    Ok(Setup {
+        mock,
+        dir,
+        spec,
+        gw,
+        first_start,
+    })
+}
+
+/// The memory soak: 1,000,000 requests by default, RSS sampled every 50,000.
+async fn run_soak(root: &Path, pinned: bool) -> Result<(), BoxError> {
+    let s = SoakSettings {
+        requests: env_num("BENCH_SOAK_REQUESTS", 1_000_000.0) as u64,
+        sample_every: (env_num("BENCH_SOAK_SAMPLE_EVERY", 50_000.0) as u64).max(1),
+        warmup: env_num("BENCH_SOAK_WARMUP", 100_000.0) as u64,
+        conns: 64,
+        vendor: std::env::var("BENCH_SOAK_VENDOR").unwrap_or_else(|_| "OpenAI".to_owned()),
+    };
+    let Setup { dir, gw, .. } = setup(root, pinned, &s.vendor).await?;
+    let soak = soak::run(gw.addr, ADMIN_KEY, BODY, &s, || gw.memory()).await?;
+    gw.stop().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    print!("{}", soak.table(&s));
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let path = out.join("soak.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&soak.to_json(&s))?)?;
+    println!("results: {}", path.display());
+    Ok(())
+}
+
+async fn run(root: &Path, pinned: bool) -> Result<(), BoxError> {
+    let loadgen = Loadgen::find(root);
+    let s = Settings {
+        secs: env_num("BENCH_SECONDS", 10.0),
+        warmup: env_num("BENCH_WARMUP_SECONDS", 2.0),
+        sse_n: env_num("BENCH_SSE_REQUESTS", 200.0) as usize,
+        cold_n: (env_num("BENCH_COLD_STARTS", 3.0) as usize).max(1),
+        rates: [500, 2000],
+        rate_conns: 16,
+        sat_conns: 64,
+        pinned,
+        loadgen: loadgen.name(),
+    };
+    let Setup {
+        mock,
+        dir,
+        spec,
+        gw,
+        first_start,
+    } = setup(root, pinned, "OpenAI").await?;
     let direct = Target {
         addr: mock,
         auth: None,
@@ -159,24 +248,6 @@ async fn run(root: &Path, pinned: bool) -> Result<(), BoxError> {
         auth: Some(ADMIN_KEY),
         body: BODY,
     };
-    for t in [&direct, &via] {
-        let (status, body) = call_once(
-            t.addr,
-            Method::POST,
-            "/v1/chat/completions",
-            t.auth,
-            Some(Bytes::from_static(BODY.as_bytes())),
-        )
-        .await?;
-        if status != StatusCode::OK || !body.starts_with(b"{") {
-            return Err(format!(
-                "smoke request to {}: {status} {}",
-                t.addr,
-                String::from_utf8_lossy(&body)
-            )
-            .into());
-        }
-    }
 
     let mut r = report::Results::new(&s);
     r.first_start_s = first_start.as_secs_f64();
