@@ -155,6 +155,29 @@ impl Soak {
         ))
     }
 
+    /// The least-squares slope of `RssAnon` over the samples from the warm-up on, in bytes
+    /// per request (less sensitive than `growth` to where the last sample falls), and the
+    /// lowest and highest `RssAnon` among them.
+    pub fn trend(&self, warmup: u64) -> Option<(f64, u64, u64)> {
+        let points: Vec<(f64, f64)> = self
+            .samples
+            .iter()
+            .filter(|x| x.requests >= warmup)
+            .map(|x| (x.requests as f64, x.memory.rss_anon as f64))
+            .collect();
+        if points.len() < 2 {
+            return None;
+        }
+        let n = points.len() as f64;
+        let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+        let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+        let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+        let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+        let anon = points.iter().map(|p| p.1 as u64);
+        let (lo, hi) = (anon.clone().min()?, anon.max()?);
+        Some((sxy / sxx, lo, hi))
+    }
+
     pub fn table(&self, s: &SoakSettings) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -193,11 +216,21 @@ impl Soak {
                 let _ = writeln!(out, "growth: no sample after the warm-up");
             }
         }
+        if let Some((slope, lo, hi)) = self.trend(s.warmup) {
+            let _ = writeln!(
+                out,
+                "RssAnon from {} requests on: least-squares slope {slope:+.2} bytes/request, range {:.2}..{:.2} MiB",
+                s.warmup,
+                mib(lo),
+                mib(hi)
+            );
+        }
         out
     }
 
     pub fn to_json(&self, s: &SoakSettings) -> serde_json::Value {
         let growth = self.growth(s.warmup);
+        let trend = self.trend(s.warmup);
         json!({
             "requests": s.requests, "sample_every": s.sample_every, "warmup": s.warmup,
             "connections": s.conns, "vendor": s.vendor,
@@ -207,6 +240,8 @@ impl Soak {
             })).collect::<Vec<_>>(),
             "growth_bytes_per_request": growth.map(|(anon, rss)| json!({
                 "rss_anon": anon, "vm_rss": rss})),
+            "rss_anon_after_warmup": trend.map(|(slope, lo, hi)| json!({
+                "slope_bytes_per_request": slope, "min_bytes": lo, "max_bytes": hi})),
         })
     }
 }
