@@ -380,9 +380,12 @@ async fn chaos_a_flapping_primary_with_a_healthy_fallback_shows_no_5xx_and_one_r
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 3000, "exactly one row per request");
+    // The first 40 answers are healthy, and the breaker (minimum 5 calls, half of the
+    // last 10 failing) cannot open before 5 failures: the primary saw both, whatever the
+    // timing. How many probes it took after that depends on the machine's speed.
     assert!(
-        app.upstream.received().len() > 100,
-        "the primary took real traffic"
+        app.upstream.received().len() >= 45,
+        "the primary took real traffic, failures included"
     );
 }
 
