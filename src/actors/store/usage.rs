@@ -354,10 +354,13 @@ mod tests {
         for rows in 0..=1_000 {
             let sizes: Vec<usize> = insert_sizes(rows).collect();
             assert_eq!(sizes.iter().sum::<usize>(), rows);
-            assert!(sizes.iter().all(|s| s.is_power_of_two() && *s <= MAX_ROWS_PER_INSERT));
+            assert!(
+                sizes
+                    .iter()
+                    .all(|s| s.is_power_of_two() && *s <= MAX_ROWS_PER_INSERT)
+            );
             shapes.extend(sizes);
         }
         assert_eq!(shapes.len(), 9, "1, 2, 4 … 256 rows: {shapes:?}");
     }
 }
-
