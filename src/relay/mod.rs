@@ -201,9 +201,13 @@ impl Relay {
                     .await;
                 match result {
                     Ok(answer) => {
-                        let closing = self.closing.clone();
-                        let stream = (req.include_usage, limits, closing);
-                        return Ok(deliver(acc, route, permit, answer, stream));
+                        let options = stream::RelayOptions {
+                            include_usage: req.include_usage,
+                            idle: limits.idle,
+                            total: limits.stream,
+                            closing: self.closing.clone(),
+                        };
+                        return Ok(deliver(acc, route, permit, answer, options));
                     }
                     Err(failure) => {
                         acc.attempt_failed(failure.class.as_str());
@@ -296,7 +300,7 @@ fn deliver(
     route: &Arc<Route>,
     permit: AdmitPermit,
     answer: Answer,
-    (include_usage, limits, closing): (bool, Limits, tokio::sync::watch::Receiver<bool>),
+    options: stream::RelayOptions,
 ) -> ChatReply {
     let served = ServedBy {
         model: route.deployment.model_id.clone(),
@@ -310,17 +314,7 @@ fn deliver(
             acc.succeed();
             ChatBody::Json(bytes)
         }
-        Answer::Stream(open) => ChatBody::Stream(stream::relay(
-            acc,
-            permit,
-            open,
-            stream::RelayOptions {
-                include_usage,
-                idle: limits.idle,
-                total: limits.stream,
-                closing,
-            },
-        )),
+        Answer::Stream(open) => ChatBody::Stream(stream::relay(acc, permit, open, options)),
     };
     ChatReply { body, served }
 }
