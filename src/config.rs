@@ -437,10 +437,10 @@ impl Settings {
                 ("price_input_per_mtok", seed.price_input_per_mtok),
                 ("price_output_per_mtok", seed.price_output_per_mtok),
             ] {
-                if price.is_some_and(|p| !(p.is_finite() && p >= 0.0)) {
+                if !crate::domain::usage::Prices::valid(price) {
                     return Err(bad(
                         &format!("models[{i}].{field}"),
-                        "must be a finite number, not negative",
+                        crate::domain::usage::INVALID_PRICE,
                     ));
                 }
             }

@@ -50,11 +50,22 @@ impl UsageSource {
     }
 }
 
+/// Why a price is refused (see `Prices::valid`).
+pub const INVALID_PRICE: &str = "must be a finite number, not negative";
+
 /// Prices of one deployment, USD per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Prices {
     pub input_per_mtok: Option<f64>,
     pub output_per_mtok: Option<f64>,
+}
+
+impl Prices {
+    /// A price the gateway accepts: unset, or finite and not negative (a negative price
+    /// would make a cost, and a counter, go down).
+    pub fn valid(price: Option<f64>) -> bool {
+        price.is_none_or(|p| p.is_finite() && p >= 0.0)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

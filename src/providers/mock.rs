@@ -91,16 +91,23 @@ pub struct MockStream {
 }
 
 impl MockStream {
-    fn chunk(&self, choices: Value) -> String {
-        let chunk = json!({
+    /// One `chat.completion.chunk` frame with these `choices` (and `usage`, if given).
+    fn frame(&self, choices: Value, usage: Option<&Value>) -> String {
+        let mut chunk = json!({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created,
             "model": self.model, "choices": choices
         });
+        if let Some(usage) = usage {
+            chunk["usage"] = usage.clone();
+        }
         format!("data: {chunk}\n\n")
     }
 
     fn delta(&self, delta: Value, finish: Value) -> String {
-        self.chunk(json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]))
+        self.frame(
+            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]),
+            None,
+        )
     }
 }
 
@@ -134,11 +141,7 @@ impl Iterator for MockStream {
                 }
                 Stage::Usage => {
                     self.stage = Stage::Done;
-                    let chunk = json!({
-                        "id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                        "model": self.model, "choices": [], "usage": self.usage
-                    });
-                    return Some(format!("data: {chunk}\n\n"));
+                    return Some(self.frame(json!([]), Some(&self.usage)));
                 }
                 Stage::Done => {
                     self.stage = Stage::Ended;

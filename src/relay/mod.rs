@@ -29,7 +29,7 @@ use crate::actors::store::StoreActor;
 use crate::config::RoutingSettings;
 use crate::domain::breaker::CallResult;
 use crate::domain::chat::ChatRequest;
-use crate::domain::sse::{SseEvent, SseParser};
+use crate::domain::sse::SseParser;
 use crate::domain::usage::TokenUsage;
 use crate::error::{ApiError, ErrorKind};
 use crate::providers::{FailureClass, UpstreamFailure, VendorType, mock, openai};
@@ -63,7 +63,7 @@ type UpstreamBody = LocalBoxStream<'static, Result<Bytes, UpstreamFailure>>;
 struct OpenStream {
     upstream: UpstreamBody,
     parser: SseParser,
-    first: Vec<SseEvent>,
+    first: Vec<stream::UpstreamEvent>,
 }
 
 /// What bounds one attempt's answer, from `[routing]` and the deployment.
@@ -490,13 +490,17 @@ async fn open_stream(
             Ok(Some(Err(failure))) => return Err(failure),
             Ok(Some(Ok(bytes))) => bytes,
         };
-        let mut events = parser.push(&bytes).map_err(stream::oversized)?.into_iter();
+        let mut events = parser
+            .push(&bytes)
+            .map_err(stream::oversized)?
+            .into_iter()
+            .map(stream::UpstreamEvent::parse);
         while let Some(event) = events.next() {
-            if let Some(error) = stream::error_event(&event) {
+            if let Some(error) = event.failure() {
                 return Err(error);
             }
-            let commit = stream::says_something(&event);
-            held += event.data.len();
+            let commit = event.says_something();
+            held += event.data_len();
             first.push(event);
             // Waiting is bounded too: past one event's worth of preamble, commit anyway.
             if commit || held > limits.max_event_bytes {

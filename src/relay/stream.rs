@@ -55,15 +55,55 @@ struct StreamRelay {
     _span: tracing::Span,
 }
 
-/// An upstream error event (`{"error": {...}}`) as a failure.
-pub(super) fn error_event(event: &SseEvent) -> Option<UpstreamFailure> {
-    let chunk: Value = serde_json::from_str(&event.data).ok()?;
-    let error = chunk.get("error").filter(|e| e.is_object())?;
-    let detail = error
-        .get("message")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    Some(UpstreamFailure::new(FailureClass::Upstream5xx, detail))
+/// One upstream stream event, its JSON parsed once for everything the relay asks of it.
+pub(super) enum UpstreamEvent {
+    Done,
+    /// A JSON chunk: the text as received (relayed as is) and its parsed value.
+    Chunk(String, Value),
+    NotJson,
+}
+
+impl UpstreamEvent {
+    pub(super) fn parse(event: SseEvent) -> Self {
+        if event.data == "[DONE]" {
+            return Self::Done;
+        }
+        match serde_json::from_str(&event.data) {
+            Ok(chunk) => Self::Chunk(event.data, chunk),
+            Err(_) => Self::NotJson,
+        }
+    }
+
+    /// The size of the event's data, as the parser held it.
+    pub(super) fn data_len(&self) -> usize {
+        match self {
+            Self::Chunk(data, _) => data.len(),
+            Self::Done | Self::NotJson => 0,
+        }
+    }
+
+    /// An upstream error event (`{"error": {...}}`) as a failure.
+    pub(super) fn failure(&self) -> Option<UpstreamFailure> {
+        let Self::Chunk(_, chunk) = self else {
+            return None;
+        };
+        let error = chunk.get("error").filter(|e| e.is_object())?;
+        let detail = error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        Some(UpstreamFailure::new(FailureClass::Upstream5xx, detail))
+    }
+
+    /// Whether the event commits a stream: it carries content, a tool call, a finish
+    /// reason or usage, or it is `[DONE]` (a role-only first chunk does not). An event
+    /// that is not JSON commits too, so that the relay reports it as malformed.
+    pub(super) fn says_something(&self) -> bool {
+        let Self::Chunk(_, chunk) = self else {
+            return true;
+        };
+        has_content(chunk) || chunk.get("usage").is_some_and(|u| !u.is_null()) || finishing(chunk)
+    }
 }
 
 /// An event too large to hold, as a failure of the attempt.
@@ -72,25 +112,6 @@ pub(super) fn oversized(e: crate::domain::sse::EventTooLarge) -> UpstreamFailure
         FailureClass::MalformedResponse,
         format!("{e} (routing.max_event_bytes)"),
     )
-}
-
-/// Whether an event commits a stream: it carries content, a tool call, a finish reason or
-/// usage, or it is `[DONE]` (a role-only first chunk does not).
-pub(super) fn says_something(event: &SseEvent) -> bool {
-    if event.data == "[DONE]" {
-        return true;
-    }
-    let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else {
-        // Not JSON: let the relay report it as malformed.
-        return true;
-    };
-    has_content(&chunk)
-        || chunk.get("usage").is_some_and(|u| !u.is_null())
-        || chunk
-            .get("choices")
-            .and_then(|c| c.get(0))
-            .and_then(|c| c.get("finish_reason"))
-            .is_some_and(|f| !f.is_null())
 }
 
 /// Resolves once the shutdown grace period is about to end (never, if nobody can say so).
@@ -166,7 +187,7 @@ pub(super) fn relay(
             s.acc.waited(waited.elapsed());
             match next {
                 Next::Chunk(Some(Ok(bytes))) => match s.parser.push(&bytes) {
-                    Ok(events) => s.on_events(events),
+                    Ok(events) => s.on_events(events.into_iter().map(UpstreamEvent::parse)),
                     Err(e) => s.on_failure(oversized(e)),
                 },
                 Next::Chunk(Some(Err(failure))) => s.on_failure(failure),
@@ -192,32 +213,35 @@ async fn drain(mut upstream: UpstreamBody) {
 }
 
 impl StreamRelay {
-    fn on_events(&mut self, events: Vec<SseEvent>) {
+    fn on_events(&mut self, events: impl IntoIterator<Item = UpstreamEvent>) {
         for event in events {
             if self.finished {
                 return;
             }
-            if event.data == "[DONE]" {
-                if let Some(permit) = self.permit.take() {
-                    permit.finish(CallResult::Success);
-                }
-                self.acc.succeed();
-                self.out.push_back(Event::Data(Data::new("[DONE]")));
-                self.finished = true;
-                self.succeeded = true;
-                return;
-            }
-            let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else {
-                self.on_failure(UpstreamFailure::new(
-                    FailureClass::MalformedResponse,
-                    "stream event is not JSON",
-                ));
-                return;
-            };
-            if let Some(failure) = error_event(&event) {
+            if let Some(failure) = event.failure() {
                 self.on_failure(failure);
                 return;
             }
+            let (data, chunk) = match event {
+                UpstreamEvent::Done => {
+                    if let Some(permit) = self.permit.take() {
+                        permit.finish(CallResult::Success);
+                    }
+                    self.acc.succeed();
+                    self.out.push_back(Event::Data(Data::new("[DONE]")));
+                    self.finished = true;
+                    self.succeeded = true;
+                    return;
+                }
+                UpstreamEvent::NotJson => {
+                    self.on_failure(UpstreamFailure::new(
+                        FailureClass::MalformedResponse,
+                        "stream event is not JSON",
+                    ));
+                    return;
+                }
+                UpstreamEvent::Chunk(data, chunk) => (data, chunk),
+            };
             let usage = chunk.get("usage").and_then(TokenUsage::from_openai);
             if usage.is_some() {
                 self.acc.usage = usage;
@@ -229,19 +253,14 @@ impl StreamRelay {
             if usage.is_some() && choices_empty && !self.include_usage {
                 continue;
             }
-            let finishing = chunk
-                .get("choices")
-                .and_then(|c| c.get(0))
-                .and_then(|c| c.get("finish_reason"))
-                .is_some_and(|f| !f.is_null());
-            if !self.observed || finishing {
+            if !self.observed || finishing(&chunk) {
                 self.acc.observe(&chunk);
                 self.observed = true;
             }
             if has_content(&chunk) {
                 self.acc.first_content();
             }
-            self.out.push_back(Event::Data(Data::new(event.data)));
+            self.out.push_back(Event::Data(Data::new(data)));
         }
     }
 
@@ -273,6 +292,15 @@ impl StreamRelay {
         self.out.push_back(Event::Data(Data::new("[DONE]")));
         self.finished = true;
     }
+}
+
+/// The chunk's first choice has a finish reason.
+fn finishing(chunk: &Value) -> bool {
+    chunk
+        .get("choices")
+        .and_then(|c| c.get(0))
+        .and_then(|c| c.get("finish_reason"))
+        .is_some_and(|f| !f.is_null())
 }
 
 fn has_content(chunk: &Value) -> bool {

@@ -18,6 +18,7 @@ use crate::crypto::{MasterKey, Sealed};
 use crate::domain::now_ms;
 use crate::domain::records::{Deployment, DeploymentSpec, DeploymentWithSecret};
 use crate::domain::upstream_hosts::UpstreamHosts;
+use crate::domain::usage::{INVALID_PRICE, Prices};
 use crate::entities::deployment;
 use crate::providers::VendorType;
 
@@ -156,11 +157,8 @@ fn validate(m: &deployment::ActiveModel, hosts: &UpstreamHosts) -> Result<(), St
             m.price_output_per_mtok.clone().unwrap(),
         ),
     ] {
-        if price.is_some_and(|p| !(p.is_finite() && p >= 0.0)) {
-            return Err(invalid(
-                param,
-                format!("`{param}` must be a finite number, not negative"),
-            ));
+        if !Prices::valid(price) {
+            return Err(invalid(param, format!("`{param}` {INVALID_PRICE}")));
         }
     }
     if m.weight.clone().unwrap() < 0 {
