@@ -5,21 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Gateway, spawn_binary, terminate, user_message};
-
-fn lowart() -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lowart"));
-    for var in [
-        "DATABASE_URL",
-        "LOWART_MASTER_KEY",
-        "LOWART_ADMIN_KEY",
-        "LOWART_CONFIG",
-        "LISTEN_MODE",
-    ] {
-        command.env_remove(var);
-    }
-    command
-}
+use crate::helpers::{Gateway, lowart_command as lowart, spawn_binary, terminate, user_message};
 
 #[actix_web::test]
 async fn first_start_creates_everything_prints_an_admin_key_once_and_serves_mock() {

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     Gateway, assert_openai_error, closed_port_url, metric_sample, spawn_app, spawn_app_with,
-    spawn_binary, sse_data, user_message,
+    spawn_binary, sse_data, streamed_content, user_message,
 };
 use crate::mock_upstream::{MockUpstream, Reply, chunk};
 
@@ -60,15 +60,7 @@ async fn the_mock_caps_its_echo_and_an_admin_can_disable_it() {
     let res = app.chat(&app.admin_key, &ask_stream("mock", &huge)).await;
     assert_eq!(res.status(), 200);
     let body = res.text().await.unwrap();
-    let content: String = sse_data(&body)
-        .iter()
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .collect();
+    let content = streamed_content(&body);
     assert!(
         !content.is_empty() && content.len() <= 16 * 1024,
         "streamed echo of {} bytes",
@@ -254,16 +246,7 @@ async fn a_stream_fails_over_after_a_role_only_first_chunk() {
         let events = sse_data(&body);
         assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
         assert!(!body.contains("\"error\""), "no error event: {body}");
-        let content: String = events
-            .iter()
-            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-            .filter_map(|c| {
-                c["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .map(String::from)
-            })
-            .collect();
-        assert_eq!(content, "hello there");
+        assert_eq!(streamed_content(&body), "hello there");
     }
 }
 

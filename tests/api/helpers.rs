@@ -122,13 +122,29 @@ pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
 impl Drop for TestApp {
     /// Drops the test's PostgreSQL database so repeated runs leave nothing behind.
     fn drop(&mut self) {
-        if let Some(base) = std::env::var("TEST_DATABASE_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-        {
-            drop_database(base, self.db_url.clone());
-        }
+        drop_test_database(&self.db_url);
     }
+}
+
+/// Drops `db_url` when the tests run on PostgreSQL (a SQLite file goes with its dir).
+pub fn drop_test_database(db_url: &str) {
+    if let Some(base) = std::env::var("TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        drop_database(base, db_url.to_string());
+    }
+}
+
+/// Builds and runs another gateway with `settings` (e.g. on a `TestApp`'s database);
+/// answers its base URL.
+pub async fn serve(settings: Settings) -> String {
+    let app = Application::build(settings, false)
+        .await
+        .expect("gateway starts");
+    let address = format!("http://{}", app.local_addr().expect("a TCP listener"));
+    actix_web::rt::spawn(app.run_until_stopped());
+    address
 }
 
 /// `DROP DATABASE … WITH (FORCE)` for a database made by `fresh_database_url`, on a thread
@@ -351,17 +367,8 @@ fn forward_lines(
 /// variables); answers once it logs its address.
 pub async fn spawn_binary(dir: &TempDir, env: &[(&str, &str)]) -> Gateway {
     install_crypto();
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lowart"));
+    let mut command = tokio::process::Command::from(lowart_command());
     command.current_dir(dir.path());
-    for var in [
-        "DATABASE_URL",
-        "LOWART_MASTER_KEY",
-        "LOWART_ADMIN_KEY",
-        "LOWART_CONFIG",
-        "LISTEN_MODE",
-    ] {
-        command.env_remove(var);
-    }
     command
         .env("LOWART_SERVER__LISTEN", "127.0.0.1:0")
         .env("LOWART_SERVER__WORKERS", "1")
@@ -453,4 +460,36 @@ impl TestApp {
             .await
             .expect("request sent")
     }
+}
+
+/// The variables of the caller's environment that would steer the binary.
+const CALLER_LOWART_VARS: &[&str] = &[
+    "DATABASE_URL",
+    "LOWART_MASTER_KEY",
+    "LOWART_NEW_MASTER_KEY",
+    "LOWART_ADMIN_KEY",
+    "LOWART_CONFIG",
+    "LISTEN_MODE",
+];
+
+/// The gateway binary, without the caller's Lowart variables.
+pub fn lowart_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lowart"));
+    for var in CALLER_LOWART_VARS {
+        command.env_remove(var);
+    }
+    command
+}
+
+/// The text of a streamed answer: its chunks' `delta.content`, joined.
+pub fn streamed_content(body: &str) -> String {
+    sse_data(body)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect()
 }

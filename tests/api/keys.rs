@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::helpers::{
-    Gateway, MASTER_KEY, assert_openai_error, drop_database, fresh_database_url, install_crypto,
-    spawn_app, spawn_app_with, spawn_binary, terminate, test_settings, user_message,
+    Gateway, MASTER_KEY, assert_openai_error, drop_test_database, fresh_database_url,
+    install_crypto, lowart_command, serve, spawn_app, spawn_app_with, spawn_binary, terminate,
+    test_settings, user_message,
 };
 use crate::mock_upstream::MockUpstream;
 
@@ -202,14 +203,6 @@ fn seed(base_url: &str, price_input: Option<f64>) -> ModelSeed {
         max_concurrency: None,
         idle_timeout_ms: None,
         breaker: None,
-    }
-}
-
-fn drop_test_database(db_url: &str) {
-    if let Ok(base) = std::env::var("TEST_DATABASE_URL")
-        && !base.is_empty()
-    {
-        drop_database(base, db_url.to_string());
     }
 }
 
@@ -480,29 +473,13 @@ async fn a_new_bootstrap_admin_key_revokes_the_one_it_replaces() {
     }
 }
 
-/// Builds and runs another gateway on the same database; answers its base URL.
 async fn start(dir: &TempDir, db_url: &str, admin_key: &str) -> String {
-    let app = Application::build(test_settings(dir, db_url, admin_key), false)
-        .await
-        .expect("gateway starts");
-    let address = format!("http://{}", app.local_addr().unwrap());
-    actix_web::rt::spawn(app.run_until_stopped());
-    address
+    serve(test_settings(dir, db_url, admin_key)).await
 }
 
 /// The binary without the caller's Lowart variables, in `dir`, with `env`.
 fn lowart(dir: &TempDir, env: &[(&str, &str)]) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lowart"));
-    for var in [
-        "DATABASE_URL",
-        "LOWART_MASTER_KEY",
-        "LOWART_ADMIN_KEY",
-        "LOWART_CONFIG",
-        "LISTEN_MODE",
-        "LOWART_NEW_MASTER_KEY",
-    ] {
-        command.env_remove(var);
-    }
+    let mut command = lowart_command();
     command
         .current_dir(dir.path())
         .env("LOWART_SERVER__LISTEN", "127.0.0.1:0")

@@ -7,12 +7,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use lowart::actors::store::{FlushUsage, Ping};
-use lowart::startup::Application;
 use sea_orm::{ConnectionTrait, EntityTrait};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TestApp, metric_sample, spawn_app_with, test_settings, usage_spill_file, user_message,
+    TestApp, metric_sample, serve, spawn_app_with, test_settings, usage_spill_file, user_message,
 };
 
 /// How long a flush may take against a dead database with a 300 ms spill bound: generous
@@ -117,11 +116,7 @@ async fn rows_spill_while_the_database_is_down_and_are_replayed_at_the_next_star
     // The next start, on the same database and spill file, moves the rows into `usage`.
     bring_usage_table_back(&app).await;
     assert!(usage_request_ids(&app).await.is_empty());
-    let next = Application::build(test_settings(&app.dir, &app.db_url, &app.admin_key), false)
-        .await
-        .unwrap();
-    let next_address = format!("http://{}", next.local_addr().unwrap());
-    actix_web::rt::spawn(next.run_until_stopped());
+    let next_address = serve(test_settings(&app.dir, &app.db_url, &app.admin_key)).await;
 
     assert_eq!(
         usage_request_ids(&app).await,
@@ -235,11 +230,7 @@ async fn a_replay_cut_short_before_its_commit_is_finished_at_the_next_start() {
     std::fs::write(&file, spilled).unwrap();
 
     bring_usage_table_back(&app).await;
-    let next = Application::build(test_settings(&app.dir, &app.db_url, &app.admin_key), false)
-        .await
-        .unwrap();
-    let next_address = format!("http://{}", next.local_addr().unwrap());
-    actix_web::rt::spawn(next.run_until_stopped());
+    let next_address = serve(test_settings(&app.dir, &app.db_url, &app.admin_key)).await;
 
     assert_eq!(
         usage_request_ids(&app).await,
