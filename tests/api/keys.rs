@@ -395,17 +395,8 @@ async fn a_new_bootstrap_admin_key_revokes_the_one_it_replaces() {
     let restarted = start(&app.dir, &app.db_url, &second).await;
     let client = reqwest::Client::new();
     let status = |key: String| {
-        let client = client.clone();
-        let url = format!("{restarted}/admin/keys");
-        async move {
-            client
-                .get(url)
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
+        let restarted = restarted.clone();
+        async move { list_keys(&restarted, &key).await.status() }
     };
     assert_eq!(
         status(first.clone()).await,
@@ -415,15 +406,7 @@ async fn a_new_bootstrap_admin_key_revokes_the_one_it_replaces() {
     assert_eq!(status(second.clone()).await, 200);
     assert_eq!(status(made.clone()).await, 200);
 
-    let keys: Value = client
-        .get(format!("{restarted}/admin/keys"))
-        .bearer_auth(&second)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys: Value = list_keys(&restarted, &second).await.json().await.unwrap();
     let bootstrap: Vec<&Value> = keys["data"]
         .as_array()
         .unwrap()
@@ -453,24 +436,22 @@ async fn a_new_bootstrap_admin_key_revokes_the_one_it_replaces() {
 
     // Starting again with the same key changes nothing.
     let again = start(&app.dir, &app.db_url, &second).await;
-    let res = client
-        .get(format!("{again}/admin/keys"))
-        .bearer_auth(&second)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    assert_eq!(list_keys(&again, &second).await.status(), 200);
     // Configuring a key made through the admin API registers nothing and revokes nothing.
     let ordinary = start(&app.dir, &app.db_url, &made).await;
     for key in [&second, &made] {
-        let res = client
-            .get(format!("{ordinary}/admin/keys"))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
+        assert_eq!(list_keys(&ordinary, key).await.status(), 200);
     }
+}
+
+/// `GET {address}/admin/keys` with `key`.
+async fn list_keys(address: &str, key: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(format!("{address}/admin/keys"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
 }
 
 async fn start(dir: &TempDir, db_url: &str, admin_key: &str) -> String {
@@ -711,16 +692,7 @@ async fn upgrading_hides_bootstrap_prefixes_and_marks_bootstrap_keys() {
     }
 
     let upgraded = start(&dir, &db_url, chosen).await;
-    let client = reqwest::Client::new();
-    let keys: Value = client
-        .get(format!("{upgraded}/admin/keys"))
-        .bearer_auth(chosen)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys: Value = list_keys(&upgraded, chosen).await.json().await.unwrap();
     let prefixes: Vec<&Value> = keys["data"]
         .as_array()
         .unwrap()
@@ -731,14 +703,8 @@ async fn upgrading_hides_bootstrap_prefixes_and_marks_bootstrap_keys() {
 
     let next = lowart::crypto::generate_api_key().unwrap();
     let replaced = start(&dir, &db_url, &next).await;
-    let status = |key: &str| {
-        client
-            .get(format!("{replaced}/admin/keys"))
-            .bearer_auth(key)
-            .send()
-    };
-    assert_eq!(status(chosen).await.unwrap().status(), 401);
-    assert_eq!(status(&made).await.unwrap().status(), 200);
-    assert_eq!(status(&next).await.unwrap().status(), 200);
+    assert_eq!(list_keys(&replaced, chosen).await.status(), 401);
+    assert_eq!(list_keys(&replaced, &made).await.status(), 200);
+    assert_eq!(list_keys(&replaced, &next).await.status(), 200);
     drop_test_database(&db_url);
 }

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{
     EnsureAdminKey, HasAdminKey, NewKey, SeedDeployments, StoreActor, StoreError, audit,
-    begin_write, deployments, keys,
+    begin_write, deployments, keys, users,
 };
 use crate::crypto;
 use crate::domain::now_ms;
@@ -91,16 +91,9 @@ async fn insert_bootstrap_key(
     {
         let now = now_ms();
         user::ActiveModel {
-            id: Set(BOOTSTRAP_USER.into()),
             name: Set(Some("Bootstrap administrator".into())),
             role: Set(Role::Admin.as_str().into()),
-            rpm_limit: Set(None),
-            tpm_limit: Set(None),
-            token_quota: Set(None),
-            budget_usd: Set(None),
-            disabled: Set(false),
-            created_at: Set(now),
-            updated_at: Set(now),
+            ..users::fresh(BOOTSTRAP_USER, now)
         }
         .insert(txn)
         .await?;

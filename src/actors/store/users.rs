@@ -54,7 +54,8 @@ fn apply(am: &mut user::ActiveModel, f: &UserFields) {
     }
 }
 
-fn fresh(user_id: &str, now: i64) -> user::ActiveModel {
+/// A new enabled user with role `user` and no limits (not yet inserted).
+pub(super) fn fresh(user_id: &str, now: i64) -> user::ActiveModel {
     user::ActiveModel {
         id: Set(user_id.to_string()),
         name: Set(None),
