@@ -412,3 +412,35 @@ async fn shutdown_ends_open_streams_well_formed() {
         .unwrap();
     assert!(status.success(), "exit 0 after SIGTERM");
 }
+
+// 16. Usage batches of ever new sizes are written as INSERTs of a few fixed sizes (the
+// bound on what the driver keeps prepared is the unit test `batches_are_written_with_a_
+// handful_of_statement_shapes`; `lowart-bench -- soak` shows the memory). Through the real
+// server: batches of many sizes, some split into several INSERTs in one transaction, each
+// land whole and once.
+#[actix_web::test]
+async fn usage_batches_of_any_size_land_whole_and_once() {
+    let app = spawn_app_with(|s| {
+        s.database.usage_batch_size = 300;
+        s.database.usage_flush_ms = 3_600_000;
+    })
+    .await;
+    let ask = json!({"model": "mock", "messages": user_message("hi")});
+    let mut sent = 0;
+    for burst in [1usize, 2, 3, 7, 129, 255, 257, 300, 301] {
+        let statuses: Vec<u16> = futures_util::future::join_all(
+            (0..burst).map(|_| async { app.chat(&app.admin_key, &ask).await.status().as_u16() }),
+        )
+        .await;
+        assert!(statuses.iter().all(|s| *s == 200));
+        sent += burst;
+        // The flush makes a batch of this burst (a burst of 300 or more fills one on its own).
+        let rows = app.usage_rows().await;
+        assert_eq!(rows.len(), sent, "after a burst of {burst}");
+    }
+    let rows = app.usage_rows().await;
+    let mut ids: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), sent, "each row once");
+}
