@@ -2,6 +2,7 @@
 //! serialise to clients live here so `http/` never touches storage entities.
 
 pub mod breaker;
+pub mod canonical;
 pub mod chat;
 pub mod fallbacks;
 pub mod records;

@@ -4,11 +4,19 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// Tokens of one request. `prompt` counts every input token, cached or not (Anthropic
+/// reports cache reads and writes apart from `input_tokens`; they are added in);
+/// `cache_read` and `cache_write` say how many of them were cache hits and writes, when
+/// the vendor reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct TokenUsage {
     pub prompt: i64,
     pub completion: i64,
     pub total: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<i64>,
 }
 
 impl TokenUsage {
@@ -20,10 +28,16 @@ impl TokenUsage {
             .get("total_tokens")
             .and_then(Value::as_i64)
             .unwrap_or(prompt + completion);
+        let cache_read = usage
+            .get("prompt_tokens_details")
+            .and_then(|d| d.get("cached_tokens"))
+            .and_then(Value::as_i64);
         Some(Self {
             prompt,
             completion,
             total,
+            cache_read,
+            cache_write: None,
         })
     }
 }
@@ -138,6 +152,7 @@ mod tests {
             prompt: 1_000,
             completion: 500,
             total: 1_500,
+            ..TokenUsage::default()
         });
         let prices = Prices {
             input_per_mtok: Some(2.0),

@@ -1,6 +1,8 @@
-//! Vendor adapters: pure translation between the OpenAI wire format (the gateway's lingua
-//! franca) and each vendor's, plus the classification of upstream failures. No actors, no
-//! I/O policy here.
+//! Vendor adapters: pure translation between the canonical chat model
+//! (`domain::canonical`) and each vendor's wire format, plus the classification of
+//! upstream failures. No actors, no I/O here: an adapter builds an `UpstreamRequest`,
+//! decodes a blocking answer, decodes one SSE event at a time (`StreamDecoder`) and
+//! classifies a failure; the relay does the sending.
 
 pub mod mock;
 pub mod openai;
@@ -126,4 +128,21 @@ impl UpstreamFailure {
             retry_after: None,
         }
     }
+}
+
+/// An HTTP request an adapter built; the relay sends it.
+#[derive(Debug)]
+pub struct UpstreamRequest {
+    pub url: reqwest::Url,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// Whom one deployment calls, and as whom.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The model name the vendor knows.
+    pub upstream_model: &'a str,
+    /// The deployment's upstream key, if it has one.
+    pub api_key: Option<&'a str>,
 }
