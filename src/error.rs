@@ -1,17 +1,17 @@
-//! `ApiError`: every error that reaches a client, mapped once to an HTTP status and the
-//! OpenAI error body `{"error":{"message","type","param","code"}}`. `code` is a stable,
-//! snake_case contract taken from `ErrorKind`.
+//! `ApiError`: every error that reaches a client, mapped once to an HTTP status and a
+//! stable snake_case `code` (`ErrorKind`: the gateway's own kinds plus
+//! `Upstream(FailureClass)`). It renders in the OpenAI shape
+//! `{"error":{"message","type","param","code"}}` here; the Anthropic surface renders the
+//! same error in its own shape. It is logged once, where the response is rendered.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde::Serialize;
 
 use crate::actors::store::StoreError;
-use crate::providers::UpstreamFailure;
+use crate::providers::{FailureClass, UpstreamFailure};
 
 /// The low-cardinality kind of an error: its stable `code` and a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     InvalidJson,
     InvalidRequest,
@@ -28,8 +28,8 @@ pub enum ErrorKind {
     Conflict,
     RateLimited,
     TooManyAuthFailures,
-    UpstreamError,
-    UpstreamTimeout,
+    /// An upstream failed, in the closed vocabulary of failure classes.
+    Upstream(FailureClass),
     NoHealthyDeployment,
     UpstreamConcurrencyExceeded,
     DownstreamConcurrencyExceeded,
@@ -57,8 +57,9 @@ impl ErrorKind {
             Self::Conflict => "conflict",
             Self::RateLimited => "rate_limited",
             Self::TooManyAuthFailures => "too_many_auth_failures",
-            Self::UpstreamError => "upstream_error",
-            Self::UpstreamTimeout => "upstream_timeout",
+            // The contract's name for a timeout; every other class is its own code.
+            Self::Upstream(FailureClass::Timeout) => "upstream_timeout",
+            Self::Upstream(class) => class.as_str(),
             Self::NoHealthyDeployment => "no_healthy_deployment",
             Self::UpstreamConcurrencyExceeded => "upstream_concurrency_exceeded",
             Self::DownstreamConcurrencyExceeded => "downstream_concurrency_exceeded",
@@ -79,9 +80,13 @@ impl ErrorKind {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict => StatusCode::CONFLICT,
-            Self::RateLimited | Self::TooManyAuthFailures => StatusCode::TOO_MANY_REQUESTS,
-            Self::UpstreamError => StatusCode::BAD_GATEWAY,
-            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::RateLimited
+            | Self::TooManyAuthFailures
+            | Self::Upstream(FailureClass::RateLimited) => StatusCode::TOO_MANY_REQUESTS,
+            // The request itself is at fault: the vendor's 4xx stays a 400.
+            Self::Upstream(class) if class.is_client_fault() => StatusCode::BAD_REQUEST,
+            Self::Upstream(FailureClass::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::NoHealthyDeployment
             | Self::UpstreamConcurrencyExceeded
             | Self::DownstreamConcurrencyExceeded
@@ -110,12 +115,14 @@ impl ErrorKind {
 #[error("{message}")]
 pub struct ApiError {
     pub kind: ErrorKind,
+    /// What the client is told.
     pub message: String,
     pub param: Option<String>,
-    /// For upstream failures: the vendor's failure class, used as `code` instead of the kind.
-    pub class: Option<&'static str>,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u64>,
+    /// What the gateway knows and the client is not told (an upstream's status and
+    /// error, a database error): logged with the error, never rendered.
+    pub detail: Option<String>,
 }
 
 impl ApiError {
@@ -124,8 +131,8 @@ impl ApiError {
             kind,
             message: message.into(),
             param: None,
-            class: None,
             retry_after: None,
+            detail: None,
         }
     }
 
@@ -152,7 +159,18 @@ impl ApiError {
     }
 
     pub fn code(&self) -> &'static str {
-        self.class.unwrap_or(self.kind.as_str())
+        self.kind.as_str()
+    }
+
+    /// The one log line of an error that reaches a client: server-side failures at WARN
+    /// with what the client was not told; client errors at DEBUG.
+    pub fn log(&self) {
+        if self.kind.status().is_server_error() || matches!(self.kind, ErrorKind::Upstream(_)) {
+            tracing::warn!(code = self.code(), message = %self.message,
+                detail = self.detail.as_deref().unwrap_or(""), "request failed");
+        } else {
+            tracing::debug!(code = self.code(), message = %self.message, "request refused");
+        }
     }
 
     pub fn body(&self) -> serde_json::Value {
@@ -173,9 +191,7 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if self.kind.status().is_server_error() {
-            tracing::warn!(code = self.code(), message = %self.message, "request failed");
-        }
+        self.log();
         let mut res = HttpResponse::build(self.status_code());
         if let Some(secs) = self.retry_after {
             res.insert_header((actix_web::http::header::RETRY_AFTER, secs));
@@ -190,55 +206,39 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => ApiError::not_found(what),
             StoreError::Conflict(what) => ApiError::new(ErrorKind::Conflict, what),
             StoreError::Invalid { param, message } => ApiError::invalid(param, message),
-            StoreError::Db(e) => {
-                tracing::error!(error = %e, "database error");
-                ApiError::internal()
-            }
-            StoreError::Crypto => {
-                tracing::error!("could not encrypt or decrypt a stored secret");
-                ApiError::internal()
-            }
+            StoreError::Db(e) => ApiError {
+                detail: Some(format!("database error: {e}")),
+                ..ApiError::internal()
+            },
+            StoreError::Crypto => ApiError {
+                detail: Some("could not encrypt or decrypt a stored secret".into()),
+                ..ApiError::internal()
+            },
         }
     }
 }
 
 impl From<actix::MailboxError> for ApiError {
     fn from(e: actix::MailboxError) -> Self {
-        tracing::warn!(error = %e, "actor did not answer");
-        ApiError::unavailable()
+        ApiError {
+            detail: Some(format!("actor did not answer: {e}")),
+            ..ApiError::unavailable()
+        }
     }
 }
 
 impl From<UpstreamFailure> for ApiError {
-    /// Client-caused failures keep a 4xx and the vendor's message; rate limits stay 429;
-    /// everything else is the gateway's problem: 502, or 504 for a timeout, with a generic
-    /// message (the detail goes to the log).
+    /// Client-caused failures keep the vendor's message; everything else is the gateway's
+    /// problem and gets the class's generic message (the detail goes to the log).
     fn from(f: UpstreamFailure) -> Self {
-        use crate::providers::FailureClass;
-        tracing::warn!(class = f.class.as_str(), status = ?f.status, detail = %f.detail, "upstream failed");
-        let (kind, message) = match f.class {
-            class if class.is_client_fault() => (
-                ErrorKind::InvalidRequest,
-                f.vendor_message
-                    .unwrap_or_else(|| class.client_message().to_string()),
-            ),
-            FailureClass::RateLimited => {
-                (ErrorKind::RateLimited, f.class.client_message().to_string())
-            }
-            FailureClass::Timeout => (
-                ErrorKind::UpstreamTimeout,
-                f.class.client_message().to_string(),
-            ),
-            _ => (
-                ErrorKind::UpstreamError,
-                f.class.client_message().to_string(),
-            ),
+        let message = match f.vendor_message {
+            Some(vendor) if f.class.is_client_fault() => vendor,
+            _ => f.class.client_message().to_string(),
         };
-        // Timeouts answer the contract's `upstream_timeout`; other failures their class.
-        let class = (f.class != FailureClass::Timeout).then_some(f.class.as_str());
+        let status = f.status.map_or_else(String::new, |s| format!("HTTP {s}: "));
         Self {
-            class,
-            ..ApiError::new(kind, message)
+            detail: Some(format!("{status}{}", f.detail)),
+            ..ApiError::new(ErrorKind::Upstream(f.class), message)
         }
     }
 }

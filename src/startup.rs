@@ -25,6 +25,7 @@ use crate::crypto::{self, CryptoError};
 use crate::domain::upstream_hosts::UpstreamHosts;
 use crate::http::{self, AppState};
 use crate::master_key::{self, MasterKeyError};
+use crate::relay::Relay;
 use crate::telemetry::metrics::Metrics;
 use tracing_actix_web::TracingLogger;
 
@@ -184,8 +185,16 @@ impl Application {
         let (closing_tx, closing) = tokio::sync::watch::channel(false);
         let downstream = (settings.server.max_concurrency > 0)
             .then(|| Arc::new(tokio::sync::Semaphore::new(settings.server.max_concurrency)));
-        let state = web::Data::new(AppState {
+        let relay = Relay {
+            store: store.clone(),
+            router: router.clone(),
             routing_table,
+            metrics: metrics.clone(),
+            routing: settings.routing,
+            closing,
+        };
+        let state = web::Data::new(AppState {
+            relay,
             downstream,
             store: store.clone(),
             router,
@@ -193,7 +202,6 @@ impl Application {
             auth_throttle,
             settings: settings.clone(),
             metrics,
-            closing,
         });
 
         let tracing_export = settings

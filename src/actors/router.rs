@@ -14,19 +14,23 @@ use crate::config::Secret;
 use crate::domain::fallbacks;
 use crate::domain::records::{Deployment, DeploymentWithSecret};
 use crate::domain::usage::Prices;
-use crate::providers::VendorType;
+use crate::providers::{Vendor, VendorType};
 use crate::telemetry::metrics::Metrics;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Everything the request task needs to call one deployment, immutable once built.
+#[derive(Clone)]
 pub struct Route {
     pub deployment: Deployment,
-    pub vendor: VendorType,
+    /// The vendor with its settings: builds, decodes and classifies this route's calls.
+    pub vendor: Vendor,
     pub upstream_model: String,
-    /// `{base_url}/chat/completions`, parsed once (OpenAI vendor only).
+    /// The vendor's chat endpoint under `base_url`, parsed once.
     pub chat_url: Option<reqwest::Url>,
+    /// The vendor's embeddings endpoint, for vendors that have one.
+    pub embeddings_url: Option<reqwest::Url>,
     pub api_key: Option<Secret>,
     pub prices: Prices,
     pub request_timeout: Duration,
@@ -224,20 +228,28 @@ impl RouterActor {
                 return None;
             }
         };
-        let chat_url = match (vendor, dep.base_url.as_deref()) {
-            (VendorType::OpenAI, Some(base)) => {
-                match reqwest::Url::parse(&crate::providers::openai::chat_url(base)) {
-                    Ok(url) => Some(url),
-                    Err(e) => {
-                        tracing::error!(deployment = %dep.id, error = %e, "invalid base_url; deployment skipped");
-                        return None;
-                    }
-                }
+        let vendor = match vendor {
+            VendorType::OpenAI => Vendor::OpenAI,
+            VendorType::Mock => Vendor::Mock,
+        };
+        let parse = |url: Option<String>| match url.map(|u| reqwest::Url::parse(&u)) {
+            None => Ok(None),
+            Some(Ok(url)) => Ok(Some(url)),
+            Some(Err(e)) => Err(e),
+        };
+        let base = dep.base_url.as_deref();
+        let urls = parse(base.map(|b| vendor.chat_url(b)))
+            .and_then(|chat| Ok((chat, parse(base.and_then(|b| vendor.embeddings_url(b)))?)));
+        let (chat_url, embeddings_url) = match urls {
+            Ok(urls) => urls,
+            Err(e) => {
+                tracing::error!(deployment = %dep.id, error = %e, "invalid base_url; deployment skipped");
+                return None;
             }
-            _ => None,
         };
         Some(Arc::new(Route {
             chat_url,
+            embeddings_url,
             upstream_model: dep
                 .upstream_model
                 .clone()
@@ -307,16 +319,8 @@ impl RouterActor {
             .and_then(|c| usize::try_from(c).ok());
         let provider = self.start_provider(&route.deployment.id, cap, route.deployment.breaker);
         let fresh = Arc::new(Route {
-            deployment: route.deployment.clone(),
-            vendor: route.vendor,
-            upstream_model: route.upstream_model.clone(),
-            chat_url: route.chat_url.clone(),
-            api_key: route.api_key.clone(),
-            prices: route.prices,
-            request_timeout: route.request_timeout,
-            idle_timeout: route.idle_timeout,
-            client: route.client.clone(),
             provider,
+            ..route.clone()
         });
         self.by_id
             .insert(fresh.deployment.id.clone(), fresh.clone());

@@ -9,7 +9,31 @@
 use serde_json::{Map, Value};
 
 use crate::domain::usage::TokenUsage;
+use crate::error::ApiError;
 use crate::providers::UpstreamFailure;
+
+/// The longest model name accepted: it is stored in usage rows and echoed in errors.
+pub const MAX_MODEL_BYTES: usize = 256;
+
+/// Validates the `model` field of any dialect's request.
+pub fn model_name(value: Option<&Value>) -> Result<String, ApiError> {
+    match value {
+        Some(Value::String(m)) if m.len() > MAX_MODEL_BYTES => Err(ApiError::invalid(
+            "model",
+            format!("`model` must be at most {MAX_MODEL_BYTES} bytes"),
+        )),
+        Some(Value::String(m)) if m.chars().any(char::is_control) => Err(ApiError::invalid(
+            "model",
+            "`model` must not contain control characters",
+        )),
+        Some(Value::String(m)) if !m.is_empty() => Ok(m.clone()),
+        Some(Value::String(_)) | None | Some(Value::Null) => Err(ApiError::invalid(
+            "model",
+            "you must provide a model parameter",
+        )),
+        Some(_) => Err(ApiError::invalid("model", "`model` must be a string")),
+    }
+}
 
 /// A wire format for chat: the client's (inbound) or a vendor's (outbound).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

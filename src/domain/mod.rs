@@ -3,7 +3,6 @@
 
 pub mod breaker;
 pub mod canonical;
-pub mod chat;
 pub mod fallbacks;
 pub mod records;
 pub mod sse;

@@ -2,6 +2,7 @@
 //! actor or the relay, answer). Errors leave through `ApiError` only.
 
 pub mod admin;
+pub mod anthropic;
 pub mod auth_throttle;
 pub mod dto;
 pub mod extract;
@@ -28,18 +29,18 @@ use futures_util::{FutureExt, StreamExt};
 use std::pin::Pin;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::actors::router::{RouterActor, RoutingSnapshot};
+use crate::actors::router::RouterActor;
 use crate::actors::store::StoreActor;
 use crate::config::Settings;
 use crate::error::{ApiError, ErrorKind};
-use crate::relay::UpstreamClock;
+use crate::relay::{Relay, ServedBy, UpstreamClock};
 use crate::telemetry::metrics::{Metrics, method_label};
 
 /// What every handler can reach: actor addresses, the key cache and the auth throttle,
 /// immutable settings.
 pub struct AppState {
-    /// The router's latest routing table, read by request tasks without a round trip.
-    pub routing_table: tokio::sync::watch::Receiver<Arc<RoutingSnapshot>>,
+    /// The request path to upstreams, built once at startup.
+    pub relay: Relay,
     /// The global cap on requests handled at once (`server.max_concurrency`).
     pub downstream: Option<Arc<Semaphore>>,
     pub store: Addr<StoreActor>,
@@ -48,8 +49,6 @@ pub struct AppState {
     pub auth_throttle: AuthThrottle,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
-    /// Turns true when the shutdown grace period is about to end (streams end cleanly).
-    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The request id of the current request (inbound `x-request-id` if sane, else a UUIDv7).
@@ -83,7 +82,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     "/chat/completions",
                     post => openai::chat_completions::chat_completions,
                 ))
-                .service(resource!("/models", get => openai::models::list_models)),
+                .service(resource!("/models", get => openai::models::list_models))
+                .service(resource!("/embeddings", post => openai::embeddings::embeddings)),
         )
         .service(web::scope("/admin").configure(admin::configure));
 }
@@ -219,6 +219,37 @@ impl MessageBody for GuardedBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Bytes, Self::Error>>> {
         Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
+}
+
+/// An SSE response whose events are `items`, each encoded by the client's dialect.
+pub fn sse_response<T: 'static>(
+    req: &HttpRequest,
+    items: futures_util::stream::LocalBoxStream<'static, T>,
+    mut encode: impl FnMut(T, &mut Vec<actix_web_lab::sse::Event>) + 'static,
+) -> HttpResponse {
+    use actix_web::Responder;
+    let events = items.flat_map(move |item| {
+        let mut out = Vec::new();
+        encode(item, &mut out);
+        futures_util::stream::iter(out)
+    });
+    actix_web_lab::sse::Sse::from_infallible_stream(events)
+        .respond_to(req)
+        .map_into_boxed_body()
+}
+
+/// `x-lowart-model`, `x-lowart-deployment` and `x-lowart-attempts`: who served a request.
+pub fn served_headers(res: &mut HttpResponse, served: ServedBy) {
+    let headers = res.headers_mut();
+    for (name, value) in [
+        ("x-lowart-model", served.model),
+        ("x-lowart-deployment", served.deployment_id),
+        ("x-lowart-attempts", served.attempts.to_string()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
     }
 }
 

@@ -1,10 +1,15 @@
 //! The `Mock` vendor: deterministic, no network. It answers with the last user message,
 //! reports usage (whitespace-separated words stand in for tokens), and streams word by
 //! word in the OpenAI wire format, so it exercises exactly the path a real upstream does.
+//!
+//! Tools: when the request offers tools (and `tool_choice` is not `none`) and its last
+//! message is the user's, the mock calls the named tool (or the first) once, with
+//! arguments `{"input": <the user's text>}`. When the last message carries tool results,
+//! it answers with their text. Embeddings are 8 numbers derived from each input's bytes.
 
 use serde_json::{Value, json};
 
-use crate::domain::chat::ChatRequest;
+use crate::domain::canonical::{ChatRequest, Role, ToolChoice};
 
 fn words(s: &str) -> i64 {
     s.split_whitespace().count() as i64
@@ -20,9 +25,12 @@ fn usage(req: &ChatRequest, reply: &str) -> Value {
 /// answer (the rest is cut at a character boundary).
 pub const MAX_ECHO_BYTES: usize = 16 * 1024;
 
-/// The reply: the last user message, at most `MAX_ECHO_BYTES`.
+/// The reply: the last user message (or the last tool results), at most `MAX_ECHO_BYTES`.
 fn reply(req: &ChatRequest) -> String {
-    let mut text = req.last_user_text();
+    let mut text = match req.messages.last() {
+        Some(last) if last.role == Role::Tool => last.text(),
+        _ => req.last_user_text(),
+    };
     if text.len() > MAX_ECHO_BYTES {
         let mut cut = MAX_ECHO_BYTES;
         while !text.is_char_boundary(cut) {
@@ -33,9 +41,41 @@ fn reply(req: &ChatRequest) -> String {
     text
 }
 
+/// The id of the mock's tool call.
+pub const TOOL_CALL_ID: &str = "toolu_mock_0";
+
+/// The tool the mock calls, and its arguments, when it calls one.
+fn tool_call(req: &ChatRequest) -> Option<(String, String)> {
+    let last = req.messages.last()?;
+    if last.role != Role::User || req.tools.is_empty() {
+        return None;
+    }
+    let name = match &req.tool_choice {
+        Some(ToolChoice::None) => return None,
+        Some(ToolChoice::Tool(name)) => name.clone(),
+        _ => req.tools[0].name.clone(),
+    };
+    Some((name, json!({"input": req.last_user_text()}).to_string()))
+}
+
 /// A complete `chat.completion` answer.
 pub fn complete(req: &ChatRequest, id: &str, created: i64) -> Value {
-    let reply = reply(req);
+    let (message, finish, reply) = match tool_call(req) {
+        Some((name, arguments)) => (
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": TOOL_CALL_ID,
+                "type": "function", "function": {"name": name, "arguments": arguments}}]}),
+            "tool_calls",
+            arguments,
+        ),
+        None => {
+            let reply = reply(req);
+            (
+                json!({"role": "assistant", "content": reply}),
+                "stop",
+                reply,
+            )
+        }
+    };
     json!({
         "id": id,
         "object": "chat.completion",
@@ -43,12 +83,43 @@ pub fn complete(req: &ChatRequest, id: &str, created: i64) -> Value {
         "model": req.model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": reply},
+            "message": message,
             "logprobs": null,
-            "finish_reason": "stop"
+            "finish_reason": finish
         }],
         "usage": usage(req, &reply),
     })
+}
+
+/// An embeddings answer for `inputs` (each a text, or token ids shown as text); `base64`
+/// encodes each vector as OpenAI does (little-endian `f32`s).
+pub fn embeddings(inputs: &[String], model: &str, base64: bool) -> Value {
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let mut vector = [0f64; 8];
+            for (j, b) in text.bytes().enumerate() {
+                vector[j % 8] += f64::from(b) / 255.0;
+            }
+            let norm = vector.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-9);
+            let vector: Vec<f64> = vector.iter().map(|v| v / norm).collect();
+            let embedding = if base64 {
+                use base64::Engine;
+                let bytes: Vec<u8> = vector
+                    .iter()
+                    .flat_map(|v| (*v as f32).to_le_bytes())
+                    .collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let tokens: i64 = inputs.iter().map(|t| words(t).max(1)).sum();
+    json!({"object": "list", "data": data, "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 }
 
 /// The SSE frames of a streamed answer, as an OpenAI upstream asked for usage would send
@@ -56,10 +127,15 @@ pub fn complete(req: &ChatRequest, id: &str, created: i64) -> Value {
 /// are made one at a time as the relay asks for them, so a stream holds one frame, not
 /// the whole answer rendered.
 pub fn stream_frames(req: &ChatRequest, id: &str, created: i64) -> MockStream {
-    let reply = reply(req);
+    let call = tool_call(req);
+    let reply = match &call {
+        Some((_, arguments)) => arguments.clone(),
+        None => reply(req),
+    };
     MockStream {
         usage: usage(req, &reply),
         reply,
+        call: call.map(|(name, _)| name),
         offset: 0,
         stage: Stage::Role,
         id: id.to_string(),
@@ -80,7 +156,9 @@ enum Stage {
 
 /// The frames of one streamed mock answer, generated lazily.
 pub struct MockStream {
+    /// The text, or the tool call's arguments when `call` names a tool.
     reply: String,
+    call: Option<String>,
     usage: Value,
     /// Where the next word starts in `reply`.
     offset: usize,
@@ -119,6 +197,14 @@ impl Iterator for MockStream {
             match self.stage {
                 Stage::Role => {
                     self.stage = Stage::Words;
+                    if let Some(name) = &self.call {
+                        return Some(self.delta(
+                            json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0,
+                                "id": TOOL_CALL_ID, "type": "function",
+                                "function": {"name": name, "arguments": ""}}]}),
+                            Value::Null,
+                        ));
+                    }
                     return Some(
                         self.delta(json!({"role": "assistant", "content": ""}), Value::Null),
                     );
@@ -131,13 +217,24 @@ impl Iterator for MockStream {
                     }
                     let len = rest.find(' ').map_or(rest.len(), |i| i + 1);
                     let piece = &rest[..len];
-                    let frame = self.delta(json!({"content": piece}), Value::Null);
+                    let delta = match self.call {
+                        Some(_) => {
+                            json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+                        }
+                        None => json!({"content": piece}),
+                    };
+                    let frame = self.delta(delta, Value::Null);
                     self.offset += len;
                     return Some(frame);
                 }
                 Stage::Finish => {
                     self.stage = Stage::Usage;
-                    return Some(self.delta(json!({}), json!("stop")));
+                    let finish = if self.call.is_some() {
+                        "tool_calls"
+                    } else {
+                        "stop"
+                    };
+                    return Some(self.delta(json!({}), json!(finish)));
                 }
                 Stage::Usage => {
                     self.stage = Stage::Done;
@@ -159,7 +256,32 @@ mod tests {
 
     fn request(text: &str) -> ChatRequest {
         let body = json!({"model": "mock", "messages": [{"role": "user", "content": text}]});
-        ChatRequest::parse(body.to_string().as_bytes()).unwrap()
+        crate::http::openai::dialect::parse(body.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn the_mock_calls_the_first_tool_offered_then_echoes_its_result() {
+        let body = json!({"model": "mock", "messages": [{"role": "user", "content": "weather?"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]});
+        let req = crate::http::openai::dialect::parse(body.to_string().as_bytes()).unwrap();
+        let answer = complete(&req, "id", 1);
+        let call = &answer["choices"][0]["message"]["tool_calls"][0];
+        assert_eq!(call["function"]["name"], "get_weather");
+        assert_eq!(call["function"]["arguments"], r#"{"input":"weather?"}"#);
+        assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls");
+        let streamed: String = stream_frames(&req, "id", 1).collect();
+        assert!(streamed.contains(r#""finish_reason":"tool_calls""#));
+
+        let body = json!({"model": "mock", "messages": [{"role": "user", "content": "weather?"},
+            {"role": "assistant", "tool_calls": [{"id": TOOL_CALL_ID, "type": "function",
+                "function": {"name": "get_weather", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": TOOL_CALL_ID, "content": "sunny"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]});
+        let req = crate::http::openai::dialect::parse(body.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            complete(&req, "id", 1)["choices"][0]["message"]["content"],
+            "sunny"
+        );
     }
 
     #[test]

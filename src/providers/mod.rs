@@ -7,6 +7,8 @@
 pub mod mock;
 pub mod openai;
 
+use crate::domain::canonical::{ChatRequest, ChatResponse, Dialect, StreamDecoder};
+
 /// The vendors this build can route to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VendorType {
@@ -41,6 +43,82 @@ impl VendorType {
         match self {
             Self::OpenAI => "openai",
             Self::Mock => "mock",
+        }
+    }
+}
+
+/// A deployment's vendor with its typed settings: what the relay dispatches on. The
+/// relay knows no vendor; it asks this enum to build, decode and classify.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Vendor {
+    OpenAI,
+    /// In-process: answers in the OpenAI wire format without a network.
+    Mock,
+}
+
+impl Vendor {
+    pub fn kind(&self) -> VendorType {
+        match self {
+            Self::OpenAI => VendorType::OpenAI,
+            Self::Mock => VendorType::Mock,
+        }
+    }
+
+    /// The wire format the vendor speaks: a client of the same dialect gets its answer
+    /// as the vendor sent it.
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Self::OpenAI | Self::Mock => Dialect::OpenAI,
+        }
+    }
+
+    /// The chat endpoint under `base_url`.
+    pub fn chat_url(&self, base_url: &str) -> String {
+        match self {
+            Self::OpenAI | Self::Mock => openai::chat_url(base_url),
+        }
+    }
+
+    /// The embeddings endpoint under `base_url`, for vendors that have one.
+    pub fn embeddings_url(&self, base_url: &str) -> Option<String> {
+        match self {
+            Self::OpenAI => Some(openai::embeddings_url(base_url)),
+            Self::Mock => None,
+        }
+    }
+
+    /// Whether the vendor answers embeddings (over HTTP or in-process).
+    pub fn serves_embeddings(&self) -> bool {
+        matches!(self, Self::OpenAI | Self::Mock)
+    }
+
+    pub fn chat_request(
+        &self,
+        url: &reqwest::Url,
+        target: Target<'_>,
+        req: &ChatRequest,
+    ) -> Result<UpstreamRequest, UpstreamFailure> {
+        match self {
+            Self::OpenAI | Self::Mock => openai::chat_request(url, target, req),
+        }
+    }
+
+    pub fn decode_answer(&self, bytes: &[u8]) -> Result<ChatResponse, UpstreamFailure> {
+        match self {
+            Self::OpenAI | Self::Mock => openai::decode_answer(bytes),
+        }
+    }
+
+    pub fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
+        match self {
+            Self::OpenAI | Self::Mock => Box::<openai::OpenAiDecoder>::default(),
+        }
+    }
+
+    /// Classifies a non-2xx answer.
+    pub fn classify(&self, status: u16, body: &[u8]) -> UpstreamFailure {
+        match self {
+            Self::OpenAI | Self::Mock => openai::classify(status, body),
         }
     }
 }

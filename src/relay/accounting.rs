@@ -11,6 +11,7 @@ use actix::Addr;
 
 use crate::actors::router::Route;
 use crate::actors::store::{RecordUsage, StoreActor};
+use crate::domain::canonical::FinishReason;
 use crate::domain::now_ms;
 use crate::domain::records::KeyGrant;
 use crate::domain::usage::{CostStatus, TokenUsage, UsageRecord, UsageSource};
@@ -112,7 +113,7 @@ impl Accounting {
     pub fn begin_attempt(&mut self, route: Arc<Route>) {
         self.attempts += 1;
         self.span = otel::chat_span(
-            route.vendor.provider_name(),
+            route.vendor.kind().provider_name(),
             &route.upstream_model,
             &route.deployment.id,
             self.info.stream,
@@ -140,20 +141,17 @@ impl Accounting {
         }
     }
 
-    /// Records what an answer (or a stream chunk) says about itself on the span: the
-    /// responding model and the finish reason.
-    pub fn observe(&self, answer: &serde_json::Value) {
-        if let Some(model) = answer.get("model").and_then(serde_json::Value::as_str) {
+    /// Records the responding model on the span (the first time it is known).
+    pub fn observe_model(&self, model: &str) {
+        if !model.is_empty() {
             self.span.record("gen_ai.response.model", model);
         }
-        let finish = answer
-            .get("choices")
-            .and_then(|c| c.get(0))
-            .and_then(|c| c.get("finish_reason"))
-            .and_then(serde_json::Value::as_str);
-        if let Some(reason) = finish {
-            self.span.record("gen_ai.response.finish_reasons", reason);
-        }
+    }
+
+    /// Records the finish reason on the span, in OpenAI's words.
+    pub fn observe_finish(&self, reason: FinishReason) {
+        self.span
+            .record("gen_ai.response.finish_reasons", reason.openai());
     }
 
     fn write(&mut self, status: u16, error_class: Option<String>, source: UsageSource) {

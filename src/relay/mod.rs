@@ -1,10 +1,16 @@
-//! The chat request path after the handler: resolve the model (and its fallback chain),
-//! admit on a deployment (breaker, concurrency cap), call the upstream in the request's own
-//! task (never in a mailbox), retry retryable failures on the next deployment or fallback
-//! until something answers, the attempts run out or the deadline passes, then relay the
-//! answer and account for it once.
+//! The request path after the handler, written once for every vendor and every kind of
+//! call: resolve the model (and its fallback chain), admit on a deployment (breaker,
+//! concurrency cap), let the vendor's adapter build the upstream call, send it from the
+//! request's own task (never in a mailbox), retry retryable failures on the next
+//! deployment or fallback until something answers, the attempts run out or the deadline
+//! passes, then hand back a canonical answer (or stream) and account for it once.
+//!
+//! The relay is built once at startup and shared; it knows no HTTP types of the client's
+//! side and no vendor: a `Call` (chat, embeddings) says what one attempt is.
 
 mod accounting;
+mod chat;
+mod embeddings;
 mod stream;
 
 use std::sync::Arc;
@@ -19,6 +25,8 @@ use tracing::Instrument;
 
 use accounting::Accounting;
 pub use accounting::{CLIENT_CLOSED, RequestInfo, UpstreamClock};
+pub use chat::{ChatBody, Relayed};
+pub use embeddings::EmbeddingsRequest;
 
 use crate::actors::ASK_TIMEOUT;
 use crate::actors::provider::{AdmitError, AdmitPermit, admit};
@@ -28,11 +36,8 @@ use crate::actors::router::{
 use crate::actors::store::StoreActor;
 use crate::config::RoutingSettings;
 use crate::domain::breaker::CallResult;
-use crate::domain::chat::ChatRequest;
-use crate::domain::sse::SseParser;
-use crate::domain::usage::TokenUsage;
 use crate::error::{ApiError, ErrorKind};
-use crate::providers::{FailureClass, UpstreamFailure, VendorType, mock, openai};
+use crate::providers::{FailureClass, Target, UpstreamFailure, UpstreamRequest};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::otel;
 
@@ -44,27 +49,14 @@ pub struct ServedBy {
     pub attempts: u32,
 }
 
-/// What the handler sends back: a JSON body, or a stream of SSE events.
-pub enum ChatBody {
-    Json(Bytes),
-    Stream(LocalBoxStream<'static, actix_web_lab::sse::Event>),
-}
-
-pub struct ChatReply {
-    pub body: ChatBody,
+/// An answer and who served it.
+pub struct Reply<T> {
+    pub body: T,
     pub served: ServedBy,
 }
 
 /// The upstream's body as a stream of byte chunks, failures already classified.
 type UpstreamBody = LocalBoxStream<'static, Result<Bytes, UpstreamFailure>>;
-
-/// A stream that has produced its first content event and may now be committed to the
-/// client: the events read so far, and the rest still upstream.
-struct OpenStream {
-    upstream: UpstreamBody,
-    parser: SseParser,
-    first: Vec<stream::UpstreamEvent>,
-}
 
 /// What bounds one attempt's answer, from `[routing]` and the deployment.
 #[derive(Debug, Clone, Copy)]
@@ -90,11 +82,45 @@ impl Limits {
     }
 }
 
-enum Answer {
-    Json(Bytes),
-    Stream(OpenStream),
+/// One kind of upstream call (a chat completion, embeddings): what a deployment must
+/// offer to serve it, and one attempt on a deployment up to an answer that can be
+/// committed to the client.
+trait Call {
+    type Answer;
+
+    /// Whether `route`'s vendor can serve this call at all.
+    fn serves(&self, route: &Route) -> bool;
+
+    async fn attempt(
+        &self,
+        acc: &mut Accounting,
+        route: &Arc<Route>,
+        deadline: Instant,
+        limits: Limits,
+    ) -> Result<Self::Answer, UpstreamFailure>;
 }
 
+/// An answer that won: the attempt's deployment still holds its permit until the answer
+/// has been delivered.
+struct Admitted<A> {
+    acc: Accounting,
+    route: Arc<Route>,
+    permit: AdmitPermit,
+    answer: A,
+    limits: Limits,
+}
+
+impl<A> Admitted<A> {
+    fn served(&self) -> ServedBy {
+        ServedBy {
+            model: self.route.deployment.model_id.clone(),
+            deployment_id: self.route.deployment.id.clone(),
+            attempts: self.acc.attempts(),
+        }
+    }
+}
+
+/// The shared request path: built once at startup.
 pub struct Relay {
     pub store: Addr<StoreActor>,
     pub router: Addr<RouterActor>,
@@ -102,13 +128,18 @@ pub struct Relay {
     pub metrics: Arc<Metrics>,
     pub routing: RoutingSettings,
     /// Turns true when the shutdown grace period is about to end: open streams end with
-    /// an error event and `[DONE]` instead of being cut.
+    /// an error event instead of being cut.
     pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Relay {
-    /// Serves one chat completion; every outcome, success or failure, leaves one usage row.
-    pub async fn chat(&self, info: RequestInfo, req: ChatRequest) -> Result<ChatReply, ApiError> {
+    /// Routes `call` and tries deployments until one answers; every outcome, success or
+    /// failure, leaves one usage row.
+    async fn serve<C: Call>(
+        &self,
+        info: RequestInfo,
+        call: &C,
+    ) -> Result<Admitted<C::Answer>, ApiError> {
         let mut acc = Accounting::new(self.store.clone(), self.metrics.clone(), info);
         let routes = match self
             .resolve(acc.info())
@@ -118,7 +149,19 @@ impl Relay {
             Ok(routes) => routes,
             Err(e) => return Err(reject(&mut acc, e)),
         };
-        self.attempt_all(acc, &routes, &req).await
+        let had_routes = !routes.is_empty();
+        let routes: Vec<Arc<Route>> = routes.into_iter().filter(|r| call.serves(r)).collect();
+        if had_routes && routes.is_empty() {
+            let error = ApiError::invalid(
+                "model",
+                format!(
+                    "the model `{}` has no deployment that serves this endpoint",
+                    acc.info().model
+                ),
+            );
+            return Err(reject(&mut acc, error));
+        }
+        self.attempt_all(acc, &routes, call).await
     }
 
     async fn resolve(&self, info: &RequestInfo) -> Result<Vec<Arc<Route>>, ApiError> {
@@ -155,12 +198,12 @@ impl Relay {
 
     /// Tries the candidates in order (cycling while attempts and time remain) until one
     /// answers. A deployment tried before in this request is retried after a backoff.
-    async fn attempt_all(
+    async fn attempt_all<C: Call>(
         &self,
         mut acc: Accounting,
         routes: &[Arc<Route>],
-        req: &ChatRequest,
-    ) -> Result<ChatReply, ApiError> {
+        call: &C,
+    ) -> Result<Admitted<C::Answer>, ApiError> {
         let deadline = acc.info().started + Duration::from_millis(self.routing.deadline_ms);
         let max_attempts = self.routing.max_attempts.max(1);
         let mut tried: Vec<(String, Option<Duration>)> = Vec::new();
@@ -196,18 +239,19 @@ impl Relay {
                 acc.begin_attempt(route.clone());
                 let span = acc.span.clone();
                 let limits = Limits::of(&self.routing, route);
-                let result = attempt(&mut acc, route, req, deadline, limits)
+                let result = call
+                    .attempt(&mut acc, route, deadline, limits)
                     .instrument(span)
                     .await;
                 match result {
                     Ok(answer) => {
-                        let options = stream::RelayOptions {
-                            include_usage: req.include_usage,
-                            idle: limits.idle,
-                            total: limits.stream,
-                            closing: self.closing.clone(),
-                        };
-                        return Ok(deliver(acc, route, permit, answer, options));
+                        return Ok(Admitted {
+                            acc,
+                            route: route.clone(),
+                            permit,
+                            answer,
+                            limits,
+                        });
                     }
                     Err(failure) => {
                         acc.attempt_failed(failure.class.as_str());
@@ -217,8 +261,8 @@ impl Relay {
                             CallResult::Failure
                         };
                         permit.finish(health);
-                        tracing::warn!(deployment = %route.deployment.id, class = failure.class.as_str(),
-                            attempt = acc.attempts(), "upstream attempt failed");
+                        tracing::info!(deployment = %route.deployment.id, class = failure.class.as_str(),
+                            attempt = acc.attempts(), detail = %failure.detail, "upstream attempt failed");
                         if failure.class.is_client_fault() {
                             return Err(fail(&mut acc, failure));
                         }
@@ -248,7 +292,10 @@ impl Relay {
                     acc.info().model
                 ),
             ),
-            None => ApiError::new(ErrorKind::UpstreamTimeout, "the request deadline passed"),
+            None => ApiError::new(
+                ErrorKind::Upstream(FailureClass::Timeout),
+                "the request deadline passed",
+            ),
         };
         Err(reject(&mut acc, error))
     }
@@ -295,132 +342,75 @@ fn fail(acc: &mut Accounting, failure: UpstreamFailure) -> ApiError {
     error
 }
 
-fn deliver(
-    acc: Accounting,
-    route: &Arc<Route>,
-    permit: AdmitPermit,
-    answer: Answer,
-    options: stream::RelayOptions,
-) -> ChatReply {
-    let served = ServedBy {
-        model: route.deployment.model_id.clone(),
-        deployment_id: route.deployment.id.clone(),
-        attempts: acc.attempts(),
-    };
-    let body = match answer {
-        Answer::Json(bytes) => {
-            let mut acc = acc;
-            permit.finish(CallResult::Success);
-            acc.succeed();
-            ChatBody::Json(bytes)
-        }
-        Answer::Stream(open) => ChatBody::Stream(stream::relay(acc, permit, open, options)),
-    };
-    ChatReply { body, served }
-}
-
-/// One upstream attempt, up to an answer that can be committed to the client: a complete,
-/// valid JSON answer, or a stream that has produced its first content event.
-async fn attempt(
+/// Sends an adapter's request with the deployment's client and trace context, within
+/// `timeout` (time to headers).
+async fn send(
     acc: &mut Accounting,
-    route: &Arc<Route>,
-    req: &ChatRequest,
-    deadline: Instant,
-    limits: Limits,
-) -> Result<Answer, UpstreamFailure> {
-    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-    let created = acc.info().created_at / 1000;
-    let timeout = route
-        .request_timeout
-        .min(deadline.saturating_duration_since(Instant::now()));
-    match (route.vendor, req.stream) {
-        (VendorType::Mock, false) => {
-            let answer = mock::complete(req, &id, created);
-            check_json(acc, Bytes::from(answer.to_string()))
-        }
-        (VendorType::Mock, true) => {
-            let frames = mock::stream_frames(req, &id, created);
-            let body: UpstreamBody =
-                futures_util::stream::iter(frames.map(|f| Ok(Bytes::from(f)))).boxed_local();
-            open_stream(acc, body, limits, timeout).await
-        }
-        (VendorType::OpenAI, stream) => {
-            let mut body = req.body.clone();
-            openai::prepare_chat_body(&mut body, &route.upstream_model, stream);
-            let bytes = serde_json::to_vec(&body)
-                .map_err(|e| UpstreamFailure::new(FailureClass::InvalidRequest, e.to_string()))?;
-            let url = route.chat_url.clone().ok_or_else(|| {
-                UpstreamFailure::new(FailureClass::Connect, "deployment has no base_url")
-            })?;
-            let mut call = route
-                .client
-                .post(url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(bytes);
-            if let Some(key) = &route.api_key {
-                call = call.bearer_auth(key.expose());
-            }
-            if stream {
-                call = call.header(reqwest::header::ACCEPT, "text/event-stream");
-            }
-            let mut trace_headers = reqwest::header::HeaderMap::new();
-            otel::inject_trace_context(&acc.span, &mut trace_headers);
-            call = call.headers(trace_headers);
-
-            let started = Instant::now();
-            let sent = tokio::time::timeout(timeout, call.send()).await;
-            acc.waited(started.elapsed());
-            let response = match sent {
-                Err(_) => return Err(timeout_failure()),
-                Ok(Err(e)) => return Err(transport_failure(&e)),
-                Ok(Ok(r)) => r,
-            };
-            let status = response.status();
-            let retry_after = retry_after(response.headers());
-            if stream && status.is_success() {
-                let body: UpstreamBody = response
-                    .bytes_stream()
-                    .map(|chunk| chunk.map_err(|e| transport_failure(&e)))
-                    .boxed_local();
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                return open_stream(acc, body, limits, remaining).await;
-            }
-            let started = Instant::now();
-            let remaining =
-                timeout.saturating_sub(started.saturating_duration_since(acc.info().started));
-            let read = tokio::time::timeout(
-                remaining.max(Duration::from_millis(1)),
-                read_capped(response, limits.max_response_bytes),
-            )
-            .await;
-            acc.waited(started.elapsed());
-            let bytes = match read {
-                Err(_) => return Err(timeout_failure()),
-                Ok(result) => result?,
-            };
-            if !status.is_success() {
-                let mut failure = openai::classify(status.as_u16(), &bytes);
-                failure.retry_after = retry_after;
-                return Err(failure);
-            }
-            check_json(acc, bytes)
-        }
+    route: &Route,
+    request: UpstreamRequest,
+    timeout: Duration,
+) -> Result<reqwest::Response, UpstreamFailure> {
+    let mut headers = request.headers;
+    otel::inject_trace_context(&acc.span, &mut headers);
+    let call = route
+        .client
+        .post(request.url)
+        .headers(headers)
+        .body(request.body);
+    let started = Instant::now();
+    let sent = tokio::time::timeout(timeout, call.send()).await;
+    acc.waited(started.elapsed());
+    match sent {
+        Err(_) => Err(timeout_failure()),
+        Ok(Err(e)) => Err(transport_failure(&e)),
+        Ok(Ok(r)) => Ok(r),
     }
 }
 
-/// A complete answer must be a JSON object; its usage and model are recorded.
-fn check_json(acc: &mut Accounting, bytes: Bytes) -> Result<Answer, UpstreamFailure> {
-    match serde_json::from_slice::<serde_json::Value>(&bytes) {
-        Ok(answer) if answer.is_object() => {
-            acc.observe(&answer);
-            acc.usage = answer.get("usage").and_then(TokenUsage::from_openai);
-            Ok(Answer::Json(bytes))
-        }
-        _ => Err(UpstreamFailure::new(
-            FailureClass::MalformedResponse,
-            "answer is not a JSON object",
-        )),
+/// Reads a whole answer within what is left of `timeout`; a non-2xx answer is classified
+/// by the deployment's vendor.
+async fn read_answer(
+    acc: &mut Accounting,
+    route: &Route,
+    response: reqwest::Response,
+    timeout: Duration,
+    limit: usize,
+) -> Result<Bytes, UpstreamFailure> {
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    let started = Instant::now();
+    let remaining = timeout.saturating_sub(started.saturating_duration_since(acc.info().started));
+    let read = tokio::time::timeout(
+        remaining.max(Duration::from_millis(1)),
+        read_capped(response, limit),
+    )
+    .await;
+    acc.waited(started.elapsed());
+    let bytes = match read {
+        Err(_) => return Err(timeout_failure()),
+        Ok(result) => result?,
+    };
+    if !status.is_success() {
+        let mut failure = route.vendor.classify(status.as_u16(), &bytes);
+        failure.retry_after = retry_after;
+        return Err(failure);
     }
+    Ok(bytes)
+}
+
+/// Whom `route` calls, as whom.
+fn target(route: &Route) -> Target<'_> {
+    Target {
+        upstream_model: &route.upstream_model,
+        api_key: route.api_key.as_ref().map(|k| k.expose()),
+    }
+}
+
+/// The time an attempt may take to its answer's headers.
+fn attempt_timeout(route: &Route, deadline: Instant) -> Duration {
+    route
+        .request_timeout
+        .min(deadline.saturating_duration_since(Instant::now()))
 }
 
 /// Reads a blocking answer, at most `limit` bytes (a larger one is malformed, and is not
@@ -456,63 +446,6 @@ async fn read_capped(response: reqwest::Response, limit: usize) -> Result<Bytes,
         }
     }
     Ok(first.unwrap_or_else(|| joined.freeze()))
-}
-
-/// Reads a stream until its first event that says something (content, a tool call, a
-/// finish reason, usage or `[DONE]`), so that a stream failing before then (after a
-/// role-only first chunk, say) can still move to another deployment. An error event
-/// counts as a failure.
-async fn open_stream(
-    acc: &mut Accounting,
-    mut upstream: UpstreamBody,
-    limits: Limits,
-    limit: Duration,
-) -> Result<Answer, UpstreamFailure> {
-    let mut parser = SseParser::new(limits.max_event_bytes);
-    let mut first = Vec::new();
-    let mut held = 0usize;
-    let until = Instant::now() + limit;
-    loop {
-        let wait = limits
-            .idle
-            .min(until.saturating_duration_since(Instant::now()));
-        let started = Instant::now();
-        let next = tokio::time::timeout(wait, upstream.next()).await;
-        acc.waited(started.elapsed());
-        let bytes = match next {
-            Err(_) => return Err(timeout_failure()),
-            Ok(None) => {
-                return Err(UpstreamFailure::new(
-                    FailureClass::MalformedResponse,
-                    "stream ended before any content",
-                ));
-            }
-            Ok(Some(Err(failure))) => return Err(failure),
-            Ok(Some(Ok(bytes))) => bytes,
-        };
-        let mut events = parser
-            .push(&bytes)
-            .map_err(stream::oversized)?
-            .into_iter()
-            .map(stream::UpstreamEvent::parse);
-        while let Some(event) = events.next() {
-            if let Some(error) = event.failure() {
-                return Err(error);
-            }
-            let commit = event.says_something();
-            held += event.data_len();
-            first.push(event);
-            // Waiting is bounded too: past one event's worth of preamble, commit anyway.
-            if commit || held > limits.max_event_bytes {
-                first.extend(events);
-                return Ok(Answer::Stream(OpenStream {
-                    upstream,
-                    parser,
-                    first,
-                }));
-            }
-        }
-    }
 }
 
 fn timeout_failure() -> UpstreamFailure {

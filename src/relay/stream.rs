@@ -1,31 +1,31 @@
-//! Relaying a committed upstream SSE stream to the client, event by event: usage is taken
-//! from the usage chunk (and hidden unless the client asked for it), the first content
-//! chunk stamps the time to first token, and an upstream failure after commit (broken
-//! connection, idle timeout, the stream's total time, an oversized event, an error event,
-//! missing `[DONE]`) or the end of the shutdown grace period ends the stream with a
-//! well-formed error event and `[DONE]`, never a silent truncation. Dropping the stream
-//! (client gone) drops the upstream connection with it.
+//! Relaying a committed upstream stream, event by event, as canonical events (and the
+//! upstream's own events when it speaks the client's dialect): usage is taken from the
+//! usage event, the first content stamps the time to first token, and an upstream failure
+//! after commit (broken connection, idle timeout, the stream's total time, an oversized
+//! or undecodable event, an error event, a missing end) or the end of the shutdown grace
+//! period ends the stream with a `Failed` item that the client's dialect renders as its
+//! error event, never a silent truncation. Dropping the stream (client gone) drops the
+//! upstream connection with it.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use actix_web_lab::sse::{Data, Event};
 use futures_util::StreamExt;
 use futures_util::stream::LocalBoxStream;
-use serde_json::Value;
 
-use super::{Accounting, OpenStream, UpstreamBody};
+use super::chat::{OpenStream, Relayed};
+use super::{Accounting, UpstreamBody};
 use crate::actors::provider::AdmitPermit;
 use crate::domain::breaker::CallResult;
+use crate::domain::canonical::{ChatEvent, StreamDecoder};
 use crate::domain::sse::{SseEvent, SseParser};
-use crate::domain::usage::TokenUsage;
 use crate::error::{ApiError, ErrorKind};
 use crate::providers::{FailureClass, UpstreamFailure};
 
 /// How a committed stream is relayed.
 pub(super) struct RelayOptions {
-    /// The client asked for the usage chunk.
-    pub include_usage: bool,
+    /// The vendor speaks the client's dialect: its events go along as they are.
+    pub passthrough: bool,
     /// Longest silence between two upstream chunks.
     pub idle: Duration,
     /// Longest the whole stream may run.
@@ -37,73 +37,21 @@ pub(super) struct RelayOptions {
 struct StreamRelay {
     upstream: UpstreamBody,
     parser: SseParser,
-    out: VecDeque<Event>,
-    include_usage: bool,
+    decoder: Box<dyn StreamDecoder>,
+    out: VecDeque<Relayed>,
+    passthrough: bool,
     idle: Duration,
     /// When the stream must end, whatever the upstream does.
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
     closing: tokio::sync::watch::Receiver<bool>,
     acc: Accounting,
     permit: Option<AdmitPermit>,
-    /// `[DONE]` or an error was queued: nothing more goes to the client.
+    /// The end or an error was queued: nothing more goes to the client.
     finished: bool,
-    /// The upstream sent `[DONE]`.
+    /// The upstream ended the stream properly.
     succeeded: bool,
-    /// The first chunk's model has been recorded on the span.
-    observed: bool,
     /// "stream" span, child of the chat span: open for as long as the relay runs.
     _span: tracing::Span,
-}
-
-/// One upstream stream event, its JSON parsed once for everything the relay asks of it.
-pub(super) enum UpstreamEvent {
-    Done,
-    /// A JSON chunk: the text as received (relayed as is) and its parsed value.
-    Chunk(String, Value),
-    NotJson,
-}
-
-impl UpstreamEvent {
-    pub(super) fn parse(event: SseEvent) -> Self {
-        if event.data == "[DONE]" {
-            return Self::Done;
-        }
-        match serde_json::from_str(&event.data) {
-            Ok(chunk) => Self::Chunk(event.data, chunk),
-            Err(_) => Self::NotJson,
-        }
-    }
-
-    /// The size of the event's data, as the parser held it.
-    pub(super) fn data_len(&self) -> usize {
-        match self {
-            Self::Chunk(data, _) => data.len(),
-            Self::Done | Self::NotJson => 0,
-        }
-    }
-
-    /// An upstream error event (`{"error": {...}}`) as a failure.
-    pub(super) fn failure(&self) -> Option<UpstreamFailure> {
-        let Self::Chunk(_, chunk) = self else {
-            return None;
-        };
-        let error = chunk.get("error").filter(|e| e.is_object())?;
-        let detail = error
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        Some(UpstreamFailure::new(FailureClass::Upstream5xx, detail))
-    }
-
-    /// Whether the event commits a stream: it carries content, a tool call, a finish
-    /// reason or usage, or it is `[DONE]` (a role-only first chunk does not). An event
-    /// that is not JSON commits too, so that the relay reports it as malformed.
-    pub(super) fn says_something(&self) -> bool {
-        let Self::Chunk(_, chunk) = self else {
-            return true;
-        };
-        has_content(chunk) || chunk.get("usage").is_some_and(|u| !u.is_null()) || finishing(chunk)
-    }
 }
 
 /// An event too large to hold, as a failure of the attempt.
@@ -132,13 +80,14 @@ pub(super) fn relay(
     permit: AdmitPermit,
     open: OpenStream,
     options: RelayOptions,
-) -> LocalBoxStream<'static, Event> {
+) -> LocalBoxStream<'static, Relayed> {
     let span = tracing::info_span!(parent: &acc.span, "stream");
     let mut state = StreamRelay {
         upstream: open.upstream,
         parser: open.parser,
+        decoder: open.decoder,
         out: VecDeque::new(),
-        include_usage: options.include_usage,
+        passthrough: options.passthrough,
         idle: options.idle,
         deadline: Box::pin(tokio::time::sleep(options.total)),
         closing: options.closing,
@@ -146,7 +95,6 @@ pub(super) fn relay(
         permit: Some(permit),
         finished: false,
         succeeded: false,
-        observed: false,
         _span: span,
     };
     state.on_events(open.first);
@@ -187,13 +135,13 @@ pub(super) fn relay(
             s.acc.waited(waited.elapsed());
             match next {
                 Next::Chunk(Some(Ok(bytes))) => match s.parser.push(&bytes) {
-                    Ok(events) => s.on_events(events.into_iter().map(UpstreamEvent::parse)),
+                    Ok(events) => s.on_upstream(events),
                     Err(e) => s.on_failure(oversized(e)),
                 },
                 Next::Chunk(Some(Err(failure))) => s.on_failure(failure),
                 Next::Chunk(None) => s.on_failure(UpstreamFailure::new(
                     FailureClass::MalformedResponse,
-                    "stream ended without [DONE]",
+                    "the stream ended before its end event",
                 )),
                 Next::Closing => s.on_closing(),
             }
@@ -213,58 +161,56 @@ async fn drain(mut upstream: UpstreamBody) {
 }
 
 impl StreamRelay {
-    fn on_events(&mut self, events: impl IntoIterator<Item = UpstreamEvent>) {
+    /// Decodes upstream events and relays them.
+    fn on_upstream(&mut self, events: Vec<SseEvent>) {
         for event in events {
             if self.finished {
                 return;
             }
-            if let Some(failure) = event.failure() {
-                self.on_failure(failure);
-                return;
+            let mut decoded = Vec::new();
+            match self.decoder.decode(&event, &mut decoded) {
+                Ok(()) => self.on_events(std::iter::once((event, decoded))),
+                Err(failure) => self.on_failure(failure),
             }
-            let (data, chunk) = match event {
-                UpstreamEvent::Done => {
-                    if let Some(permit) = self.permit.take() {
-                        permit.finish(CallResult::Success);
-                    }
-                    self.acc.succeed();
-                    self.out.push_back(Event::Data(Data::new("[DONE]")));
-                    self.finished = true;
-                    self.succeeded = true;
-                    return;
-                }
-                UpstreamEvent::NotJson => {
-                    self.on_failure(UpstreamFailure::new(
-                        FailureClass::MalformedResponse,
-                        "stream event is not JSON",
-                    ));
-                    return;
-                }
-                UpstreamEvent::Chunk(data, chunk) => (data, chunk),
-            };
-            let usage = chunk.get("usage").and_then(TokenUsage::from_openai);
-            if usage.is_some() {
-                self.acc.usage = usage;
-            }
-            let choices_empty = chunk
-                .get("choices")
-                .and_then(Value::as_array)
-                .is_none_or(Vec::is_empty);
-            if usage.is_some() && choices_empty && !self.include_usage {
-                continue;
-            }
-            if !self.observed || finishing(&chunk) {
-                self.acc.observe(&chunk);
-                self.observed = true;
-            }
-            if has_content(&chunk) {
-                self.acc.first_content();
-            }
-            self.out.push_back(Event::Data(Data::new(data)));
         }
     }
 
-    /// The upstream failed: the stream ends with an OpenAI-shaped error chunk.
+    fn on_events(&mut self, events: impl IntoIterator<Item = (SseEvent, Vec<ChatEvent>)>) {
+        for (raw, decoded) in events {
+            if self.finished {
+                return;
+            }
+            let mut done = false;
+            for event in &decoded {
+                match event {
+                    ChatEvent::Start { model, .. } => self.acc.observe_model(model),
+                    ChatEvent::Text(_) | ChatEvent::ToolCallStart { .. } => {
+                        self.acc.first_content();
+                    }
+                    ChatEvent::ToolCallArguments { .. } => {}
+                    ChatEvent::Usage(usage) => self.acc.usage = Some(*usage),
+                    ChatEvent::Finish(reason) => self.acc.observe_finish(*reason),
+                    ChatEvent::Done => done = true,
+                }
+            }
+            if done {
+                // Accounted before the end goes out: a client that saw it can rely on
+                // the usage row being queued.
+                if let Some(permit) = self.permit.take() {
+                    permit.finish(CallResult::Success);
+                }
+                self.acc.succeed();
+                self.finished = true;
+                self.succeeded = true;
+            }
+            self.out.push_back(Relayed::Event {
+                raw: self.passthrough.then_some(raw),
+                events: decoded,
+            });
+        }
+    }
+
+    /// The upstream failed: the stream ends with an error.
     fn on_failure(&mut self, failure: UpstreamFailure) {
         self.acc.attempt_failed(failure.class.as_str());
         let class = failure.class.as_str();
@@ -280,38 +226,14 @@ impl StreamRelay {
         self.end_with(error, ErrorKind::ShuttingDown.as_str(), CallResult::Ignored);
     }
 
-    /// Ends the stream with `error` as its last chunk and `[DONE]`; the usage row keeps
-    /// `class`.
+    /// Ends the stream with `error`; the usage row keeps `class`.
     fn end_with(&mut self, error: ApiError, class: &str, health: CallResult) {
         if let Some(permit) = self.permit.take() {
             permit.finish(health);
         }
         self.acc.fail(error.kind.status().as_u16(), class);
-        self.out
-            .push_back(Event::Data(Data::new(error.body().to_string())));
-        self.out.push_back(Event::Data(Data::new("[DONE]")));
+        error.log();
+        self.out.push_back(Relayed::Failed(error));
         self.finished = true;
     }
-}
-
-/// The chunk's first choice has a finish reason.
-fn finishing(chunk: &Value) -> bool {
-    chunk
-        .get("choices")
-        .and_then(|c| c.get(0))
-        .and_then(|c| c.get("finish_reason"))
-        .is_some_and(|f| !f.is_null())
-}
-
-fn has_content(chunk: &Value) -> bool {
-    chunk
-        .get("choices")
-        .and_then(|c| c.get(0))
-        .and_then(|c| c.get("delta"))
-        .is_some_and(|d| {
-            d.get("content")
-                .and_then(Value::as_str)
-                .is_some_and(|s| !s.is_empty())
-                || d.get("tool_calls").is_some_and(|t| !t.is_null())
-        })
 }

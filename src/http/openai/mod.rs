@@ -1,4 +1,6 @@
 //! The OpenAI-compatible client API.
 
 pub mod chat_completions;
+pub mod dialect;
+pub mod embeddings;
 pub mod models;

@@ -1,0 +1,102 @@
+//! `POST /v1/embeddings`: OpenAI embeddings, relayed to OpenAI-compatible deployments
+//! (and the mock) and billed from the vendor's usage.
+
+use std::time::Instant;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::Value;
+
+use crate::domain::canonical;
+use crate::error::{ApiError, ErrorKind};
+use crate::http::extract::Caller;
+use crate::http::{AppState, read_body, request_id, served_headers, upstream_clock};
+use crate::relay::{EmbeddingsRequest, RequestInfo};
+
+pub async fn embeddings(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let body = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
+    let request = parse(&body)?;
+    let info = RequestInfo::new(
+        request_id(&req),
+        upstream_clock(&req),
+        caller.0,
+        request.model.clone(),
+        false,
+        started,
+    );
+    let reply = state.relay.embeddings(info, &request).await?;
+    let mut res = HttpResponse::Ok()
+        .content_type("application/json")
+        .body(reply.body);
+    served_headers(&mut res, reply.served);
+    Ok(res)
+}
+
+/// Validates an embeddings body: `model`, and `input` as a string, an array of strings,
+/// an array of token ids or an array of such arrays (none empty).
+pub fn parse(bytes: &[u8]) -> Result<EmbeddingsRequest, ApiError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            ErrorKind::InvalidJson,
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(body) = value else {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            "request body must be a JSON object",
+        ));
+    };
+    let model = canonical::model_name(body.get("model"))?;
+    let invalid = || {
+        ApiError::invalid(
+            "input",
+            "`input` must be a string, an array of strings, an array of token ids or an array of token-id arrays, not empty",
+        )
+    };
+    let tokens = |v: &Value| -> Option<String> {
+        let ids = v.as_array()?;
+        (!ids.is_empty() && ids.iter().all(Value::is_u64)).then(|| {
+            ids.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+    };
+    let inputs: Vec<String> = match body.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) if !items.is_empty() => {
+            if let Some(ids) = tokens(&Value::Array(items.clone())) {
+                vec![ids]
+            } else {
+                items
+                    .iter()
+                    .map(|item| match item {
+                        Value::String(s) => Some(s.clone()),
+                        other => tokens(other),
+                    })
+                    .collect::<Option<_>>()
+                    .ok_or_else(invalid)?
+            }
+        }
+        _ => return Err(invalid()),
+    };
+    if let Some(format) = body.get("encoding_format").filter(|v| !v.is_null())
+        && !matches!(format.as_str(), Some("float" | "base64"))
+    {
+        return Err(ApiError::invalid(
+            "encoding_format",
+            "`encoding_format` must be `float` or `base64`",
+        ));
+    }
+    Ok(EmbeddingsRequest {
+        model,
+        body,
+        inputs,
+    })
+}

@@ -1,0 +1,82 @@
+//! Embeddings on the relay: the client's OpenAI body goes to an OpenAI-compatible
+//! deployment with only the model replaced (or to the in-process mock), and the vendor's
+//! `usage` is billed through the same routing, breakers and usage row as chat.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::web::Bytes;
+use serde_json::{Map, Value};
+
+use super::accounting::Accounting;
+use super::{
+    Admitted, Call, Limits, Relay, Reply, RequestInfo, attempt_timeout, read_answer, send, target,
+};
+use crate::actors::router::Route;
+use crate::domain::breaker::CallResult;
+use crate::error::ApiError;
+use crate::providers::{FailureClass, UpstreamFailure, Vendor, mock, openai};
+
+/// A validated embeddings request.
+pub struct EmbeddingsRequest {
+    pub model: String,
+    /// The body as the client sent it.
+    pub body: Map<String, Value>,
+    /// Each input as text (token arrays shown as numbers), for the in-process mock.
+    pub inputs: Vec<String>,
+}
+
+impl Call for EmbeddingsRequest {
+    type Answer = Bytes;
+
+    fn serves(&self, route: &Route) -> bool {
+        route.vendor.serves_embeddings()
+    }
+
+    async fn attempt(
+        &self,
+        acc: &mut Accounting,
+        route: &Arc<Route>,
+        deadline: Instant,
+        limits: Limits,
+    ) -> Result<Bytes, UpstreamFailure> {
+        let bytes = if route.vendor == Vendor::Mock {
+            let base64 = self.body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+            Bytes::from(mock::embeddings(&self.inputs, &self.model, base64).to_string())
+        } else {
+            let url = route.embeddings_url.as_ref().ok_or_else(|| {
+                UpstreamFailure::new(FailureClass::Connect, "deployment has no base_url")
+            })?;
+            let request = openai::embeddings_request(url, target(route), &self.body)?;
+            let timeout = attempt_timeout(route, deadline);
+            let response = send(acc, route, request, timeout).await?;
+            read_answer(acc, route, response, timeout, limits.max_response_bytes).await?
+        };
+        acc.usage = openai::decode_embeddings(&bytes)?;
+        Ok(bytes)
+    }
+}
+
+impl Relay {
+    /// Serves one embeddings request; the answer is the vendor's, as it sent it.
+    pub async fn embeddings(
+        &self,
+        info: RequestInfo,
+        req: &EmbeddingsRequest,
+    ) -> Result<Reply<Bytes>, ApiError> {
+        let admitted = self.serve(info, req).await?;
+        let served = admitted.served();
+        let Admitted {
+            mut acc,
+            permit,
+            answer,
+            ..
+        } = admitted;
+        permit.finish(CallResult::Success);
+        acc.succeed();
+        Ok(Reply {
+            body: answer,
+            served,
+        })
+    }
+}
