@@ -28,6 +28,10 @@ pub struct Model {
     pub created_at: i64,
     /// Upstream attempts behind this row (retries and fallbacks included).
     pub attempts: i32,
+    /// Of `prompt_tokens`, how many were read from the vendor's prompt cache.
+    pub cache_read_tokens: Option<i64>,
+    /// Of `prompt_tokens`, how many were written to the vendor's prompt cache.
+    pub cache_write_tokens: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -73,6 +73,8 @@ pub(super) fn to_active_model(r: UsageRecord) -> usage::ActiveModel {
         usage_source: Set(r.usage_source.as_str().to_string()),
         created_at: Set(r.created_at),
         attempts: Set(i32::try_from(r.attempts).unwrap_or(i32::MAX)),
+        cache_read_tokens: Set(r.usage.and_then(|u| u.cache_read)),
+        cache_write_tokens: Set(r.usage.and_then(|u| u.cache_write)),
     }
 }
 
