@@ -1441,4 +1441,45 @@ mod tests {
         assert_eq!(f.detail, "HTTP 502");
         assert_eq!(f.vendor_message, None);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn fragment() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just(r#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":3}}}"#.to_string()),
+                Just(r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"t","name":"n"}}"#.to_string()),
+                Just(r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{"}}"#.to_string()),
+                Just(r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}}"#.to_string()),
+                Just(r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":1}}"#.to_string()),
+                Just(r#"{"type":"message_stop"}"#.to_string()),
+                ".{0,40}",
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn the_decoder_never_panics(
+                events in proptest::collection::vec(
+                    (proptest::option::of("[a-z_]{0,12}"), fragment(), 0usize..80), 0..12),
+            ) {
+                let mut decoder = AnthropicDecoder::default();
+                let mut out = Vec::new();
+                for (event, data, cut) in events {
+                    let cut = (0..=cut.min(data.len())).rev().find(|i| data.is_char_boundary(*i)).unwrap_or(0);
+                    let _ = decoder.decode(&SseEvent { event, data: data[..cut].to_string() }, &mut out);
+                }
+            }
+
+            #[test]
+            fn arbitrary_answers_and_errors_never_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..256),
+                status in 100u16..600,
+            ) {
+                let _ = decode_answer(&bytes);
+                prop_assert_eq!(classify(status, &bytes).status, Some(status));
+            }
+        }
+    }
 }
