@@ -2,6 +2,7 @@
 //! actor or the relay, answer). Errors leave through `ApiError` only.
 
 pub mod admin;
+pub mod anthropic;
 pub mod auth_throttle;
 pub mod dto;
 pub mod extract;

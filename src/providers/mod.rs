@@ -4,6 +4,7 @@
 //! decodes a blocking answer, decodes one SSE event at a time (`StreamDecoder`) and
 //! classifies a failure; the relay does the sending.
 
+pub mod anthropic;
 pub mod mock;
 pub mod openai;
 

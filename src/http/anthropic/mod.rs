@@ -1,0 +1,3 @@
+//! The Anthropic Messages client API (`/v1/messages`).
+
+pub mod dialect;
