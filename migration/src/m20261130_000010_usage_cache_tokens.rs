@@ -26,7 +26,12 @@ impl MigrationTrait for Migration {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for column in [Usage::CacheReadTokens, Usage::CacheWriteTokens] {
             manager
-                .alter_table(Table::alter().table(Usage::Table).drop_column(column).to_owned())
+                .alter_table(
+                    Table::alter()
+                        .table(Usage::Table)
+                        .drop_column(column)
+                        .to_owned(),
+                )
                 .await?;
         }
         Ok(())

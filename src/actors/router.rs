@@ -230,6 +230,7 @@ impl RouterActor {
         };
         let vendor = match vendor {
             VendorType::OpenAI => Vendor::OpenAI,
+            VendorType::Anthropic => Vendor::Anthropic(Default::default()),
             VendorType::Mock => Vendor::Mock,
         };
         let parse = |url: Option<String>| match url.map(|u| reqwest::Url::parse(&u)) {

@@ -54,7 +54,7 @@ async fn authenticate(
     let key = key.ok_or_else(|| {
         ApiError::new(
             ErrorKind::MissingApiKey,
-            "missing API key: send `Authorization: Bearer <key>`",
+            "missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`",
         )
     })?;
     let hash = hash_api_key(&key);

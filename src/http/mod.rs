@@ -24,7 +24,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::web::{self, Bytes, BytesMut};
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use futures_util::{FutureExt, StreamExt};
 use std::pin::Pin;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -83,7 +83,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     post => openai::chat_completions::chat_completions,
                 ))
                 .service(resource!("/models", get => openai::models::list_models))
-                .service(resource!("/embeddings", post => openai::embeddings::embeddings)),
+                .service(resource!("/embeddings", post => openai::embeddings::embeddings))
+                .service(resource!("/messages", post => anthropic::messages::messages)),
         )
         .service(web::scope("/admin").configure(admin::configure));
 }
@@ -110,6 +111,8 @@ pub async fn request_context(
     req.extensions_mut().insert(RequestId(id.clone()));
     req.extensions_mut().insert(clock.clone());
     let exempt = matches!(req.path(), "/healthz" | "/readyz" | "/metrics");
+    // The Anthropic surface answers errors in Anthropic's shape.
+    let anthropic = is_anthropic_path(req.path());
     // In flight until the response's last byte, or until the request is dropped (a client
     // that hangs up before the headers): the guard is dropped either way. Probes and
     // scrapes are not counted.
@@ -124,14 +127,14 @@ pub async fn request_context(
         Some(Err(_)) => (None, true),
     };
     let result = if over_cap {
-        Err(ApiError::new(
+        let error = ApiError::new(
             ErrorKind::DownstreamConcurrencyExceeded,
             "the gateway is at its concurrency limit; retry shortly",
-        )
-        .into())
+        );
+        Ok(req.error_response(error).map_into_right_body())
     } else {
         match AssertUnwindSafe(next.call(req)).catch_unwind().await {
-            Ok(result) => result,
+            Ok(result) => result.map(ServiceResponse::map_into_left_body),
             Err(_) => {
                 tracing::error!(request_id = %id, "handler panicked");
                 Err(ApiError::internal().into())
@@ -155,6 +158,10 @@ pub async fn request_context(
         m.request_finished(&route, method, status, elapsed);
     }
     let mut res = result?;
+    if anthropic && let Some(error) = res.response().error() {
+        let body = anthropic::render_error(error);
+        res = res.map_body(|_, _| EitherBody::right(BoxBody::new(body)));
+    }
     let overhead = elapsed.saturating_sub(clock.get()).as_secs_f64() * 1e3;
     let headers = res.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&id) {
@@ -267,13 +274,17 @@ pub fn request_id(req: &HttpRequest) -> String {
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), |r| r.0.clone())
 }
 
-/// Unknown paths answer in the OpenAI error shape.
+/// Unknown paths answer 404 `route_not_found`.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    ApiError::new(
+    HttpResponse::from_error(ApiError::new(
         ErrorKind::RouteNotFound,
         format!("no route for {} {}", req.method(), req.path()),
-    )
-    .error_response()
+    ))
+}
+
+/// Whether `path` belongs to the Anthropic surface (its errors take Anthropic's shape).
+fn is_anthropic_path(path: &str) -> bool {
+    path == "/v1/messages" || path.starts_with("/v1/messages/")
 }
 
 /// A known path with a method it has no route for: 405 with `Allow: <allowed>`.
@@ -286,15 +297,14 @@ pub async fn method_not_allowed(
         .map(|m| m.to_ascii_uppercase())
         .collect::<Vec<_>>()
         .join(", ");
-    let mut res = ApiError::new(
+    let mut res = HttpResponse::from_error(ApiError::new(
         ErrorKind::MethodNotAllowed,
         format!(
             "{} is not allowed on {}; allowed: {allow}",
             req.method(),
             req.path()
         ),
-    )
-    .error_response();
+    ));
     if let Ok(value) = HeaderValue::from_str(&allow) {
         res.headers_mut()
             .insert(actix_web::http::header::ALLOW, value);

@@ -15,17 +15,21 @@ use crate::domain::canonical::{ChatRequest, ChatResponse, Dialect, StreamDecoder
 pub enum VendorType {
     /// OpenAI itself or any OpenAI-compatible server (`base_url` + `/chat/completions`).
     OpenAI,
+    /// Anthropic's Messages API (`base_url` + `/v1/messages`).
+    Anthropic,
     /// Deterministic, in-process: echoes the last user message; no network.
     Mock,
 }
 
 impl VendorType {
-    pub const SUPPORTED: &'static str = "OpenAI (also any OpenAI-compatible server), Mock";
+    pub const SUPPORTED: &'static str =
+        "OpenAI (also any OpenAI-compatible server), Anthropic, Mock";
 
     /// Case-insensitive; `openai_compatible` is accepted as a synonym of `OpenAI`.
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().replace('-', "_").as_str() {
             "openai" | "openai_compatible" => Some(Self::OpenAI),
+            "anthropic" => Some(Self::Anthropic),
             "mock" => Some(Self::Mock),
             _ => None,
         }
@@ -35,6 +39,7 @@ impl VendorType {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::OpenAI => "OpenAI",
+            Self::Anthropic => "Anthropic",
             Self::Mock => "Mock",
         }
     }
@@ -43,6 +48,7 @@ impl VendorType {
     pub fn provider_name(self) -> &'static str {
         match self {
             Self::OpenAI => "openai",
+            Self::Anthropic => "anthropic",
             Self::Mock => "mock",
         }
     }
@@ -53,6 +59,8 @@ impl VendorType {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Vendor {
     OpenAI,
+    /// Anthropic's Messages API (`{base_url}/v1/messages`).
+    Anthropic(anthropic::AnthropicSettings),
     /// In-process: answers in the OpenAI wire format without a network.
     Mock,
 }
@@ -61,6 +69,7 @@ impl Vendor {
     pub fn kind(&self) -> VendorType {
         match self {
             Self::OpenAI => VendorType::OpenAI,
+            Self::Anthropic(_) => VendorType::Anthropic,
             Self::Mock => VendorType::Mock,
         }
     }
@@ -70,6 +79,7 @@ impl Vendor {
     pub fn dialect(&self) -> Dialect {
         match self {
             Self::OpenAI | Self::Mock => Dialect::OpenAI,
+            Self::Anthropic(_) => Dialect::Anthropic,
         }
     }
 
@@ -77,6 +87,7 @@ impl Vendor {
     pub fn chat_url(&self, base_url: &str) -> String {
         match self {
             Self::OpenAI | Self::Mock => openai::chat_url(base_url),
+            Self::Anthropic(_) => anthropic::messages_url(base_url),
         }
     }
 
@@ -84,7 +95,7 @@ impl Vendor {
     pub fn embeddings_url(&self, base_url: &str) -> Option<String> {
         match self {
             Self::OpenAI => Some(openai::embeddings_url(base_url)),
-            Self::Mock => None,
+            Self::Anthropic(_) | Self::Mock => None,
         }
     }
 
@@ -101,18 +112,21 @@ impl Vendor {
     ) -> Result<UpstreamRequest, UpstreamFailure> {
         match self {
             Self::OpenAI | Self::Mock => openai::chat_request(url, target, req),
+            Self::Anthropic(settings) => anthropic::chat_request(url, target, settings, req),
         }
     }
 
     pub fn decode_answer(&self, bytes: &[u8]) -> Result<ChatResponse, UpstreamFailure> {
         match self {
             Self::OpenAI | Self::Mock => openai::decode_answer(bytes),
+            Self::Anthropic(_) => anthropic::decode_answer(bytes),
         }
     }
 
     pub fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
         match self {
             Self::OpenAI | Self::Mock => Box::<openai::OpenAiDecoder>::default(),
+            Self::Anthropic(_) => Box::<anthropic::AnthropicDecoder>::default(),
         }
     }
 
@@ -120,6 +134,7 @@ impl Vendor {
     pub fn classify(&self, status: u16, body: &[u8]) -> UpstreamFailure {
         match self {
             Self::OpenAI | Self::Mock => openai::classify(status, body),
+            Self::Anthropic(_) => anthropic::classify(status, body),
         }
     }
 }

@@ -7,10 +7,9 @@ use actix_web_lab::sse;
 use serde_json::{Map, Value, json};
 
 use crate::domain::canonical::{
-    ChatEvent, ChatRequest, ChatResponse, Dialect, FinishReason, ImageSource, Message, Native,
-    Part, Role, Tool, ToolChoice,
+    self, ChatEvent, ChatRequest, ChatResponse, Dialect, FinishReason, ImageSource, Message,
+    Native, Part, Role, Tool, ToolChoice,
 };
-use crate::domain::chat::MAX_MODEL_BYTES;
 use crate::domain::usage::TokenUsage;
 use crate::error::{ApiError, ErrorKind};
 
@@ -28,7 +27,7 @@ pub fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
             "request body must be a JSON object",
         ));
     };
-    let model = model(&body)?;
+    let model = canonical::model_name(body.get("model"))?;
     let max_tokens = match body.get("max_tokens") {
         None | Some(Value::Null) => {
             return Err(ApiError::invalid("max_tokens", "`max_tokens` is required"));
@@ -112,27 +111,6 @@ pub fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
             body,
         },
     })
-}
-
-/// The same checks as the OpenAI dialect's: a non-empty string of at most
-/// `MAX_MODEL_BYTES` bytes without control characters.
-fn model(body: &Map<String, Value>) -> Result<String, ApiError> {
-    match body.get("model") {
-        Some(Value::String(m)) if m.len() > MAX_MODEL_BYTES => Err(ApiError::invalid(
-            "model",
-            format!("`model` must be at most {MAX_MODEL_BYTES} bytes"),
-        )),
-        Some(Value::String(m)) if m.chars().any(char::is_control) => Err(ApiError::invalid(
-            "model",
-            "`model` must not contain control characters",
-        )),
-        Some(Value::String(m)) if !m.is_empty() => Ok(m.clone()),
-        Some(Value::String(_)) | None | Some(Value::Null) => Err(ApiError::invalid(
-            "model",
-            "you must provide a model parameter",
-        )),
-        Some(_) => Err(ApiError::invalid("model", "`model` must be a string")),
-    }
 }
 
 fn number(body: &Map<String, Value>, field: &str) -> Result<Option<f64>, ApiError> {
@@ -436,7 +414,7 @@ fn message_id(id: &str) -> String {
     } else if id.is_empty() {
         format!("msg_{}", uuid::Uuid::new_v4().simple())
     } else {
-        format!("msg_{id}")
+        format!("msg_{}", id.trim_start_matches("chatcmpl-"))
     }
 }
 
@@ -1447,7 +1425,7 @@ mod tests {
         );
         encoder.frames(&ChatEvent::Text("partial".into()), &mut frames);
         let err = ApiError::new(
-            ErrorKind::UpstreamError,
+            ErrorKind::Upstream(crate::providers::FailureClass::Overloaded),
             "the upstream provider is overloaded",
         );
         frames.extend(encoder.error_frame(&err));
