@@ -38,6 +38,12 @@ for chunk in stream:
 assert text == "stream these four words", text
 assert usage is not None and usage.completion_tokens == 4, usage
 
+embeddings = client.embeddings.create(model="mock", input=["a b", "c"])
+assert len(embeddings.data) == 2, embeddings
+assert [e.index for e in embeddings.data] == [0, 1], embeddings.data
+assert all(len(e.embedding) > 0 for e in embeddings.data), embeddings.data
+assert embeddings.usage.prompt_tokens > 0, embeddings.usage
+
 try:
     client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
     sys.exit("expected NotFoundError")
@@ -57,4 +63,4 @@ try:
 except openai.AuthenticationError as e:
     assert e.code == "invalid_api_key", e.body
 
-print(f"openai {openai.__version__} SDK check: 6 checks passed against {base}")
+print(f"openai {openai.__version__} SDK check: 7 checks passed against {base}")

@@ -1,6 +1,6 @@
 //! The test rig: `spawn_app()` starts the real gateway on a random port against a fresh
 //! database (a SQLite file, or a fresh PostgreSQL database when `TEST_DATABASE_URL` is
-//! set) and a scripted mock OpenAI upstream on its own random port.
+//! set) and a scripted mock upstream (OpenAI and Anthropic) on its own random port.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -492,4 +492,119 @@ pub fn streamed_content(body: &str) -> String {
                 .map(String::from)
         })
         .collect()
+}
+
+/// The Anthropic API version every Anthropic request carries.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+impl TestApp {
+    /// Registers an Anthropic deployment on the mock upstream (which answers
+    /// `{base_url}/v1/messages`), upstream model `claude-sonnet-4-5`; `extra` overrides
+    /// any field (e.g. `base_url`). Answers its JSON.
+    pub async fn add_anthropic_model(&self, model_id: &str, extra: Value) -> Value {
+        let mut body = json!({
+            "model_id": model_id,
+            "vendor_type": "Anthropic",
+            "base_url": self.upstream.address,
+            "api_key": "sk-ant-test",
+            "upstream_model": "claude-sonnet-4-5",
+        });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        let res = self
+            .post_json("/admin/models", &self.admin_key, &body)
+            .await;
+        assert_eq!(res.status(), 201, "creating an Anthropic deployment");
+        res.json().await.expect("deployment JSON")
+    }
+
+    /// `POST /v1/messages` as an Anthropic client: `x-api-key` and `anthropic-version`.
+    pub async fn messages(&self, key: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/messages"))
+            .header("x-api-key", key)
+            .header("anthropic-version", ANTHROPIC_VERSION)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// `(cache_read_tokens, cache_write_tokens)` of every usage row, in order, read with
+    /// plain SQL (the columns are newer than some entity versions).
+    pub async fn usage_cache_tokens(&self) -> Vec<(Option<i64>, Option<i64>)> {
+        self.store.send(FlushUsage).await.expect("store answers");
+        let db = self.db().await;
+        let rows = db
+            .query_all_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                "SELECT cache_read_tokens, cache_write_tokens FROM usage ORDER BY id",
+            ))
+            .await
+            .expect("usage cache columns");
+        rows.iter()
+            .map(|r| {
+                (
+                    r.try_get::<Option<i64>>("", "cache_read_tokens")
+                        .expect("cache_read_tokens"),
+                    r.try_get::<Option<i64>>("", "cache_write_tokens")
+                        .expect("cache_write_tokens"),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Reads an SSE body into `(event name, data)` pairs; the name is `message` when a block
+/// has no `event:` line, the data is JSON (or a string when it is not JSON).
+pub fn sse_events(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter_map(|block| {
+            let mut name = None;
+            let mut data: Vec<&str> = Vec::new();
+            for line in block.lines() {
+                if let Some(n) = line.strip_prefix("event:") {
+                    name = Some(n.trim().to_string());
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push(d.strip_prefix(' ').unwrap_or(d));
+                }
+            }
+            if name.is_none() && data.is_empty() {
+                return None;
+            }
+            let text = data.join("\n");
+            let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            Some((name.unwrap_or_else(|| "message".into()), value))
+        })
+        .collect()
+}
+
+/// Asserts Anthropic's error shape (`{"type":"error","error":{"type","message"}}`) and
+/// answers the error object.
+pub async fn assert_anthropic_error(res: reqwest::Response, status: u16) -> Value {
+    assert_eq!(res.status(), status, "status");
+    assert!(
+        res.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json")),
+        "error content type"
+    );
+    let body: Value = res.json().await.expect("error body is JSON");
+    assert_anthropic_error_body(&body)
+}
+
+/// Checks an Anthropic error body (HTTP or an `error` stream event); answers `error`.
+pub fn assert_anthropic_error_body(body: &Value) -> Value {
+    assert_eq!(body["type"], "error", "{body}");
+    let error = body.get("error").expect("`error` object").clone();
+    assert!(error["type"].is_string(), "error.type: {body}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error.message: {body}"
+    );
+    error
 }

@@ -1,12 +1,14 @@
 //! Integration tests: the real gateway on a random port (or a Unix socket) against a mock
-//! OpenAI upstream on its own random port, on SQLite, and on PostgreSQL when
-//! `TEST_DATABASE_URL` is set.
+//! upstream (OpenAI and Anthropic wire formats) on its own random port, on SQLite, and on
+//! PostgreSQL when `TEST_DATABASE_URL` is set.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod admin;
+mod anthropic;
 mod chat;
 mod cli;
 mod edge;
+mod embeddings;
 mod errors;
 mod hardening;
 mod helpers;
