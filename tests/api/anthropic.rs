@@ -1127,7 +1127,10 @@ async fn an_unreachable_anthropic_primary_falls_back_to_openai_for_both_dialects
 #[actix_web::test]
 async fn malformed_anthropic_answers_are_502_and_the_gateway_stays_healthy() {
     let app = spawn_app_with(|s| s.routing.max_attempts = 1).await;
-    app.add_anthropic_model("claude", json!({})).await;
+    // Three bad answers in five calls would open the default breaker: that is right, but
+    // this test is about each answer on its own.
+    app.add_anthropic_model("claude", json!({"breaker": {"minimum_calls": 100}}))
+        .await;
     let bad_answers = [
         Reply::Raw {
             content_type: "application/json",
