@@ -4,6 +4,7 @@
 pub mod breaker;
 pub mod canonical;
 pub mod chat;
+pub mod deployment;
 pub mod fallbacks;
 pub mod records;
 pub mod sse;

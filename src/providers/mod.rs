@@ -45,6 +45,55 @@ impl VendorType {
     }
 }
 
+/// Stored and shown in its canonical spelling; read with `VendorType::parse`.
+impl serde::Serialize for VendorType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for VendorType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown vendor_type `{s}`; supported: {}",
+                Self::SUPPORTED
+            ))
+        })
+    }
+}
+
+/// A deployment's vendor-specific settings (its `settings` object), typed per vendor.
+/// A vendor with settings adds its variant here and its arm in `parse`; nothing else
+/// stores or validates them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VendorSettings {
+    /// OpenAI and Mock take no settings: `{}`.
+    None,
+}
+
+impl VendorSettings {
+    /// Reads `raw` as `vendor`'s settings; the error is a serde message naming the field.
+    pub fn parse(
+        vendor: VendorType,
+        raw: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, serde_json::Error> {
+        fn typed<T: serde::de::DeserializeOwned>(
+            raw: &serde_json::Map<String, serde_json::Value>,
+        ) -> Result<T, serde_json::Error> {
+            serde_json::from_value(serde_json::Value::Object(raw.clone()))
+        }
+        /// Refuses every field.
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct NoSettings {}
+        match vendor {
+            VendorType::OpenAI | VendorType::Mock => typed::<NoSettings>(raw).map(|_| Self::None),
+        }
+    }
+}
+
 /// The closed vocabulary of upstream failures; it drives breakers, retries, metrics and
 /// the client's error `code`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
