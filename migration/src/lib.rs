@@ -11,6 +11,7 @@ mod m20261122_000005_create_usage;
 mod m20261122_000006_create_audit_log;
 mod m20261122_000007_add_resilience_settings;
 mod m20261130_000008_api_key_prefix_and_bootstrap;
+mod m20261201_000009_deployment_config;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000006_create_audit_log::Migration),
             Box::new(m20261122_000007_add_resilience_settings::Migration),
             Box::new(m20261130_000008_api_key_prefix_and_bootstrap::Migration),
+            Box::new(m20261201_000009_deployment_config::Migration),
         ]
     }
 }

@@ -11,6 +11,7 @@ use actix::prelude::*;
 use super::provider::{Configure, ProviderActor};
 use super::store::{LoadDeployments, LoadFallbacks, StoreActor, StoreError};
 use crate::config::Secret;
+use crate::domain::deployment::DeploymentConfig;
 use crate::domain::fallbacks;
 use crate::domain::records::{Deployment, DeploymentWithSecret};
 use crate::domain::usage::Prices;
@@ -74,15 +75,20 @@ impl RoutingSnapshot {
 pub fn rank(candidates: &[Arc<Route>], random: &mut impl FnMut() -> u64) -> Vec<Arc<Route>> {
     let mut keyed: Vec<(i32, f64, Arc<Route>)> = candidates
         .iter()
-        .filter(|r| r.deployment.weight > 0 || candidates.len() == 1)
+        .filter(|r| r.deployment.config.weight > 0 || candidates.len() == 1)
         .map(|r| {
             let u = (random() >> 11) as f64 / (1u64 << 53) as f64;
-            let w = f64::from(r.deployment.weight.max(1));
-            (r.deployment.priority, -u.powf(1.0 / w), r.clone())
+            let w = f64::from(r.deployment.config.weight.max(1));
+            (r.deployment.config.priority, -u.powf(1.0 / w), r.clone())
         })
         .collect();
     keyed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
     keyed.into_iter().map(|(_, _, r)| r).collect()
+}
+
+/// A deployment's concurrency cap for its provider actor.
+fn max_concurrency(config: &DeploymentConfig) -> Option<usize> {
+    config.max_concurrency.and_then(|c| usize::try_from(c).ok())
 }
 
 /// xorshift64*: plenty for spreading load, not for secrets.
@@ -190,12 +196,10 @@ impl RouterActor {
 
     fn build_route(&self, d: DeploymentWithSecret) -> Option<Arc<Route>> {
         let dep = d.deployment;
-        let Some(vendor) = VendorType::parse(&dep.vendor_type) else {
-            tracing::error!(deployment = %dep.id, vendor = %dep.vendor_type, "unknown vendor; deployment skipped");
-            return None;
-        };
-        let max_concurrency = dep.max_concurrency.and_then(|c| usize::try_from(c).ok());
-        let breaker = dep.breaker;
+        let config = &dep.config;
+        let vendor = config.vendor_type;
+        let max_concurrency = max_concurrency(config);
+        let breaker = config.breaker;
         let provider = match self.by_id.get(&dep.id) {
             Some(old) if old.provider.connected() => {
                 old.provider.do_send(Configure {
@@ -206,12 +210,12 @@ impl RouterActor {
             }
             _ => self.start_provider(&dep.id, max_concurrency, breaker),
         };
-        let ms = |v: Option<i64>, default: Duration| {
+        let ms = |v: Option<i64>| {
             v.and_then(|v| u64::try_from(v).ok())
-                .map_or(default, Duration::from_millis)
+                .map(Duration::from_millis)
         };
         let client = match reqwest::Client::builder()
-            .connect_timeout(ms(dep.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT))
+            .connect_timeout(ms(config.connect_timeout_ms).unwrap_or(DEFAULT_CONNECT_TIMEOUT))
             .tcp_nodelay(true)
             // A peer that vanished without a FIN is noticed even while a stream is idle.
             .tcp_keepalive(Duration::from_secs(30))
@@ -224,7 +228,7 @@ impl RouterActor {
                 return None;
             }
         };
-        let chat_url = match (vendor, dep.base_url.as_deref()) {
+        let chat_url = match (vendor, config.base_url.as_deref()) {
             (VendorType::OpenAI, Some(base)) => {
                 match reqwest::Url::parse(&crate::providers::openai::chat_url(base)) {
                     Ok(url) => Some(url),
@@ -238,19 +242,13 @@ impl RouterActor {
         };
         Some(Arc::new(Route {
             chat_url,
-            upstream_model: dep
+            upstream_model: config
                 .upstream_model
                 .clone()
-                .unwrap_or_else(|| dep.model_id.clone()),
-            prices: Prices {
-                input_per_mtok: dep.price_input_per_mtok,
-                output_per_mtok: dep.price_output_per_mtok,
-            },
-            request_timeout: ms(dep.request_timeout_ms, DEFAULT_REQUEST_TIMEOUT),
-            idle_timeout: dep
-                .idle_timeout_ms
-                .and_then(|v| u64::try_from(v).ok())
-                .map(Duration::from_millis),
+                .unwrap_or_else(|| config.model_id.clone()),
+            prices: config.prices(),
+            request_timeout: ms(config.request_timeout_ms).unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+            idle_timeout: ms(config.idle_timeout_ms),
             vendor,
             api_key: d.api_key,
             client,
@@ -275,7 +273,7 @@ impl RouterActor {
             if let Some(route) = route {
                 by_id.insert(route.deployment.id.clone(), route.clone());
                 routes
-                    .entry(route.deployment.model_id.clone())
+                    .entry(route.deployment.config.model_id.clone())
                     .or_default()
                     .push(route);
             }
@@ -301,11 +299,12 @@ impl RouterActor {
 
     fn replace_provider(&mut self, route: &Route) {
         tracing::warn!(deployment = %route.deployment.id, "provider actor gone; restarting it");
-        let cap = route
-            .deployment
-            .max_concurrency
-            .and_then(|c| usize::try_from(c).ok());
-        let provider = self.start_provider(&route.deployment.id, cap, route.deployment.breaker);
+        let config = &route.deployment.config;
+        let provider = self.start_provider(
+            &route.deployment.id,
+            max_concurrency(config),
+            config.breaker,
+        );
         let fresh = Arc::new(Route {
             deployment: route.deployment.clone(),
             vendor: route.vendor,
@@ -320,7 +319,7 @@ impl RouterActor {
         });
         self.by_id
             .insert(fresh.deployment.id.clone(), fresh.clone());
-        if let Some(list) = self.routes.get_mut(&fresh.deployment.model_id) {
+        if let Some(list) = self.routes.get_mut(&fresh.deployment.config.model_id) {
             for slot in list
                 .iter_mut()
                 .filter(|s| s.deployment.id == fresh.deployment.id)

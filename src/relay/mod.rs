@@ -148,7 +148,7 @@ impl Relay {
         };
         // A fallback chain may lead to models this key may not use: those are skipped.
         if info.caller.models.is_some() {
-            routes.retain(|r| info.caller.permits_model(&r.deployment.model_id));
+            routes.retain(|r| info.caller.permits_model(&r.deployment.config.model_id));
         }
         Ok(routes)
     }
@@ -303,7 +303,7 @@ fn deliver(
     options: stream::RelayOptions,
 ) -> ChatReply {
     let served = ServedBy {
-        model: route.deployment.model_id.clone(),
+        model: route.deployment.config.model_id.clone(),
         deployment_id: route.deployment.id.clone(),
         attempts: acc.attempts(),
     };
