@@ -250,25 +250,14 @@ impl Default for TelemetrySettings {
     }
 }
 
-/// A deployment created at startup when no deployment of that `model_id` and
-/// `vendor_type` exists yet; same fields as `POST /admin/models`.
+/// A deployment created at startup when no deployment of that `model_id` exists yet: the
+/// fields of `POST /admin/models`, read by the same type.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSeed {
-    pub model_id: String,
-    pub vendor_type: String,
-    pub base_url: Option<String>,
+    #[serde(flatten)]
+    pub config: crate::domain::deployment::DeploymentConfig,
     pub api_key: Option<Secret>,
-    pub upstream_model: Option<String>,
-    pub weight: Option<i32>,
-    pub priority: Option<i32>,
-    pub price_input_per_mtok: Option<f64>,
-    pub price_output_per_mtok: Option<f64>,
-    pub connect_timeout_ms: Option<i64>,
-    pub request_timeout_ms: Option<i64>,
-    pub max_concurrency: Option<i32>,
-    pub idle_timeout_ms: Option<i64>,
-    pub breaker: Option<crate::domain::breaker::BreakerConfig>,
 }
 
 /// Reads the process environment; injectable so tests never touch the real one.
@@ -428,32 +417,9 @@ impl Settings {
             crate::domain::upstream_hosts::UpstreamHosts::parse(&self.security.upstream_hosts)
                 .map_err(|(i, message)| bad(&format!("security.upstream_hosts[{i}]"), &message))?;
         for (i, seed) in self.models.iter().enumerate() {
-            if let Some(url) = &seed.base_url {
-                upstream_hosts
-                    .check_base_url(url)
-                    .map_err(|message| bad(&format!("models[{i}].base_url"), &message))?;
-            }
-            for (field, price) in [
-                ("price_input_per_mtok", seed.price_input_per_mtok),
-                ("price_output_per_mtok", seed.price_output_per_mtok),
-            ] {
-                if !crate::domain::usage::Prices::valid(price) {
-                    return Err(bad(
-                        &format!("models[{i}].{field}"),
-                        crate::domain::usage::INVALID_PRICE,
-                    ));
-                }
-            }
-            if crate::providers::VendorType::parse(&seed.vendor_type).is_none() {
-                return Err(bad(
-                    &format!("models[{i}].vendor_type"),
-                    &format!(
-                        "unknown vendor `{}`; supported: {}",
-                        seed.vendor_type,
-                        crate::providers::VendorType::SUPPORTED
-                    ),
-                ));
-            }
+            seed.config
+                .validate(&upstream_hosts)
+                .map_err(|(param, message)| bad(&format!("models[{i}].{param}"), &message))?;
         }
         Ok(())
     }
@@ -535,13 +501,18 @@ mod tests {
             ("LISTEN_MODE", "UDS"),
         ]));
         let s = Settings::from_toml_str(
-            "[[models]]\nmodel_id='a'\nvendor_type='OpenAI'\napi_key='${UPSTREAM_KEY}'\n",
+            "[[models]]\nmodel_id='a'\nvendor_type='openai'\nbase_url='https://api.openai.com/v1'\napi_key='${UPSTREAM_KEY}'\n[models.breaker]\nopen_ms=5\n",
             &env,
         )?;
         assert_eq!(
             s.models[0].api_key.as_ref().map(|k| k.expose().to_string()),
             Some("sk-123".to_string())
         );
+        assert_eq!(
+            s.models[0].config.vendor_type,
+            crate::providers::VendorType::OpenAI
+        );
+        assert_eq!(s.models[0].config.breaker.open_ms, 5);
         assert_eq!(s.database.url.expose(), "postgres://x/y");
         assert_eq!(s.server.uds, Some(PathBuf::from("./lowart.sock")));
         Ok(())
@@ -568,6 +539,28 @@ mod tests {
             .err()
             .unwrap_or_default();
         assert!(bad.contains("server.listen"), "{bad}");
+        // `[[models]]` is read and checked as `POST /admin/models` is.
+        for (seed, named) in [
+            ("vendor_type='Mock'\nwieght=2\n", "wieght"),
+            ("vendor_type='nope'\n", "nope"),
+            ("vendor_type='Mock'\nweight=-1\n", "models[0].weight"),
+            ("vendor_type='OpenAI'\n", "models[0].base_url"),
+            (
+                "vendor_type='Mock'\n[models.breaker]\nminimum_calls=0\n",
+                "models[0].breaker.minimum_calls",
+            ),
+            (
+                "vendor_type='Mock'\n[models.settings]\nx=1\n",
+                "models[0].settings.x",
+            ),
+        ] {
+            let toml = format!("[[models]]\nmodel_id='a'\n{seed}");
+            let err = Settings::from_toml_str(&toml, &env)
+                .map_err(|e| e.to_string())
+                .err()
+                .unwrap_or_default();
+            assert!(err.contains(named), "{named}: {err}");
+        }
     }
 
     #[test]

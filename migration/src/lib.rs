@@ -11,7 +11,8 @@ mod m20261122_000005_create_usage;
 mod m20261122_000006_create_audit_log;
 mod m20261122_000007_add_resilience_settings;
 mod m20261130_000008_api_key_prefix_and_bootstrap;
-mod m20261130_000010_usage_cache_tokens;
+mod m20261201_000009_deployment_config;
+mod m20261201_000010_usage_cache_tokens;
 
 pub struct Migrator;
 
@@ -27,7 +28,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000006_create_audit_log::Migration),
             Box::new(m20261122_000007_add_resilience_settings::Migration),
             Box::new(m20261130_000008_api_key_prefix_and_bootstrap::Migration),
-            Box::new(m20261130_000010_usage_cache_tokens::Migration),
+            Box::new(m20261201_000009_deployment_config::Migration),
+            Box::new(m20261201_000010_usage_cache_tokens::Migration),
         ]
     }
 }

@@ -11,10 +11,11 @@ use actix::prelude::*;
 use super::provider::{Configure, ProviderActor};
 use super::store::{LoadDeployments, LoadFallbacks, StoreActor, StoreError};
 use crate::config::Secret;
+use crate::domain::deployment::DeploymentConfig;
 use crate::domain::fallbacks;
 use crate::domain::records::{Deployment, DeploymentWithSecret};
 use crate::domain::usage::Prices;
-use crate::providers::{Vendor, VendorType};
+use crate::providers::Vendor;
 use crate::telemetry::metrics::Metrics;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,15 +79,20 @@ impl RoutingSnapshot {
 pub fn rank(candidates: &[Arc<Route>], random: &mut impl FnMut() -> u64) -> Vec<Arc<Route>> {
     let mut keyed: Vec<(i32, f64, Arc<Route>)> = candidates
         .iter()
-        .filter(|r| r.deployment.weight > 0 || candidates.len() == 1)
+        .filter(|r| r.deployment.config.weight > 0 || candidates.len() == 1)
         .map(|r| {
             let u = (random() >> 11) as f64 / (1u64 << 53) as f64;
-            let w = f64::from(r.deployment.weight.max(1));
-            (r.deployment.priority, -u.powf(1.0 / w), r.clone())
+            let w = f64::from(r.deployment.config.weight.max(1));
+            (r.deployment.config.priority, -u.powf(1.0 / w), r.clone())
         })
         .collect();
     keyed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
     keyed.into_iter().map(|(_, _, r)| r).collect()
+}
+
+/// A deployment's concurrency cap for its provider actor.
+fn max_concurrency(config: &DeploymentConfig) -> Option<usize> {
+    config.max_concurrency.and_then(|c| usize::try_from(c).ok())
 }
 
 /// xorshift64*: plenty for spreading load, not for secrets.
@@ -194,12 +200,16 @@ impl RouterActor {
 
     fn build_route(&self, d: DeploymentWithSecret) -> Option<Arc<Route>> {
         let dep = d.deployment;
-        let Some(vendor) = VendorType::parse(&dep.vendor_type) else {
-            tracing::error!(deployment = %dep.id, vendor = %dep.vendor_type, "unknown vendor; deployment skipped");
-            return None;
+        let config = &dep.config;
+        let vendor = match config.vendor() {
+            Ok(vendor) => vendor,
+            Err((param, message)) => {
+                tracing::error!(deployment = %dep.id, %param, %message, "invalid vendor settings; deployment skipped");
+                return None;
+            }
         };
-        let max_concurrency = dep.max_concurrency.and_then(|c| usize::try_from(c).ok());
-        let breaker = dep.breaker;
+        let max_concurrency = max_concurrency(config);
+        let breaker = config.breaker;
         let provider = match self.by_id.get(&dep.id) {
             Some(old) if old.provider.connected() => {
                 old.provider.do_send(Configure {
@@ -210,12 +220,12 @@ impl RouterActor {
             }
             _ => self.start_provider(&dep.id, max_concurrency, breaker),
         };
-        let ms = |v: Option<i64>, default: Duration| {
+        let ms = |v: Option<i64>| {
             v.and_then(|v| u64::try_from(v).ok())
-                .map_or(default, Duration::from_millis)
+                .map(Duration::from_millis)
         };
         let client = match reqwest::Client::builder()
-            .connect_timeout(ms(dep.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT))
+            .connect_timeout(ms(config.connect_timeout_ms).unwrap_or(DEFAULT_CONNECT_TIMEOUT))
             .tcp_nodelay(true)
             // A peer that vanished without a FIN is noticed even while a stream is idle.
             .tcp_keepalive(Duration::from_secs(30))
@@ -228,17 +238,12 @@ impl RouterActor {
                 return None;
             }
         };
-        let vendor = match vendor {
-            VendorType::OpenAI => Vendor::OpenAI,
-            VendorType::Anthropic => Vendor::Anthropic(Default::default()),
-            VendorType::Mock => Vendor::Mock,
-        };
         let parse = |url: Option<String>| match url.map(|u| reqwest::Url::parse(&u)) {
             None => Ok(None),
             Some(Ok(url)) => Ok(Some(url)),
             Some(Err(e)) => Err(e),
         };
-        let base = dep.base_url.as_deref();
+        let base = config.base_url.as_deref();
         let urls = parse(base.map(|b| vendor.chat_url(b)))
             .and_then(|chat| Ok((chat, parse(base.and_then(|b| vendor.embeddings_url(b)))?)));
         let (chat_url, embeddings_url) = match urls {
@@ -251,19 +256,13 @@ impl RouterActor {
         Some(Arc::new(Route {
             chat_url,
             embeddings_url,
-            upstream_model: dep
+            upstream_model: config
                 .upstream_model
                 .clone()
-                .unwrap_or_else(|| dep.model_id.clone()),
-            prices: Prices {
-                input_per_mtok: dep.price_input_per_mtok,
-                output_per_mtok: dep.price_output_per_mtok,
-            },
-            request_timeout: ms(dep.request_timeout_ms, DEFAULT_REQUEST_TIMEOUT),
-            idle_timeout: dep
-                .idle_timeout_ms
-                .and_then(|v| u64::try_from(v).ok())
-                .map(Duration::from_millis),
+                .unwrap_or_else(|| config.model_id.clone()),
+            prices: config.prices(),
+            request_timeout: ms(config.request_timeout_ms).unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+            idle_timeout: ms(config.idle_timeout_ms),
             vendor,
             api_key: d.api_key,
             client,
@@ -288,7 +287,7 @@ impl RouterActor {
             if let Some(route) = route {
                 by_id.insert(route.deployment.id.clone(), route.clone());
                 routes
-                    .entry(route.deployment.model_id.clone())
+                    .entry(route.deployment.config.model_id.clone())
                     .or_default()
                     .push(route);
             }
@@ -314,18 +313,19 @@ impl RouterActor {
 
     fn replace_provider(&mut self, route: &Route) {
         tracing::warn!(deployment = %route.deployment.id, "provider actor gone; restarting it");
-        let cap = route
-            .deployment
-            .max_concurrency
-            .and_then(|c| usize::try_from(c).ok());
-        let provider = self.start_provider(&route.deployment.id, cap, route.deployment.breaker);
+        let config = &route.deployment.config;
+        let provider = self.start_provider(
+            &route.deployment.id,
+            max_concurrency(config),
+            config.breaker,
+        );
         let fresh = Arc::new(Route {
             provider,
             ..route.clone()
         });
         self.by_id
             .insert(fresh.deployment.id.clone(), fresh.clone());
-        if let Some(list) = self.routes.get_mut(&fresh.deployment.model_id) {
+        if let Some(list) = self.routes.get_mut(&fresh.deployment.config.model_id) {
             for slot in list
                 .iter_mut()
                 .filter(|s| s.deployment.id == fresh.deployment.id)

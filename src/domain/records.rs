@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::config::Secret;
-use crate::domain::breaker::BreakerConfig;
+use crate::domain::deployment::DeploymentConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -87,26 +87,14 @@ impl KeyGrant {
     }
 }
 
-/// A deployment as stored, minus its secret (`has_api_key` says whether one is set).
+/// A deployment as stored, minus its secret (`has_api_key` says whether one is set); the
+/// configuration's fields are at the top level of the JSON answer.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Deployment {
     pub id: String,
-    pub model_id: String,
-    pub vendor_type: String,
-    pub base_url: Option<String>,
-    pub upstream_model: Option<String>,
+    #[serde(flatten)]
+    pub config: DeploymentConfig,
     pub has_api_key: bool,
-    pub weight: i32,
-    pub priority: i32,
-    pub price_input_per_mtok: Option<f64>,
-    pub price_output_per_mtok: Option<f64>,
-    pub connect_timeout_ms: Option<i64>,
-    pub request_timeout_ms: Option<i64>,
-    pub max_concurrency: Option<i32>,
-    pub idle_timeout_ms: Option<i64>,
-    /// The effective breaker configuration (defaults where not set).
-    pub breaker: BreakerConfig,
-    pub enabled: bool,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -116,26 +104,6 @@ pub struct Deployment {
 pub struct DeploymentWithSecret {
     pub deployment: Deployment,
     pub api_key: Option<Secret>,
-}
-
-/// The fields of a deployment an admin may set; `None` leaves a field as it is on update.
-#[derive(Debug, Clone, Default)]
-pub struct DeploymentSpec {
-    pub model_id: Option<String>,
-    pub vendor_type: Option<String>,
-    pub base_url: Option<Option<String>>,
-    pub upstream_model: Option<Option<String>>,
-    pub api_key: Option<Option<Secret>>,
-    pub weight: Option<i32>,
-    pub priority: Option<i32>,
-    pub price_input_per_mtok: Option<Option<f64>>,
-    pub price_output_per_mtok: Option<Option<f64>>,
-    pub connect_timeout_ms: Option<Option<i64>>,
-    pub request_timeout_ms: Option<Option<i64>>,
-    pub max_concurrency: Option<Option<i32>>,
-    pub idle_timeout_ms: Option<Option<i64>>,
-    pub breaker: Option<Option<BreakerConfig>>,
-    pub enabled: Option<bool>,
 }
 
 /// Who did an admin mutation, for the audit log.

@@ -4,9 +4,7 @@
 use serde::{Deserialize, Deserializer};
 
 use crate::actors::store::UserFields;
-use crate::config::Secret;
-use crate::domain::breaker::BreakerConfig;
-use crate::domain::records::{DeploymentSpec, Role};
+use crate::domain::records::Role;
 use crate::error::ApiError;
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -165,60 +163,6 @@ pub struct KeysQuery {
 #[derive(Debug, Deserialize)]
 pub struct AuditQuery {
     pub limit: Option<u64>,
-}
-
-/// `POST /admin/models` and `PATCH /admin/models/{id}`: absent fields are left alone,
-/// `null` clears an optional field.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeploymentBody {
-    pub model_id: Option<String>,
-    pub vendor_type: Option<String>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub base_url: Option<Option<String>>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub upstream_model: Option<Option<String>>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub api_key: Option<Option<Secret>>,
-    pub weight: Option<i32>,
-    pub priority: Option<i32>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub price_input_per_mtok: Option<Option<f64>>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub price_output_per_mtok: Option<Option<f64>>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub connect_timeout_ms: Option<Option<i64>>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub request_timeout_ms: Option<Option<i64>>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub max_concurrency: Option<Option<i32>>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub idle_timeout_ms: Option<Option<i64>>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub breaker: Option<Option<BreakerConfig>>,
-    pub enabled: Option<bool>,
-}
-
-impl DeploymentBody {
-    pub fn into_spec(self) -> DeploymentSpec {
-        DeploymentSpec {
-            model_id: self.model_id,
-            vendor_type: self.vendor_type,
-            base_url: self.base_url,
-            upstream_model: self.upstream_model,
-            api_key: self.api_key,
-            weight: self.weight,
-            priority: self.priority,
-            price_input_per_mtok: self.price_input_per_mtok,
-            price_output_per_mtok: self.price_output_per_mtok,
-            connect_timeout_ms: self.connect_timeout_ms,
-            request_timeout_ms: self.request_timeout_ms,
-            max_concurrency: self.max_concurrency,
-            idle_timeout_ms: self.idle_timeout_ms,
-            breaker: self.breaker,
-            enabled: self.enabled,
-        }
-    }
 }
 
 /// `PUT /admin/models/{model_id}/fallbacks`.

@@ -54,6 +54,25 @@ impl VendorType {
     }
 }
 
+/// Stored and shown in its canonical spelling; read with `VendorType::parse`.
+impl serde::Serialize for VendorType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for VendorType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown vendor_type `{s}`; supported: {}",
+                Self::SUPPORTED
+            ))
+        })
+    }
+}
+
 /// A deployment's vendor with its typed settings: what the relay dispatches on. The
 /// relay knows no vendor; it asks this enum to build, decode and classify.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,6 +154,29 @@ impl Vendor {
         match self {
             Self::OpenAI | Self::Mock => openai::classify(status, body),
             Self::Anthropic(_) => anthropic::classify(status, body),
+        }
+    }
+
+    /// The vendor of type `kind` with its `settings` object (the deployment's
+    /// `settings`), typed per vendor; the error is a serde message naming the field. A
+    /// vendor with settings reads them here; nothing else stores or validates them.
+    pub fn from_settings(
+        kind: VendorType,
+        raw: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, serde_json::Error> {
+        fn typed<T: serde::de::DeserializeOwned>(
+            raw: &serde_json::Map<String, serde_json::Value>,
+        ) -> Result<T, serde_json::Error> {
+            serde_json::from_value(serde_json::Value::Object(raw.clone()))
+        }
+        /// Refuses every field.
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct NoSettings {}
+        match kind {
+            VendorType::OpenAI => typed::<NoSettings>(raw).map(|_| Self::OpenAI),
+            VendorType::Mock => typed::<NoSettings>(raw).map(|_| Self::Mock),
+            VendorType::Anthropic => typed(raw).map(Self::Anthropic),
         }
     }
 }

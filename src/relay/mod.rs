@@ -113,7 +113,7 @@ struct Admitted<A> {
 impl<A> Admitted<A> {
     fn served(&self) -> ServedBy {
         ServedBy {
-            model: self.route.deployment.model_id.clone(),
+            model: self.route.deployment.config.model_id.clone(),
             deployment_id: self.route.deployment.id.clone(),
             attempts: self.acc.attempts(),
         }
@@ -191,7 +191,7 @@ impl Relay {
         };
         // A fallback chain may lead to models this key may not use: those are skipped.
         if info.caller.models.is_some() {
-            routes.retain(|r| info.caller.permits_model(&r.deployment.model_id));
+            routes.retain(|r| info.caller.permits_model(&r.deployment.config.model_id));
         }
         Ok(routes)
     }

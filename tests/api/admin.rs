@@ -3,7 +3,10 @@
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_openai_error, is_postgres, spawn_app, user_message};
+use crate::helpers::{
+    assert_openai_error, drop_test_database, fresh_database_url, install_crypto, is_postgres,
+    serve, spawn_app, test_settings, user_message,
+};
 
 #[actix_web::test]
 async fn a_key_works_until_revoked_and_is_refused_on_the_very_next_request() {
@@ -334,4 +337,266 @@ async fn every_admin_mutation_is_audited() {
         .filter(|e| e["actor_user_id"] == "admin")
         .count();
     assert_eq!(by_admin, 6);
+}
+
+#[actix_web::test]
+async fn a_model_patch_merges_into_the_deployment_and_its_audit_never_holds_the_key() {
+    let app = spawn_app().await;
+    let dep = app
+        .add_openai_model(
+            "gpt-test",
+            json!({"weight": 3, "price_input_per_mtok": 1.5, "breaker": {"open_ms": 1000}}),
+        )
+        .await;
+    let path = format!("/admin/models/{}", dep["id"].as_str().unwrap());
+    assert_eq!(dep["settings"], json!({}));
+
+    // One field (and one field of the breaker) changes; every other one stays.
+    let res = app
+        .patch_json(
+            &path,
+            &app.admin_key,
+            &json!({"priority": 2, "breaker": {"minimum_calls": 7}}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let patched: Value = res.json().await.unwrap();
+    assert_eq!(patched["priority"], 2);
+    assert_eq!(patched["breaker"]["minimum_calls"], 7);
+    assert_eq!(patched["breaker"]["open_ms"], 1000);
+    for field in [
+        "model_id",
+        "vendor_type",
+        "base_url",
+        "upstream_model",
+        "weight",
+        "price_input_per_mtok",
+        "enabled",
+        "has_api_key",
+        "settings",
+    ] {
+        assert_eq!(patched[field], dep[field], "{field}");
+    }
+
+    // `null` clears an optional field and resets one with a default.
+    let res = app
+        .patch_json(
+            &path,
+            &app.admin_key,
+            &json!({"upstream_model": null, "weight": null, "price_input_per_mtok": null}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let cleared: Value = res.json().await.unwrap();
+    assert_eq!(cleared["upstream_model"], Value::Null);
+    assert_eq!(cleared["price_input_per_mtok"], Value::Null);
+    assert_eq!(cleared["weight"], 1);
+    assert_eq!(cleared["priority"], 2);
+    app.chat(
+        &app.admin_key,
+        &json!({"model": "gpt-test", "messages": user_message("x")}),
+    )
+    .await;
+    assert_eq!(app.upstream.received()[0].body["model"], "gpt-test");
+
+    // Unknown fields, at the top or inside an object, are a 400 naming them; nothing changes.
+    for (body, param) in [
+        (json!({"priority": 5, "wieght": 2}), "wieght"),
+        (
+            json!({"priority": 5, "breaker": {"opn_ms": 1}}),
+            "breaker.opn_ms",
+        ),
+        (
+            json!({"priority": 5, "settings": {"version": "1"}}),
+            "settings.version",
+        ),
+        (json!({"priority": "high"}), "priority"),
+    ] {
+        let res = app.patch_json(&path, &app.admin_key, &body).await;
+        assert_eq!(
+            assert_openai_error(res, 400).await["param"],
+            param,
+            "{body}"
+        );
+    }
+    let listed: Value = app
+        .get("/admin/models", &app.admin_key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let stored = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == dep["id"])
+        .unwrap()
+        .clone();
+    assert_eq!(stored, cleared, "refused patches change nothing");
+
+    // A new key is audited as "set", a cleared one as "cleared"; the secret never is.
+    let rotated = "sk-rotated-upstream-secret-987654321";
+    let res = app
+        .patch_json(&path, &app.admin_key, &json!({"api_key": rotated}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let res = app
+        .patch_json(&path, &app.admin_key, &json!({"api_key": null}))
+        .await;
+    let keyless: Value = res.json().await.unwrap();
+    assert_eq!(keyless["has_api_key"], false);
+    let audit: Value = app
+        .get("/admin/audit", &app.admin_key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let text = audit.to_string();
+    assert!(!text.contains(rotated) && !text.contains("sk-upstream-secret"));
+    let updates: Vec<&Value> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "model.update")
+        .map(|e| &e["details"])
+        .collect();
+    for expected in [
+        json!({"priority": 2, "breaker": {"minimum_calls": 7}}),
+        json!({"upstream_model": null, "weight": null, "price_input_per_mtok": null}),
+        json!({"api_key": "set"}),
+        json!({"api_key": "cleared"}),
+    ] {
+        assert!(updates.contains(&&expected), "{expected} in {updates:?}");
+    }
+    assert_eq!(updates.len(), 4, "refused patches are not audited");
+    let created = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "model.create")
+        .unwrap();
+    assert_eq!(created["details"]["api_key"], "set");
+}
+
+#[actix_web::test]
+async fn upgrading_moves_each_deployments_settings_into_its_config_and_back() {
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::Database;
+    install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = fresh_database_url(&dir).await;
+    let breaker = json!({"window_size": 10, "window_ms": 0, "failure_rate_threshold": 0.5,
+        "minimum_calls": 3, "open_ms": 1000, "half_open_probes": 1});
+    let db = Database::connect(db_url.as_str()).await.unwrap();
+    // A database as the previous release left it.
+    Migrator::up(&db, Some(8)).await.unwrap();
+    db.execute_unprepared(&format!(
+        "INSERT INTO deployments (id, model_id, vendor_type, base_url, upstream_model, weight, \
+         priority, price_input_per_mtok, price_output_per_mtok, connect_timeout_ms, \
+         request_timeout_ms, max_concurrency, enabled, idle_timeout_ms, breaker, created_at, \
+         updated_at) VALUES \
+         ('dep_old', 'old-model', 'OpenAI', 'https://api.openai.com/v1', 'gpt-4o', 4, 1, 2.5, \
+          NULL, 5000, NULL, 8, true, 7000, '{breaker}', 1, 2), \
+         ('dep_plain', 'plain', 'Mock', NULL, NULL, 1, 0, NULL, NULL, NULL, NULL, NULL, false, \
+          NULL, NULL, 3, 4);"
+    ))
+    .await
+    .unwrap();
+
+    let configs = |db: sea_orm::DatabaseConnection| async move {
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT config FROM deployments ORDER BY id",
+            ))
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| serde_json::from_str(&r.try_get::<String>("", "config").unwrap()).unwrap())
+            .collect::<Vec<Value>>()
+    };
+    Migrator::up(&db, None).await.unwrap();
+    let moved = json!({"base_url": "https://api.openai.com/v1", "upstream_model": "gpt-4o",
+        "weight": 4, "priority": 1, "price_input_per_mtok": 2.5, "connect_timeout_ms": 5000,
+        "max_concurrency": 8, "idle_timeout_ms": 7000, "breaker": breaker});
+    let plain = json!({"weight": 1, "priority": 0});
+    assert_eq!(configs(db.clone()).await, [moved.clone(), plain.clone()]);
+
+    // Down to migration 8 and up again: the same values.
+    let after_config = Migrator::get_migration_files().len() - 9;
+    Migrator::down(&db, Some(u32::try_from(after_config + 1).unwrap()))
+        .await
+        .unwrap();
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT weight, max_concurrency, idle_timeout_ms, price_output_per_mtok, breaker \
+             FROM deployments WHERE id = 'dep_old'",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.try_get::<i32>("", "weight").unwrap(), 4);
+    assert_eq!(
+        row.try_get::<Option<i32>>("", "max_concurrency").unwrap(),
+        Some(8)
+    );
+    assert_eq!(
+        row.try_get::<Option<i64>>("", "idle_timeout_ms").unwrap(),
+        Some(7000)
+    );
+    assert_eq!(
+        row.try_get::<Option<f64>>("", "price_output_per_mtok")
+            .unwrap(),
+        None
+    );
+    let text = row
+        .try_get::<Option<String>>("", "breaker")
+        .unwrap()
+        .unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), breaker);
+    Migrator::up(&db, None).await.unwrap();
+    assert_eq!(configs(db.clone()).await, [moved, plain]);
+    db.close().await.unwrap();
+
+    // The gateway reads them as they were.
+    let admin = lowart::crypto::generate_api_key().unwrap();
+    let address = serve(test_settings(&dir, &db_url, &admin)).await;
+    let listed: Value = reqwest::Client::new()
+        .get(format!("{address}/admin/models"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let data = listed["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2, "{listed}");
+    let old = data.iter().find(|d| d["id"] == "dep_old").unwrap();
+    for (field, value) in [
+        ("model_id", json!("old-model")),
+        ("vendor_type", json!("OpenAI")),
+        ("upstream_model", json!("gpt-4o")),
+        ("weight", json!(4)),
+        ("priority", json!(1)),
+        ("price_input_per_mtok", json!(2.5)),
+        ("price_output_per_mtok", Value::Null),
+        ("connect_timeout_ms", json!(5000)),
+        ("request_timeout_ms", Value::Null),
+        ("max_concurrency", json!(8)),
+        ("idle_timeout_ms", json!(7000)),
+        ("breaker", breaker.clone()),
+        ("enabled", json!(true)),
+        ("has_api_key", json!(false)),
+        ("settings", json!({})),
+        ("created_at", json!(1)),
+    ] {
+        assert_eq!(old[field], value, "{field}");
+    }
+    let plain = data.iter().find(|d| d["id"] == "dep_plain").unwrap();
+    assert_eq!(plain["enabled"], false);
+    assert_eq!(plain["vendor_type"], "Mock");
+    assert_eq!(plain["weight"], 1);
+    drop_test_database(&db_url);
 }

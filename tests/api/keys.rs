@@ -187,23 +187,11 @@ async fn upstream_hosts_limit_where_deployments_point() {
     drop_test_database(&db_url);
 }
 
+/// A `[[models]]` seed, read as the configuration file is.
 fn seed(base_url: &str, price_input: Option<f64>) -> ModelSeed {
-    ModelSeed {
-        model_id: "seeded".into(),
-        vendor_type: "OpenAI".into(),
-        base_url: Some(base_url.into()),
-        api_key: Some(Secret::new(UPSTREAM_SECRET)),
-        upstream_model: None,
-        weight: None,
-        priority: None,
-        price_input_per_mtok: price_input,
-        price_output_per_mtok: None,
-        connect_timeout_ms: None,
-        request_timeout_ms: None,
-        max_concurrency: None,
-        idle_timeout_ms: None,
-        breaker: None,
-    }
+    serde_json::from_value(json!({"model_id": "seeded", "vendor_type": "OpenAI",
+        "base_url": base_url, "api_key": UPSTREAM_SECRET, "price_input_per_mtok": price_input}))
+    .unwrap()
 }
 
 #[actix_web::test]

@@ -6,15 +6,16 @@ use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, IntoActiveModel, PaginatorTrait,
     QueryFilter,
 };
-use serde_json::json;
+use serde_json::{Map, Value, json};
 
 use super::{
     EnsureAdminKey, HasAdminKey, NewKey, SeedDeployments, StoreActor, StoreError, audit,
     begin_write, deployments, keys, users,
 };
 use crate::crypto;
+use crate::domain::deployment::DeploymentConfig;
 use crate::domain::now_ms;
-use crate::domain::records::{Actor, DeploymentSpec, Role};
+use crate::domain::records::{Actor, Role};
 use crate::entities::{api_key, deployment, user};
 
 const BOOTSTRAP_USER: &str = "admin";
@@ -152,43 +153,28 @@ impl Handler<SeedDeployments> for StoreActor {
         let hosts = self.upstream_hosts.clone();
         self.run(move |db, key| async move {
             let txn = begin_write(&db).await?;
-            let mut specs = Vec::new();
+            let mut new = Vec::new();
             if deployment::Entity::find().count(&txn).await? == 0 {
-                specs.push(DeploymentSpec {
-                    model_id: Some("mock".into()),
-                    vendor_type: Some("Mock".into()),
-                    ..Default::default()
-                });
+                let mock = Map::from_iter([
+                    ("model_id".to_string(), Value::from("mock")),
+                    ("vendor_type".to_string(), Value::from("Mock")),
+                ]);
+                let config = DeploymentConfig::create(&mock).map_err(deployments::invalid)?;
+                new.push((config, None));
             }
             for seed in msg.seeds {
                 let exists = deployment::Entity::find()
-                    .filter(deployment::Column::ModelId.eq(seed.model_id.clone()))
+                    .filter(deployment::Column::ModelId.eq(seed.config.model_id.clone()))
                     .count(&txn)
                     .await?
                     > 0;
                 if !exists {
-                    specs.push(DeploymentSpec {
-                        model_id: Some(seed.model_id),
-                        vendor_type: Some(seed.vendor_type),
-                        base_url: Some(seed.base_url),
-                        upstream_model: Some(seed.upstream_model),
-                        api_key: Some(seed.api_key),
-                        weight: seed.weight,
-                        priority: seed.priority,
-                        price_input_per_mtok: Some(seed.price_input_per_mtok),
-                        price_output_per_mtok: Some(seed.price_output_per_mtok),
-                        connect_timeout_ms: Some(seed.connect_timeout_ms),
-                        request_timeout_ms: Some(seed.request_timeout_ms),
-                        max_concurrency: Some(seed.max_concurrency),
-                        idle_timeout_ms: Some(seed.idle_timeout_ms),
-                        breaker: Some(seed.breaker),
-                        enabled: None,
-                    });
+                    new.push((seed.config, seed.api_key));
                 }
             }
-            let created = specs.len();
-            for spec in specs {
-                let row = deployments::new_row(&spec, &key, &hosts)?
+            let created = new.len();
+            for (config, api_key) in new {
+                let row = deployments::new_row(&config, api_key.as_ref(), &key, &hosts)?
                     .insert(&txn)
                     .await?;
                 let details = json!({"model_id": row.model_id, "vendor_type": row.vendor_type});

@@ -4,9 +4,9 @@ use actix::Message;
 
 use super::StoreError;
 use crate::config::{ModelSeed, Secret};
+use crate::domain::deployment::DeploymentPatch;
 use crate::domain::records::{
-    Actor, ApiKeyInfo, AuditEntry, Deployment, DeploymentSpec, DeploymentWithSecret, KeyGrant,
-    Role, User,
+    Actor, ApiKeyInfo, AuditEntry, Deployment, DeploymentWithSecret, KeyGrant, Role, User,
 };
 use crate::domain::usage::UsageRecord;
 
@@ -134,7 +134,8 @@ pub struct RevokeKey {
 #[derive(Message)]
 #[rtype(result = "Result<Deployment, StoreError>")]
 pub struct CreateDeployment {
-    pub spec: DeploymentSpec,
+    /// The body: merged onto `{}`.
+    pub patch: DeploymentPatch,
     pub actor: Actor,
 }
 
@@ -146,7 +147,8 @@ pub struct ListDeployments;
 #[rtype(result = "Result<Deployment, StoreError>")]
 pub struct UpdateDeployment {
     pub id: String,
-    pub spec: DeploymentSpec,
+    /// The body: merged onto the current configuration (RFC 7396).
+    pub patch: DeploymentPatch,
     pub actor: Actor,
 }
 

@@ -1,6 +1,8 @@
 //! `/admin/models`: deployments. A change is written by the store, then the router reloads
-//! before the answer, so the next request already routes by the new table. The upstream
-//! `api_key` is accepted, sealed, and never returned.
+//! before the answer, so the next request already routes by the new table. A body is a
+//! JSON object: `POST` merges it onto `{}`, `PATCH` onto the current configuration
+//! (RFC 7396, see `domain::deployment`). The upstream `api_key` is accepted, sealed, and
+//! never returned.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
@@ -8,8 +10,8 @@ use serde_json::json;
 use crate::actors::ASK_TIMEOUT;
 use crate::actors::router::Reload;
 use crate::actors::store::{CreateDeployment, DeleteDeployment, ListDeployments, UpdateDeployment};
+use crate::domain::deployment::DeploymentPatch;
 use crate::error::ApiError;
-use crate::http::dto::DeploymentBody;
 use crate::http::extract::{AdminReader, ModelAdmin};
 use crate::http::{AppState, read_json};
 
@@ -27,20 +29,25 @@ pub(crate) async fn reload(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A deployment body: a JSON object, checked field by field by the store once merged.
+async fn read_patch(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<DeploymentPatch, ApiError> {
+    let body: serde_json::Map<String, serde_json::Value> =
+        read_json(req, payload, state.settings.server.max_body_bytes).await?;
+    DeploymentPatch::from_body(body).map_err(|(param, message)| ApiError::invalid(param, message))
+}
+
 pub async fn create_model(
     state: web::Data<AppState>,
     caller: ModelAdmin,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body: DeploymentBody =
-        read_json(&req, payload, state.settings.server.max_body_bytes).await?;
-    let spec = body.into_spec();
-    if spec.model_id.is_none() {
-        return Err(ApiError::invalid("model_id", "`model_id` is required"));
-    }
     let msg = CreateDeployment {
-        spec,
+        patch: read_patch(&state, &req, payload).await?,
         actor: caller.actor(),
     };
     let deployment = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
@@ -67,11 +74,9 @@ pub async fn update_model(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body: DeploymentBody =
-        read_json(&req, payload, state.settings.server.max_body_bytes).await?;
     let msg = UpdateDeployment {
         id: path.into_inner(),
-        spec: body.into_spec(),
+        patch: read_patch(&state, &req, payload).await?,
         actor: caller.actor(),
     };
     let deployment = state.store.send(msg).timeout(ASK_TIMEOUT).await??;

@@ -1146,7 +1146,7 @@ mod tests {
         assert_eq!(
             encode_response(&resp),
             json!({
-                "id": "msg_chatcmpl-123",
+                "id": "msg_123",
                 "type": "message",
                 "role": "assistant",
                 "model": "gpt-4o-mini",
@@ -1358,7 +1358,7 @@ mod tests {
                 "message_stop",
             ]
         );
-        assert_eq!(frames[0].1["message"]["id"], "msg_chatcmpl-abc");
+        assert_eq!(frames[0].1["message"]["id"], "msg_abc");
         assert_eq!(frames[0].1["message"]["model"], "public-model");
         assert_eq!(
             frames[4].1,
