@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod anthropic;
 pub mod auth_throttle;
+pub mod chat;
 pub mod dto;
 pub mod extract;
 pub mod health;
@@ -33,7 +34,7 @@ use crate::actors::router::RouterActor;
 use crate::actors::store::StoreActor;
 use crate::config::Settings;
 use crate::error::{ApiError, ErrorKind};
-use crate::relay::{Relay, ServedBy, UpstreamClock};
+use crate::relay::{Relay, RequestInfo, ServedBy, UpstreamClock};
 use crate::telemetry::metrics::{Metrics, method_label};
 
 /// What every handler can reach: actor addresses, the key cache and the auth throttle,
@@ -80,11 +81,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::scope("/v1")
                 .service(resource!(
                     "/chat/completions",
-                    post => openai::chat_completions::chat_completions,
+                    post => chat::serve::<openai::chat_completions::OpenAiChat>,
                 ))
                 .service(resource!("/models", get => openai::models::list_models))
                 .service(resource!("/embeddings", post => openai::embeddings::embeddings))
-                .service(resource!("/messages", post => anthropic::messages::messages)),
+                .service(resource!(
+                    "/messages",
+                    post => chat::serve::<anthropic::messages::AnthropicMessages>,
+                )),
         )
         .service(web::scope("/admin").configure(admin::configure));
 }
@@ -346,6 +350,40 @@ pub async fn read_body(
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+/// A request body that must be a JSON object: 400 `invalid_json` when it is not JSON,
+/// 400 `invalid_request` when it is not an object.
+pub fn json_object(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    match serde_json::from_slice(bytes) {
+        Ok(serde_json::Value::Object(body)) => Ok(body),
+        Ok(_) => Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            "request body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::new(
+            ErrorKind::InvalidJson,
+            format!("request body is not valid JSON: {e}"),
+        )),
+    }
+}
+
+/// Who asks for what, from this request: the usage row's start.
+pub fn request_info(
+    req: &HttpRequest,
+    caller: extract::Caller,
+    model: String,
+    stream: bool,
+    started: Instant,
+) -> RequestInfo {
+    RequestInfo::new(
+        request_id(req),
+        upstream_clock(req),
+        caller.0,
+        model,
+        stream,
+        started,
+    )
 }
 
 /// Reads a JSON body of type `T` (call it once the caller is authenticated): 400 without

@@ -11,22 +11,11 @@ use crate::domain::canonical::{
     Native, Part, Role, Tool, ToolChoice,
 };
 use crate::domain::usage::TokenUsage;
-use crate::error::{ApiError, ErrorKind};
+use crate::error::ApiError;
 
 /// Parses and validates a Messages API body.
 pub fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::new(
-            ErrorKind::InvalidJson,
-            format!("request body is not valid JSON: {e}"),
-        )
-    })?;
-    let Value::Object(body) = value else {
-        return Err(ApiError::new(
-            ErrorKind::InvalidRequest,
-            "request body must be a JSON object",
-        ));
-    };
+    let body = crate::http::json_object(bytes)?;
     let model = canonical::model_name(body.get("model"))?;
     let max_tokens = match body.get("max_tokens") {
         None | Some(Value::Null) => {
@@ -729,6 +718,7 @@ fn to_sse((name, data): Frame) -> sse::Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     fn parse_json(body: Value) -> Result<ChatRequest, ApiError> {
         parse(body.to_string().as_bytes())

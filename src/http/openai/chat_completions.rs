@@ -1,72 +1,59 @@
-//! `POST /v1/chat/completions`: blocking JSON or SSE, in the OpenAI dialect.
+//! `POST /v1/chat/completions`: the OpenAI chat dialect on the shared chat handler.
 
-use std::time::Instant;
+use actix_web_lab::sse;
+use serde_json::Value;
 
-use actix_web::{HttpRequest, HttpResponse, web};
-
+use crate::domain::canonical::{ChatEvent, ChatRequest, ChatResponse};
 use crate::error::ApiError;
-use crate::http::extract::Caller;
+use crate::http::chat::ChatDialect;
 use crate::http::openai::dialect::{self, StreamEncoder};
-use crate::http::{AppState, read_body, request_id, served_headers, sse_response, upstream_clock};
-use crate::relay::{ChatBody, Relayed, RequestInfo};
+use crate::relay::Relayed;
 
-pub async fn chat_completions(
-    state: web::Data<AppState>,
-    caller: Caller,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let started = Instant::now();
-    let body = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
-    let chat = dialect::parse(&body)?;
-    let info = RequestInfo::new(
-        request_id(&req),
-        upstream_clock(&req),
-        caller.0,
-        chat.model.clone(),
-        chat.stream,
-        started,
-    );
-    let created = info.created_at / 1000;
-    let reply = state.relay.chat(info, &chat).await?;
-    let mut res = match reply.body {
-        ChatBody::Complete {
-            raw: Some(bytes), ..
-        } => HttpResponse::Ok()
-            .content_type("application/json")
-            .body(bytes),
-        ChatBody::Complete { response, .. } => {
-            HttpResponse::Ok().json(dialect::encode_response(&response, created))
+pub struct OpenAiChat;
+
+/// A stream's encoder, and whether the client asked for the usage chunk.
+pub struct Encoder {
+    events: StreamEncoder,
+    include_usage: bool,
+}
+
+impl ChatDialect for OpenAiChat {
+    type Encoder = Encoder;
+
+    fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+        dialect::parse(bytes)
+    }
+
+    fn encode_response(response: &ChatResponse, created: i64) -> Value {
+        dialect::encode_response(response, created)
+    }
+
+    fn encoder(req: &ChatRequest, created: i64) -> Encoder {
+        Encoder {
+            events: StreamEncoder::new(req.model.clone(), created, req.include_usage),
+            include_usage: req.include_usage,
         }
-        ChatBody::Stream(items) => {
-            let include_usage = chat.include_usage;
-            let mut encoder = StreamEncoder::new(chat.model, created, include_usage);
-            sse_response(&req, items, move |item, out| match item {
-                Relayed::Event {
-                    raw: Some(raw),
-                    events,
-                } => {
-                    // The upstream's usage-only chunk is the gateway's; the client sees it
-                    // only when it asked.
-                    let usage_only = matches!(
-                        events.as_slice(),
-                        [crate::domain::canonical::ChatEvent::Usage(_)]
-                    );
-                    if include_usage || !usage_only {
-                        out.push(actix_web_lab::sse::Event::Data(
-                            actix_web_lab::sse::Data::new(raw.data),
-                        ));
-                    }
+    }
+
+    fn encode(encoder: &mut Encoder, item: Relayed, out: &mut Vec<sse::Event>) {
+        match item {
+            Relayed::Event {
+                raw: Some(raw),
+                events,
+            } => {
+                // The usage-only chunk was asked for by the gateway; the client sees it
+                // only when it asked too.
+                let usage_only = matches!(events.as_slice(), [ChatEvent::Usage(_)]);
+                if encoder.include_usage || !usage_only {
+                    out.push(sse::Event::Data(sse::Data::new(raw.data)));
                 }
-                Relayed::Event { raw: None, events } => {
-                    for event in &events {
-                        encoder.encode(event, out);
-                    }
+            }
+            Relayed::Event { raw: None, events } => {
+                for event in &events {
+                    encoder.events.encode(event, out);
                 }
-                Relayed::Failed(error) => encoder.error(&error, out),
-            })
+            }
+            Relayed::Failed(error) => encoder.events.error(&error, out),
         }
-    };
-    served_headers(&mut res, reply.served);
-    Ok(res)
+    }
 }

@@ -11,7 +11,7 @@ use crate::domain::canonical::{
     Native, Part, Role, Tool, ToolChoice,
 };
 use crate::domain::usage::TokenUsage;
-use crate::error::{ApiError, ErrorKind};
+use crate::error::ApiError;
 
 const ROLES: &[&str] = &[
     "system",
@@ -24,18 +24,7 @@ const ROLES: &[&str] = &[
 
 /// Validates an OpenAI chat-completion body and parses it into the canonical request.
 pub fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::new(
-            ErrorKind::InvalidJson,
-            format!("request body is not valid JSON: {e}"),
-        )
-    })?;
-    let Value::Object(body) = value else {
-        return Err(ApiError::new(
-            ErrorKind::InvalidRequest,
-            "request body must be a JSON object",
-        ));
-    };
+    let body = crate::http::json_object(bytes)?;
     let model = canonical::model_name(body.get("model"))?;
     validate_messages(body.get("messages"))?;
     let stream = optional_bool(&body, "stream")?.unwrap_or(false);
@@ -492,6 +481,7 @@ fn validate_messages(messages: Option<&Value>) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     fn param_of(body: &str) -> Option<String> {
         parse(body.as_bytes()).err().and_then(|e| e.param)

@@ -7,10 +7,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
 
 use crate::domain::canonical;
-use crate::error::{ApiError, ErrorKind};
+use crate::error::ApiError;
 use crate::http::extract::Caller;
-use crate::http::{AppState, read_body, request_id, served_headers, upstream_clock};
-use crate::relay::{EmbeddingsRequest, RequestInfo};
+use crate::http::{AppState, read_body, request_info, served_headers};
+use crate::relay::EmbeddingsRequest;
 
 pub async fn embeddings(
     state: web::Data<AppState>,
@@ -21,14 +21,7 @@ pub async fn embeddings(
     let started = Instant::now();
     let body = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
     let request = parse(&body)?;
-    let info = RequestInfo::new(
-        request_id(&req),
-        upstream_clock(&req),
-        caller.0,
-        request.model.clone(),
-        false,
-        started,
-    );
+    let info = request_info(&req, caller, request.model.clone(), false, started);
     let reply = state.relay.embeddings(info, &request).await?;
     let mut res = HttpResponse::Ok()
         .content_type("application/json")
@@ -40,18 +33,7 @@ pub async fn embeddings(
 /// Validates an embeddings body: `model`, and `input` as a string, an array of strings,
 /// an array of token ids or an array of such arrays (none empty).
 pub fn parse(bytes: &[u8]) -> Result<EmbeddingsRequest, ApiError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::new(
-            ErrorKind::InvalidJson,
-            format!("request body is not valid JSON: {e}"),
-        )
-    })?;
-    let Value::Object(body) = value else {
-        return Err(ApiError::new(
-            ErrorKind::InvalidRequest,
-            "request body must be a JSON object",
-        ));
-    };
+    let body = crate::http::json_object(bytes)?;
     let model = canonical::model_name(body.get("model"))?;
     let invalid = || {
         ApiError::invalid(

@@ -1,0 +1,64 @@
+//! The chat handler, written once for every inbound dialect: read the body, parse it in
+//! the dialect, run it through the relay, encode the answer (or each relayed stream
+//! event) in the dialect. A dialect is a `ChatDialect`.
+
+use std::time::Instant;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web_lab::sse;
+use serde_json::Value;
+
+use crate::domain::canonical::{ChatRequest, ChatResponse};
+use crate::error::ApiError;
+use crate::http::extract::Caller;
+use crate::http::{AppState, read_body, request_info, served_headers, sse_response};
+use crate::relay::{ChatBody, Relayed};
+
+/// An inbound chat dialect: how its requests parse and its answers encode.
+pub trait ChatDialect: 'static {
+    /// Encodes one relayed stream, from its first event to its end or error.
+    type Encoder: 'static;
+
+    fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError>;
+
+    /// A complete canonical answer (`created`: Unix seconds of the request).
+    fn encode_response(response: &ChatResponse, created: i64) -> Value;
+
+    fn encoder(req: &ChatRequest, created: i64) -> Self::Encoder;
+
+    /// Appends what `item` becomes in this dialect (when the upstream speaks it, `item`
+    /// carries the upstream's own event).
+    fn encode(encoder: &mut Self::Encoder, item: Relayed, out: &mut Vec<sse::Event>);
+}
+
+pub async fn serve<D: ChatDialect>(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let body = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
+    let chat = D::parse(&body)?;
+    let info = request_info(&req, caller, chat.model.clone(), chat.stream, started);
+    let created = info.created_at / 1000;
+    let reply = state.relay.chat(info, &chat).await?;
+    let mut res = match reply.body {
+        ChatBody::Complete {
+            raw: Some(bytes), ..
+        } => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(bytes),
+        ChatBody::Complete { response, .. } => {
+            HttpResponse::Ok().json(D::encode_response(&response, created))
+        }
+        ChatBody::Stream(items) => {
+            let mut encoder = D::encoder(&chat, created);
+            sse_response(&req, items, move |item, out| {
+                D::encode(&mut encoder, item, out);
+            })
+        }
+    };
+    served_headers(&mut res, reply.served);
+    Ok(res)
+}
