@@ -218,6 +218,25 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::actors::router::RouteError> for ApiError {
+    fn from(e: crate::actors::router::RouteError) -> Self {
+        use crate::actors::router::RouteError;
+        match e {
+            RouteError::UnknownModel(model) => ApiError {
+                param: Some("model".into()),
+                ..ApiError::new(
+                    ErrorKind::ModelNotFound,
+                    format!("the model `{model}` does not exist"),
+                )
+            },
+            RouteError::StoreUnavailable | RouteError::Store(_) => ApiError {
+                detail: Some(format!("routing: {e}")),
+                ..ApiError::unavailable()
+            },
+        }
+    }
+}
+
 impl From<actix::MailboxError> for ApiError {
     fn from(e: actix::MailboxError) -> Self {
         ApiError {

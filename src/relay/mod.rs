@@ -175,19 +175,18 @@ impl Relay {
         // first re-create a provider actor that has gone.
         let snapshot = self.routing_table.borrow().clone();
         let mut routes = match snapshot.resolve(&info.model, &mut thread_random) {
-            Some(routes) if routes.is_empty() => return Err(unknown_model(&info.model)),
+            Some(routes) if routes.is_empty() => {
+                return Err(RouteError::UnknownModel(info.model.clone()).into());
+            }
             Some(routes) => routes,
-            None => self
-                .router
-                .send(Resolve {
-                    model: info.model.clone(),
-                })
-                .timeout(ASK_TIMEOUT)
-                .await?
-                .map_err(|e| match e {
-                    RouteError::UnknownModel(m) => unknown_model(&m),
-                    RouteError::StoreUnavailable | RouteError::Store(_) => ApiError::unavailable(),
-                })?,
+            None => {
+                self.router
+                    .send(Resolve {
+                        model: info.model.clone(),
+                    })
+                    .timeout(ASK_TIMEOUT)
+                    .await??
+            }
         };
         // A fallback chain may lead to models this key may not use: those are skipped.
         if info.caller.models.is_some() {
@@ -314,16 +313,6 @@ impl Relay {
         };
         let jitter = Duration::from_millis(if cap == 0 { 0 } else { random % (cap + 1) });
         jitter.max(retry_after.unwrap_or_default())
-    }
-}
-
-fn unknown_model(model: &str) -> ApiError {
-    ApiError {
-        param: Some("model".into()),
-        ..ApiError::new(
-            ErrorKind::ModelNotFound,
-            format!("the model `{model}` does not exist"),
-        )
     }
 }
 
@@ -461,7 +450,15 @@ fn transport_failure(e: &reqwest::Error) -> UpstreamFailure {
     } else {
         FailureClass::Upstream5xx
     };
-    UpstreamFailure::new(class, e.to_string())
+    // reqwest's own message is short ("error sending request"); the causes say why.
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    UpstreamFailure::new(class, detail)
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is not used by model vendors).

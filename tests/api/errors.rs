@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{assert_openai_error, spawn_app, spawn_app_with, user_message};
+use crate::helpers::{
+    assert_anthropic_error, assert_openai_error, spawn_app, spawn_app_with, user_message,
+};
 use crate::mock_upstream::Reply;
 
 #[actix_web::test]
@@ -352,4 +354,53 @@ async fn a_deployment_at_its_concurrency_cap_is_503() {
         )
         .await;
     assert_eq!(res.status(), 200);
+}
+
+#[actix_web::test]
+async fn unreadable_openai_answers_are_502_malformed_response_in_each_dialect() {
+    let app = spawn_app_with(|s| s.routing.max_attempts = 1).await;
+    // Bad answers count against the breaker, rightly; this test looks at each on its own.
+    app.add_openai_model("gpt-test", json!({"breaker": {"minimum_calls": 100}}))
+        .await;
+    let bad = || {
+        [
+            Reply::Raw {
+                content_type: "application/json",
+                body: r#"{"id":"x","choices":[{"message":"#.into(),
+            },
+            Reply::Json(json!({"id": "x", "object": "chat.completion", "model": "m"})),
+            Reply::Raw {
+                content_type: "text/html",
+                body: "<html><body><h1>502 Bad Gateway</h1></body></html>".into(),
+            },
+        ]
+    };
+    for reply in bad() {
+        app.upstream.push(reply);
+        let res = app
+            .chat(
+                &app.admin_key,
+                &json!({"model": "gpt-test", "messages": user_message("hi")}),
+            )
+            .await;
+        let error = assert_openai_error(res, 502).await;
+        assert_eq!(error["code"], "malformed_response");
+    }
+    for reply in bad() {
+        app.upstream.push(reply);
+        let res = app
+            .messages(
+                &app.admin_key,
+                &json!({"model": "gpt-test", "max_tokens": 10, "messages": user_message("hi")}),
+            )
+            .await;
+        let error = assert_anthropic_error(res, 502).await;
+        assert_eq!(error["type"], "api_error");
+    }
+    let rows = app.usage_rows().await;
+    assert_eq!(rows.len(), 6);
+    assert!(
+        rows.iter()
+            .all(|r| r.status == 502 && r.error_class.as_deref() == Some("malformed_response"))
+    );
 }
