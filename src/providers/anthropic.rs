@@ -547,9 +547,16 @@ impl StreamDecoder for AnthropicDecoder {
                     }
                 }
             }
+            "content_block_stop" => {
+                // Only open blocks are remembered: the map stays as small as the stream's
+                // open blocks, however many a stream has.
+                if let Some(block_index) = data.get("index").and_then(Value::as_u64) {
+                    self.tools.remove(&block_index);
+                }
+            }
             "message_stop" => out.push(ChatEvent::Done),
             "error" => return Err(stream_error(&data)),
-            // ping, content_block_stop, and event types added later.
+            // ping, and event types added later.
             _ if named_error => return Err(stream_error(&data)),
             _ => {}
         }
