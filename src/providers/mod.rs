@@ -118,6 +118,62 @@ impl Vendor {
         }
     }
 
+    /// A chat answer made in-process, for a vendor reached without a network (its wire
+    /// format is still decoded by `decode_answer` / `stream_decoder`); `None`: call it.
+    pub fn local_chat(&self, req: &ChatRequest, id: &str, created: i64) -> Option<LocalAnswer> {
+        match self {
+            Self::Mock if req.stream => {
+                Some(LocalAnswer::Frames(mock::stream_frames(req, id, created)))
+            }
+            Self::Mock => Some(LocalAnswer::Complete(
+                mock::complete(req, id, created).to_string().into_bytes(),
+            )),
+            Self::OpenAI | Self::Anthropic(_) => None,
+        }
+    }
+
+    /// An embeddings answer made in-process (`None`: call the vendor).
+    pub fn local_embeddings(
+        &self,
+        inputs: &[String],
+        model: &str,
+        base64: bool,
+    ) -> Option<Vec<u8>> {
+        match self {
+            Self::Mock => Some(
+                mock::embeddings(inputs, model, base64)
+                    .to_string()
+                    .into_bytes(),
+            ),
+            Self::OpenAI | Self::Anthropic(_) => None,
+        }
+    }
+
+    /// The upstream call for an embeddings request (the client's OpenAI body).
+    pub fn embeddings_request(
+        &self,
+        url: &reqwest::Url,
+        target: Target<'_>,
+        body: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<UpstreamRequest, UpstreamFailure> {
+        match self {
+            Self::OpenAI | Self::Mock => openai::embeddings_request(url, target, body),
+            Self::Anthropic(_) => Err(UpstreamFailure::new(
+                FailureClass::InvalidRequest,
+                "Anthropic has no embeddings",
+            )),
+        }
+    }
+
+    /// An embeddings answer's usage (the answer itself goes to the client as it came).
+    /// Every vendor with embeddings answers in OpenAI's shape.
+    pub fn decode_embeddings(
+        &self,
+        bytes: &[u8],
+    ) -> Result<Option<crate::domain::usage::TokenUsage>, UpstreamFailure> {
+        openai::decode_embeddings(bytes)
+    }
+
     /// Whether the vendor answers embeddings (over HTTP or in-process).
     pub fn serves_embeddings(&self) -> bool {
         matches!(self, Self::OpenAI | Self::Mock)
@@ -179,6 +235,13 @@ impl Vendor {
             VendorType::Anthropic => typed(raw).map(Self::Anthropic),
         }
     }
+}
+
+/// An answer a vendor made in-process, in its wire format.
+pub enum LocalAnswer {
+    Complete(Vec<u8>),
+    /// SSE frames, made one at a time as they are read.
+    Frames(mock::MockStream),
 }
 
 /// The closed vocabulary of upstream failures; it drives breakers, retries, metrics and

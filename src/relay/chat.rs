@@ -19,7 +19,7 @@ use crate::domain::breaker::CallResult;
 use crate::domain::canonical::{ChatEvent, ChatRequest, ChatResponse, StreamDecoder};
 use crate::domain::sse::{SseEvent, SseParser};
 use crate::error::ApiError;
-use crate::providers::{FailureClass, UpstreamFailure, Vendor, mock};
+use crate::providers::{FailureClass, LocalAnswer, UpstreamFailure};
 
 /// A chat answer for the client's dialect to encode.
 pub enum ChatBody {
@@ -79,18 +79,20 @@ impl Call for ChatCall<'_> {
     ) -> Result<ChatAnswer, UpstreamFailure> {
         let req = self.req;
         let timeout = attempt_timeout(route, deadline);
-        if route.vendor == Vendor::Mock {
-            // In-process, in the OpenAI wire format: the same decoding as an upstream's.
-            let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-            let created = acc.info().created_at / 1000;
-            if req.stream {
-                let frames = mock::stream_frames(req, &id, created);
+        // A vendor answering in-process still answers in its wire format, decoded as an
+        // upstream's would be.
+        let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+        match route
+            .vendor
+            .local_chat(req, &id, acc.info().created_at / 1000)
+        {
+            Some(LocalAnswer::Frames(frames)) => {
                 let body: UpstreamBody =
                     futures_util::stream::iter(frames.map(|f| Ok(Bytes::from(f)))).boxed_local();
                 return open_stream(acc, route, body, limits, timeout).await;
             }
-            let bytes = Bytes::from(mock::complete(req, &id, created).to_string());
-            return decode(acc, route, bytes);
+            Some(LocalAnswer::Complete(bytes)) => return decode(acc, route, Bytes::from(bytes)),
+            None => {}
         }
         let url = route.chat_url.as_ref().ok_or_else(|| {
             UpstreamFailure::new(FailureClass::Connect, "deployment has no base_url")

@@ -15,7 +15,7 @@ use super::{
 use crate::actors::router::Route;
 use crate::domain::breaker::CallResult;
 use crate::error::ApiError;
-use crate::providers::{FailureClass, UpstreamFailure, Vendor, mock, openai};
+use crate::providers::{FailureClass, UpstreamFailure};
 
 /// A validated embeddings request.
 pub struct EmbeddingsRequest {
@@ -40,19 +40,24 @@ impl Call for EmbeddingsRequest {
         deadline: Instant,
         limits: Limits,
     ) -> Result<Bytes, UpstreamFailure> {
-        let bytes = if route.vendor == Vendor::Mock {
-            let base64 = self.body.get("encoding_format").and_then(Value::as_str) == Some("base64");
-            Bytes::from(mock::embeddings(&self.inputs, &self.model, base64).to_string())
+        let base64 = self.body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+        let local = route
+            .vendor
+            .local_embeddings(&self.inputs, &self.model, base64);
+        let bytes = if let Some(bytes) = local {
+            Bytes::from(bytes)
         } else {
             let url = route.embeddings_url.as_ref().ok_or_else(|| {
                 UpstreamFailure::new(FailureClass::Connect, "deployment has no base_url")
             })?;
-            let request = openai::embeddings_request(url, target(route), &self.body)?;
+            let request = route
+                .vendor
+                .embeddings_request(url, target(route), &self.body)?;
             let timeout = attempt_timeout(route, deadline);
             let response = send(acc, route, request, timeout).await?;
             read_answer(acc, route, response, timeout, limits.max_response_bytes).await?
         };
-        acc.usage = openai::decode_embeddings(&bytes)?;
+        acc.usage = route.vendor.decode_embeddings(&bytes)?;
         Ok(bytes)
     }
 }

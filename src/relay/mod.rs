@@ -149,8 +149,9 @@ impl Relay {
             Ok(routes) => routes,
             Err(e) => return Err(reject(&mut acc, e)),
         };
+        let mut routes = routes;
         let had_routes = !routes.is_empty();
-        let routes: Vec<Arc<Route>> = routes.into_iter().filter(|r| call.serves(r)).collect();
+        routes.retain(|r| call.serves(r));
         if had_routes && routes.is_empty() {
             let error = ApiError::invalid(
                 "model",
