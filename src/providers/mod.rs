@@ -120,13 +120,16 @@ impl Vendor {
 
     /// A chat answer made in-process, for a vendor reached without a network (its wire
     /// format is still decoded by `decode_answer` / `stream_decoder`); `None`: call it.
-    pub fn local_chat(&self, req: &ChatRequest, id: &str, created: i64) -> Option<LocalAnswer> {
+    pub fn local_chat(&self, req: &ChatRequest, created: i64) -> Option<LocalAnswer> {
+        let id = || format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
         match self {
-            Self::Mock if req.stream => {
-                Some(LocalAnswer::Frames(mock::stream_frames(req, id, created)))
-            }
+            Self::Mock if req.stream => Some(LocalAnswer::Frames(mock::stream_frames(
+                req,
+                &id(),
+                created,
+            ))),
             Self::Mock => Some(LocalAnswer::Complete(
-                mock::complete(req, id, created).to_string().into_bytes(),
+                mock::complete(req, &id(), created).to_string().into_bytes(),
             )),
             Self::OpenAI | Self::Anthropic(_) => None,
         }

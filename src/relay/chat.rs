@@ -81,11 +81,7 @@ impl Call for ChatCall<'_> {
         let timeout = attempt_timeout(route, deadline);
         // A vendor answering in-process still answers in its wire format, decoded as an
         // upstream's would be.
-        let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-        match route
-            .vendor
-            .local_chat(req, &id, acc.info().created_at / 1000)
-        {
+        match route.vendor.local_chat(req, acc.info().created_at / 1000) {
             Some(LocalAnswer::Frames(frames)) => {
                 let body: UpstreamBody =
                     futures_util::stream::iter(frames.map(|f| Ok(Bytes::from(f)))).boxed_local();
