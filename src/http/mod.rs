@@ -141,7 +141,20 @@ pub async fn request_context(
             Ok(result) => result.map(ServiceResponse::map_into_left_body),
             Err(_) => {
                 tracing::error!(request_id = %id, "handler panicked");
-                Err(ApiError::internal().into())
+                let error: actix_web::Error = ApiError::internal().into();
+                if anthropic {
+                    // No request is left to answer with: the error carries its response.
+                    let body = anthropic::render_error(&error);
+                    let res = HttpResponse::InternalServerError()
+                        .content_type("application/json")
+                        .body(body);
+                    Err(
+                        actix_web::error::InternalError::from_response("handler panicked", res)
+                            .into(),
+                    )
+                } else {
+                    Err(error)
+                }
             }
         }
     };
