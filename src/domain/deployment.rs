@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::config::Secret;
 use crate::domain::breaker::BreakerConfig;
+use crate::domain::quoted_name;
 use crate::domain::upstream_hosts::UpstreamHosts;
 use crate::domain::usage::{INVALID_PRICE, Prices};
 use crate::providers::{Vendor, VendorType};
@@ -143,7 +144,7 @@ impl DeploymentConfig {
     pub fn vendor(&self) -> Result<Vendor, Invalid> {
         Vendor::from_settings(self.vendor_type, &self.settings).map_err(|e| {
             let message = e.to_string();
-            let param = quoted_field(&message)
+            let param = quoted_name(&message)
                 .map_or_else(|| "settings".to_string(), |f| format!("settings.{f}"));
             (
                 param,
@@ -229,7 +230,7 @@ fn read<T: DeserializeOwned>(value: Value) -> Result<T, Invalid> {
         let message = e.into_inner().to_string();
         let parent = (path != ".").then_some(path);
         // A missing field is named inside the message, below the path it is missing from.
-        let missing = quoted_field(&message).filter(|_| message.starts_with("missing field"));
+        let missing = quoted_name(&message).filter(|_| message.starts_with("missing field"));
         let param = match (parent, missing) {
             (Some(p), Some(field)) => format!("{p}.{field}"),
             (Some(p), None) => p,
@@ -238,14 +239,6 @@ fn read<T: DeserializeOwned>(value: Value) -> Result<T, Invalid> {
         };
         (param, message)
     })
-}
-
-/// The first `quoted` name of a serde message.
-fn quoted_field(message: &str) -> Option<String> {
-    let start = message.find('`')? + 1;
-    let end = start + message[start..].find('`')?;
-    let field = &message[start..end];
-    (!field.is_empty() && !field.contains(' ')).then(|| field.to_string())
 }
 
 #[cfg(test)]

@@ -14,3 +14,12 @@ pub mod usage;
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
+
+/// The first `quoted` name in a serde message such as "missing field `user_id`" (a name
+/// has no spaces).
+pub fn quoted_name(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let end = start + message[start..].find('`')?;
+    let name = &message[start..end];
+    (!name.is_empty() && !name.contains(' ')).then(|| name.to_string())
+}

@@ -450,8 +450,5 @@ pub fn query_config() -> web::QueryConfig {
 
 /// The field named in a serde message such as "missing field `user_id`".
 fn field_of(message: &str) -> Option<String> {
-    let start = message.find('`')? + 1;
-    let end = start + message[start..].find('`')?;
-    let field = &message[start..end];
-    (message.contains("field") && !field.contains(' ')).then(|| field.to_string())
+    crate::domain::quoted_name(message).filter(|_| message.contains("field"))
 }

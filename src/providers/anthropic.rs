@@ -9,7 +9,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{FailureClass, Target, UpstreamFailure, UpstreamRequest};
+use super::{FailureClass, Target, UpstreamFailure, UpstreamRequest, VendorError};
 use crate::domain::canonical::{
     ChatEvent, ChatRequest, ChatResponse, Dialect, FinishReason, ImageSource, Message, Part, Role,
     StreamDecoder, ToolChoice,
@@ -566,15 +566,8 @@ impl StreamDecoder for AnthropicDecoder {
 
 /// The failure an in-stream `error` event reports.
 fn stream_error(data: &Value) -> UpstreamFailure {
-    let error = data.get("error");
-    let field = |name: &str| {
-        error
-            .and_then(|e| e.get(name))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    let (kind, message) = (field("type"), field("message"));
+    let error = VendorError::of(Some(data));
+    let kind = error.kind.clone();
     let class = match kind.as_str() {
         "overloaded_error" => FailureClass::Overloaded,
         "rate_limit_error" => FailureClass::RateLimited,
@@ -584,7 +577,7 @@ fn stream_error(data: &Value) -> UpstreamFailure {
         _ => FailureClass::Upstream5xx,
     };
     UpstreamFailure {
-        vendor_message: (!message.is_empty()).then_some(message),
+        vendor_message: error.vendor_message(),
         ..UpstreamFailure::new(class, format!("stream error {kind}").trim_end().to_string())
     }
 }
@@ -592,17 +585,13 @@ fn stream_error(data: &Value) -> UpstreamFailure {
 /// Classifies a non-2xx answer by status and Anthropic's `error.type` and message.
 pub fn classify(status: u16, body: &[u8]) -> UpstreamFailure {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    let error = parsed.as_ref().and_then(|v| v.get("error"));
-    let field = |name: &str| {
-        error
-            .and_then(|e| e.get(name))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    let (kind, message) = (field("type"), field("message"));
-    let too_long =
-        message.to_ascii_lowercase().contains("prompt is too long") || kind == "request_too_large";
+    let error = VendorError::of(parsed.as_ref());
+    let kind = error.kind.clone();
+    let too_long = error
+        .message
+        .to_ascii_lowercase()
+        .contains("prompt is too long")
+        || kind == "request_too_large";
     let class = match status {
         _ if kind == "overloaded_error" => FailureClass::Overloaded,
         529 => FailureClass::Overloaded,
@@ -622,7 +611,7 @@ pub fn classify(status: u16, body: &[u8]) -> UpstreamFailure {
         class,
         status: Some(status),
         detail: format!("HTTP {status} {kind}").trim_end().to_string(),
-        vendor_message: (!message.is_empty()).then_some(message),
+        vendor_message: error.vendor_message(),
         retry_after: None,
     }
 }

@@ -91,9 +91,30 @@ pub fn complete(req: &ChatRequest, id: &str, created: i64) -> Value {
     })
 }
 
-/// An embeddings answer for `inputs` (each a text, or token ids shown as text); `base64`
-/// encodes each vector as OpenAI does (little-endian `f32`s).
-pub fn embeddings(inputs: &[String], model: &str, base64: bool) -> Value {
+/// An embeddings answer for a (validated) OpenAI embeddings body: one vector per input
+/// (a text, or token ids read as their numbers' text), base64 when
+/// `encoding_format` asks for it (little-endian `f32`s, as OpenAI does).
+pub fn embeddings(body: &serde_json::Map<String, Value>, model: &str) -> Value {
+    let base64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+    let as_text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other
+            .as_array()
+            .map(|ids| {
+                ids.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default(),
+    };
+    let inputs: Vec<String> = match body.get("input") {
+        Some(Value::Array(items)) if !items.iter().all(Value::is_u64) => {
+            items.iter().map(as_text).collect()
+        }
+        Some(input) => vec![as_text(input)],
+        None => Vec::new(),
+    };
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()

@@ -135,19 +135,15 @@ impl Vendor {
         }
     }
 
-    /// An embeddings answer made in-process (`None`: call the vendor).
+    /// An embeddings answer made in-process for the client's OpenAI `body` (`None`:
+    /// call the vendor).
     pub fn local_embeddings(
         &self,
-        inputs: &[String],
+        body: &serde_json::Map<String, serde_json::Value>,
         model: &str,
-        base64: bool,
     ) -> Option<Vec<u8>> {
         match self {
-            Self::Mock => Some(
-                mock::embeddings(inputs, model, base64)
-                    .to_string()
-                    .into_bytes(),
-            ),
+            Self::Mock => Some(mock::embeddings(body, model).to_string().into_bytes()),
             Self::OpenAI | Self::Anthropic(_) => None,
         }
     }
@@ -305,6 +301,37 @@ impl FailureClass {
             Self::Upstream5xx => "the upstream provider failed",
             Self::MalformedResponse => "the upstream provider sent a malformed response",
         }
+    }
+}
+
+/// The `error.code`, `error.type` and `error.message` of a vendor's error body or error
+/// event (empty when absent): OpenAI and Anthropic both nest them in `error`.
+pub(crate) struct VendorError {
+    pub code: String,
+    pub kind: String,
+    pub message: String,
+}
+
+impl VendorError {
+    pub(crate) fn of(body: Option<&serde_json::Value>) -> Self {
+        let error = body.and_then(|v| v.get("error"));
+        let field = |name: &str| {
+            error
+                .and_then(|e| e.get(name))
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        Self {
+            code: field("code"),
+            kind: field("type"),
+            message: field("message"),
+        }
+    }
+
+    /// The vendor's message, if it gave one.
+    pub(crate) fn vendor_message(self) -> Option<String> {
+        (!self.message.is_empty()).then_some(self.message)
     }
 }
 

@@ -7,7 +7,7 @@
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::{Map, Value, json};
 
-use super::{FailureClass, Target, UpstreamFailure, UpstreamRequest};
+use super::{FailureClass, Target, UpstreamFailure, UpstreamRequest, VendorError};
 use crate::domain::canonical::{
     ChatEvent, ChatRequest, ChatResponse, Dialect, FinishReason, ImageSource, Message, Part, Role,
     StreamDecoder, ToolChoice,
@@ -200,45 +200,39 @@ fn malformed(detail: impl Into<String>) -> UpstreamFailure {
 
 /// A blocking `chat.completion` answer.
 pub fn decode_answer(bytes: &[u8]) -> Result<ChatResponse, UpstreamFailure> {
-    let answer: Value =
+    let mut answer: Value =
         serde_json::from_slice(bytes).map_err(|_| malformed("answer is not JSON"))?;
-    let choice = answer
-        .get("choices")
-        .and_then(Value::as_array)
-        .ok_or_else(|| malformed("answer has no `choices` array"))?
-        .first();
-    let mut content = Vec::new();
-    let message = choice.and_then(|c| c.get("message"));
-    if let Some(text) = message
-        .and_then(|m| m.get("content"))
-        .and_then(Value::as_str)
-        .filter(|t| !t.is_empty())
-    {
-        content.push(Part::Text(text.to_string()));
+    if !answer.get("choices").is_some_and(Value::is_array) {
+        return Err(malformed("answer has no `choices` array"));
     }
-    for call in message
-        .and_then(|m| m.get("tool_calls"))
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let function = call.get("function");
-        let field = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
-        content.push(Part::ToolCall {
-            id: field(call.get("id")),
-            name: field(function.and_then(|f| f.get("name"))),
-            arguments: field(function.and_then(|f| f.get("arguments"))),
-        });
+    let finish = answer
+        .pointer("/choices/0/finish_reason")
+        .and_then(Value::as_str)
+        .map(FinishReason::from_openai);
+    let usage = answer.get("usage").and_then(TokenUsage::from_openai);
+    // The parsed answer is ours: its strings move into the canonical one, uncopied.
+    let mut content = Vec::new();
+    if let Some(message) = answer.pointer_mut("/choices/0/message") {
+        let text = take_string(message.get_mut("content"));
+        if !text.is_empty() {
+            content.push(Part::Text(text));
+        }
+        if let Some(Value::Array(calls)) = message.get_mut("tool_calls") {
+            for call in calls {
+                content.push(Part::ToolCall {
+                    id: take_string(call.get_mut("id")),
+                    name: take_string(call.pointer_mut("/function/name")),
+                    arguments: take_string(call.pointer_mut("/function/arguments")),
+                });
+            }
+        }
     }
     Ok(ChatResponse {
-        id: str_of(&answer, "id"),
-        model: str_of(&answer, "model"),
+        id: take_string(answer.get_mut("id")),
+        model: take_string(answer.get_mut("model")),
         content,
-        finish: choice
-            .and_then(|c| c.get("finish_reason"))
-            .and_then(Value::as_str)
-            .map(FinishReason::from_openai),
-        usage: answer.get("usage").and_then(TokenUsage::from_openai),
+        finish,
+        usage,
     })
 }
 
@@ -263,11 +257,12 @@ pub fn decode_embeddings(bytes: &[u8]) -> Result<Option<TokenUsage>, UpstreamFai
     }))
 }
 
-fn str_of(v: &Value, field: &str) -> String {
-    v.get(field)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
+/// The string at `v`, moved out (empty when absent or not a string).
+fn take_string(v: Option<&mut Value>) -> String {
+    match v {
+        Some(Value::String(s)) => std::mem::take(s),
+        _ => String::new(),
+    }
 }
 
 /// Decodes `chat.completion.chunk` events.
@@ -286,7 +281,7 @@ impl StreamDecoder for OpenAiDecoder {
             out.push(ChatEvent::Done);
             return Ok(());
         }
-        let chunk: Value =
+        let mut chunk: Value =
             serde_json::from_str(&event.data).map_err(|_| malformed("stream event is not JSON"))?;
         if let Some(error) = chunk.get("error").filter(|e| e.is_object()) {
             let message = error
@@ -301,55 +296,44 @@ impl StreamDecoder for OpenAiDecoder {
         if !self.started {
             self.started = true;
             out.push(ChatEvent::Start {
-                id: str_of(&chunk, "id"),
-                model: str_of(&chunk, "model"),
+                id: take_string(chunk.get_mut("id")),
+                model: take_string(chunk.get_mut("model")),
             });
         }
-        let choice = chunk.get("choices").and_then(|c| c.get(0));
-        let delta = choice.and_then(|c| c.get("delta"));
-        if let Some(text) = delta
-            .and_then(|d| d.get("content"))
+        let finish = chunk
+            .pointer("/choices/0/finish_reason")
             .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-        {
-            out.push(ChatEvent::Text(text.to_string()));
-        }
-        for call in delta
-            .and_then(|d| d.get("tool_calls"))
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let index = call
-                .get("index")
-                .and_then(Value::as_u64)
-                .and_then(|i| usize::try_from(i).ok())
-                .unwrap_or(0);
-            let function = call.get("function");
-            let name = function.and_then(|f| f.get("name")).and_then(Value::as_str);
-            if let Some(name) = name {
-                out.push(ChatEvent::ToolCallStart {
-                    index,
-                    id: str_of(call, "id"),
-                    name: name.to_string(),
-                });
+            .map(FinishReason::from_openai);
+        // The chunk is ours: text and arguments move out of it, uncopied.
+        if let Some(delta) = chunk.pointer_mut("/choices/0/delta") {
+            let text = take_string(delta.get_mut("content"));
+            if !text.is_empty() {
+                out.push(ChatEvent::Text(text));
             }
-            if let Some(args) = function
-                .and_then(|f| f.get("arguments"))
-                .and_then(Value::as_str)
-                .filter(|a| !a.is_empty())
-            {
-                out.push(ChatEvent::ToolCallArguments {
-                    index,
-                    delta: args.to_string(),
-                });
+            if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
+                for call in calls {
+                    let index = call
+                        .get("index")
+                        .and_then(Value::as_u64)
+                        .and_then(|i| usize::try_from(i).ok())
+                        .unwrap_or(0);
+                    if let Some(Value::String(name)) = call.pointer_mut("/function/name") {
+                        let name = std::mem::take(name);
+                        out.push(ChatEvent::ToolCallStart {
+                            index,
+                            id: take_string(call.get_mut("id")),
+                            name,
+                        });
+                    }
+                    let delta = take_string(call.pointer_mut("/function/arguments"));
+                    if !delta.is_empty() {
+                        out.push(ChatEvent::ToolCallArguments { index, delta });
+                    }
+                }
             }
         }
-        if let Some(reason) = choice
-            .and_then(|c| c.get("finish_reason"))
-            .and_then(Value::as_str)
-        {
-            out.push(ChatEvent::Finish(FinishReason::from_openai(reason)));
+        if let Some(reason) = finish {
+            out.push(ChatEvent::Finish(reason));
         }
         if let Some(usage) = chunk.get("usage").and_then(TokenUsage::from_openai) {
             out.push(ChatEvent::Usage(usage));
@@ -361,16 +345,8 @@ impl StreamDecoder for OpenAiDecoder {
 /// Classifies a non-2xx answer by status and the vendor's error `code`/`type`.
 pub fn classify(status: u16, body: &[u8]) -> UpstreamFailure {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    let error = parsed.as_ref().and_then(|v| v.get("error"));
-    let field = |name: &str| {
-        error
-            .and_then(|e| e.get(name))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    let (code, kind, message) = (field("code"), field("type"), field("message"));
-    let has = |needle: &str| code.contains(needle) || kind.contains(needle);
+    let error = VendorError::of(parsed.as_ref());
+    let has = |needle: &str| error.code.contains(needle) || error.kind.contains(needle);
     let class = match status {
         429 if has("insufficient_quota") => FailureClass::Billing,
         429 => FailureClass::RateLimited,
@@ -387,8 +363,8 @@ pub fn classify(status: u16, body: &[u8]) -> UpstreamFailure {
     UpstreamFailure {
         class,
         status: Some(status),
-        detail: format!("HTTP {status} {code} {kind}"),
-        vendor_message: (!message.is_empty()).then_some(message),
+        detail: format!("HTTP {status} {} {}", error.code, error.kind),
+        vendor_message: error.vendor_message(),
         retry_after: None,
     }
 }

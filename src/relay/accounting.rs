@@ -11,7 +11,7 @@ use actix::Addr;
 
 use crate::actors::router::Route;
 use crate::actors::store::{RecordUsage, StoreActor};
-use crate::domain::canonical::FinishReason;
+use crate::domain::canonical::{ChatEvent, ChatResponse, FinishReason};
 use crate::domain::now_ms;
 use crate::domain::records::KeyGrant;
 use crate::domain::usage::{CostStatus, TokenUsage, UsageRecord, UsageSource};
@@ -135,21 +135,41 @@ impl Accounting {
     }
 
     /// Marks the first content sent to the client, once.
-    pub fn first_content(&mut self) {
+    fn first_content(&mut self) {
         if self.ttft.is_none() {
             self.ttft = Some(self.info.started.elapsed());
         }
     }
 
-    /// Records the responding model on the span (the first time it is known).
-    pub fn observe_model(&self, model: &str) {
+    /// Takes in what one canonical stream event says: the responding model and finish
+    /// reason (on the span), the first content (time to first token), the usage.
+    pub fn observe(&mut self, event: &ChatEvent) {
+        match event {
+            ChatEvent::Start { model, .. } => self.observe_model(model),
+            ChatEvent::Text(_) | ChatEvent::ToolCallStart { .. } => self.first_content(),
+            ChatEvent::Usage(usage) => self.usage = Some(*usage),
+            ChatEvent::Finish(reason) => self.observe_finish(*reason),
+            ChatEvent::ToolCallArguments { .. } | ChatEvent::Done => {}
+        }
+    }
+
+    /// Takes in what a complete answer says (model, finish reason, usage).
+    pub fn observe_response(&mut self, response: &ChatResponse) {
+        self.observe_model(&response.model);
+        if let Some(reason) = response.finish {
+            self.observe_finish(reason);
+        }
+        self.usage = response.usage;
+    }
+
+    fn observe_model(&self, model: &str) {
         if !model.is_empty() {
             self.span.record("gen_ai.response.model", model);
         }
     }
 
-    /// Records the finish reason on the span, in OpenAI's words.
-    pub fn observe_finish(&self, reason: FinishReason) {
+    /// The finish reason goes on the span in OpenAI's words.
+    fn observe_finish(&self, reason: FinishReason) {
         self.span
             .record("gen_ai.response.finish_reasons", reason.openai());
     }

@@ -115,11 +115,7 @@ fn decode(
     bytes: Bytes,
 ) -> Result<ChatAnswer, UpstreamFailure> {
     let response = route.vendor.decode_answer(&bytes)?;
-    acc.observe_model(&response.model);
-    if let Some(finish) = response.finish {
-        acc.observe_finish(finish);
-    }
-    acc.usage = response.usage;
+    acc.observe_response(&response);
     Ok(ChatAnswer::Complete(response, bytes))
 }
 

@@ -20,10 +20,8 @@ use crate::providers::{FailureClass, UpstreamFailure};
 /// A validated embeddings request.
 pub struct EmbeddingsRequest {
     pub model: String,
-    /// The body as the client sent it.
+    /// The body as the client sent it (`input` validated).
     pub body: Map<String, Value>,
-    /// Each input as text (token arrays shown as numbers), for the in-process mock.
-    pub inputs: Vec<String>,
 }
 
 impl Call for EmbeddingsRequest {
@@ -40,11 +38,7 @@ impl Call for EmbeddingsRequest {
         deadline: Instant,
         limits: Limits,
     ) -> Result<Bytes, UpstreamFailure> {
-        let base64 = self.body.get("encoding_format").and_then(Value::as_str) == Some("base64");
-        let local = route
-            .vendor
-            .local_embeddings(&self.inputs, &self.model, base64);
-        let bytes = if let Some(bytes) = local {
+        let bytes = if let Some(bytes) = route.vendor.local_embeddings(&self.body, &self.model) {
             Bytes::from(bytes)
         } else {
             let url = route.embeddings_url.as_ref().ok_or_else(|| {

@@ -180,20 +180,10 @@ impl StreamRelay {
             if self.finished {
                 return;
             }
-            let mut done = false;
             for event in &decoded {
-                match event {
-                    ChatEvent::Start { model, .. } => self.acc.observe_model(model),
-                    ChatEvent::Text(_) | ChatEvent::ToolCallStart { .. } => {
-                        self.acc.first_content();
-                    }
-                    ChatEvent::ToolCallArguments { .. } => {}
-                    ChatEvent::Usage(usage) => self.acc.usage = Some(*usage),
-                    ChatEvent::Finish(reason) => self.acc.observe_finish(*reason),
-                    ChatEvent::Done => done = true,
-                }
+                self.acc.observe(event);
             }
-            if done {
+            if decoded.contains(&ChatEvent::Done) {
                 // Accounted before the end goes out: a client that saw it can rely on
                 // the usage row being queued.
                 if let Some(permit) = self.permit.take() {

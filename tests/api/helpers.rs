@@ -311,8 +311,8 @@ pub fn sse_data(body: &str) -> Vec<String> {
         .collect()
 }
 
-/// Asserts the OpenAI error shape and answers the error object.
-pub async fn assert_openai_error(res: reqwest::Response, status: u16) -> Value {
+/// Asserts the status and a JSON body, and answers the body.
+async fn json_error_body(res: reqwest::Response, status: u16) -> Value {
     assert_eq!(res.status(), status, "status");
     assert!(
         res.headers()
@@ -322,6 +322,12 @@ pub async fn assert_openai_error(res: reqwest::Response, status: u16) -> Value {
         "error content type"
     );
     let body: Value = res.json().await.expect("error body is JSON");
+    body
+}
+
+/// Asserts the OpenAI error shape and answers the error object.
+pub async fn assert_openai_error(res: reqwest::Response, status: u16) -> Value {
+    let body = json_error_body(res, status).await;
     let error = body.get("error").expect("`error` object").clone();
     assert!(
         error["message"].as_str().is_some_and(|m| !m.is_empty()),
@@ -585,15 +591,7 @@ pub fn sse_events(body: &str) -> Vec<(String, Value)> {
 /// Asserts Anthropic's error shape (`{"type":"error","error":{"type","message"}}`) and
 /// answers the error object.
 pub async fn assert_anthropic_error(res: reqwest::Response, status: u16) -> Value {
-    assert_eq!(res.status(), status, "status");
-    assert!(
-        res.headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json")),
-        "error content type"
-    );
-    let body: Value = res.json().await.expect("error body is JSON");
+    let body = json_error_body(res, status).await;
     assert_anthropic_error_body(&body)
 }
 

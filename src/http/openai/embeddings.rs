@@ -41,33 +41,20 @@ pub fn parse(bytes: &[u8]) -> Result<EmbeddingsRequest, ApiError> {
             "`input` must be a string, an array of strings, an array of token ids or an array of token-id arrays, not empty",
         )
     };
-    let tokens = |v: &Value| -> Option<String> {
-        let ids = v.as_array()?;
-        (!ids.is_empty() && ids.iter().all(Value::is_u64)).then(|| {
-            ids.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
+    let token_ids = |v: &Value| {
+        v.as_array()
+            .is_some_and(|ids| !ids.is_empty() && ids.iter().all(Value::is_u64))
     };
-    let inputs: Vec<String> = match body.get("input") {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) if !items.is_empty() => {
-            if let Some(ids) = tokens(&Value::Array(items.clone())) {
-                vec![ids]
-            } else {
-                items
-                    .iter()
-                    .map(|item| match item {
-                        Value::String(s) => Some(s.clone()),
-                        other => tokens(other),
-                    })
-                    .collect::<Option<_>>()
-                    .ok_or_else(invalid)?
-            }
+    let valid = match body.get("input") {
+        Some(Value::String(_)) => true,
+        Some(input @ Value::Array(items)) if !items.is_empty() => {
+            token_ids(input) || items.iter().all(|i| i.is_string() || token_ids(i))
         }
-        _ => return Err(invalid()),
+        _ => false,
     };
+    if !valid {
+        return Err(invalid());
+    }
     if let Some(format) = body.get("encoding_format").filter(|v| !v.is_null())
         && !matches!(format.as_str(), Some("float" | "base64"))
     {
@@ -76,9 +63,5 @@ pub fn parse(bytes: &[u8]) -> Result<EmbeddingsRequest, ApiError> {
             "`encoding_format` must be `float` or `base64`",
         ));
     }
-    Ok(EmbeddingsRequest {
-        model,
-        body,
-        inputs,
-    })
+    Ok(EmbeddingsRequest { model, body })
 }
