@@ -15,6 +15,7 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
 use crate::actors::ASK_TIMEOUT;
+use crate::actors::quota::{QuotaActor, ReturnLeases};
 use crate::actors::router::{Reload, RouteError, RouterActor};
 use crate::actors::store::{
     EnsureAdminKey, FlushUsage, HasAdminKey, ReplayUsageSpill, SeedDeployments, StoreActor,
@@ -56,6 +57,7 @@ pub struct Application {
     local_addr: Option<SocketAddr>,
     uds: Option<PathBuf>,
     store: Addr<StoreActor>,
+    quota: Addr<QuotaActor>,
     generated_admin_key: Option<Secret>,
 }
 
@@ -185,8 +187,14 @@ impl Application {
         let (closing_tx, closing) = tokio::sync::watch::channel(false);
         let downstream = (settings.server.max_concurrency > 0)
             .then(|| Arc::new(tokio::sync::Semaphore::new(settings.server.max_concurrency)));
+        let quota = {
+            let store = store.clone();
+            Supervisor::start(move |_| QuotaActor::new(store))
+        };
         let relay = Relay {
             store: store.clone(),
+            quota: quota.clone(),
+            limits: settings.limits,
             router: router.clone(),
             routing_table,
             metrics: metrics.clone(),
@@ -267,6 +275,7 @@ impl Application {
             local_addr,
             uds,
             store,
+            quota,
             generated_admin_key,
         })
     }
@@ -292,9 +301,12 @@ impl Application {
         self.generated_admin_key.as_ref()
     }
 
-    /// Serves until stopped, then writes every buffered usage row.
+    /// Serves until stopped, then gives back unused leases and writes every buffered
+    /// usage row.
     pub async fn run_until_stopped(self) -> Result<(), StartupError> {
         let result = self.server.await;
+        // Unused leases of token quotas and budgets go back to the shared counters.
+        let _ = self.quota.send(ReturnLeases).await;
         self.store.send(FlushUsage).await?;
         if let Some(path) = &self.uds {
             let _ = std::fs::remove_file(path);

@@ -1,8 +1,9 @@
 //! Supervised actors, each the single owner of one piece of state:
 //! `StoreActor` the database, `RouterActor` the routing table, `ProviderActor` one
-//! deployment's admission state.
+//! deployment's admission state, `QuotaActor` this instance's leases of the shared limits.
 
 pub mod provider;
+pub mod quota;
 pub mod router;
 pub mod store;
 

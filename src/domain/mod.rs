@@ -5,6 +5,7 @@ pub mod breaker;
 pub mod canonical;
 pub mod deployment;
 pub mod fallbacks;
+pub mod quota;
 pub mod records;
 pub mod sse;
 pub mod upstream_hosts;

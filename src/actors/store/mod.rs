@@ -10,6 +10,7 @@ mod deployments;
 mod fallbacks;
 mod keys;
 pub mod messages;
+pub mod quota;
 mod secrets;
 mod spill;
 mod usage;
