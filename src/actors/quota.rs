@@ -8,7 +8,9 @@
 //! from a shared counter (at least a twentieth of the limit, so a busy caller takes one
 //! lease per twentieth of its limit) and spends them locally; a request whose units are
 //! already leased costs one message round trip and no database work. Unused per-minute
-//! units lapse a second after their lease; unused totals go back after a few idle seconds.
+//! units go back to the shared window a second after their lease, unused totals after a
+//! few idle seconds, and what a request used beyond its reservation is owed with the next
+//! lease (both at most once a second per counter).
 //!
 //! The bound, with N instances, a limit L and leases of k = max(need, ⌊L/20⌋) units:
 //! - per minute: a unit is counted in the shared window when leased and used within
@@ -120,7 +122,7 @@ pub struct ForgetSpend {
     pub user_id: String,
 }
 
-/// Give every unused total back to the shared counters (graceful shutdown).
+/// Give every unused lease back to the shared counters (graceful shutdown).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ReturnLeases;
@@ -138,9 +140,11 @@ pub struct PeekRates {
 struct Counter {
     kind: CounterKind,
     limit: u64,
-    /// Leased units not yet reserved; negative: used beyond the lease, owed to the shared
-    /// counter.
+    /// Leased units not yet reserved; negative: used beyond the lease.
     allowance: i64,
+    /// Units owed to the shared counter (positive) or given back to it (negative), sent
+    /// with the next lease or by the next housekeeping.
+    pending: i64,
     /// When unused per-minute units lapse.
     lapses: Option<Instant>,
     /// The shared last minute as of the last lease (per-minute counters).
@@ -156,6 +160,7 @@ impl Counter {
             kind,
             limit,
             allowance: 0,
+            pending: 0,
             lapses: None,
             window: SlidingWindow::default(),
             used: 0,
@@ -163,11 +168,31 @@ impl Counter {
         }
     }
 
-    /// Unused per-minute units lapse once their lease is old.
+    fn lapsed(&self, now: Instant) -> bool {
+        self.lapses.is_some_and(|t| t <= now)
+    }
+
+    /// Once a per-minute lease is old, its unused units go back to the shared window, and
+    /// what was used beyond it is owed.
     fn lapse(&mut self, now: Instant) {
-        if self.lapses.is_some_and(|t| t <= now) && self.allowance > 0 {
-            self.allowance = 0;
+        if self.lapsed(now) {
+            self.pending -= std::mem::take(&mut self.allowance);
+            self.lapses = None;
         }
+    }
+
+    /// Settles a hold of `held` units that really used `used`.
+    fn settle(&mut self, held: u64, used: u64, now: Instant) {
+        let back = held as i64 - used as i64;
+        match self.kind {
+            // A lease that has lapsed has already been squared with the shared window:
+            // the difference goes there directly.
+            CounterKind::PerMinute if self.lapses.is_none() || self.lapsed(now) => {
+                self.pending -= back;
+            }
+            _ => self.allowance += back,
+        }
+        self.last_used = now;
     }
 
     fn available(&self) -> u64 {
@@ -266,7 +291,8 @@ impl QuotaActor {
             counter.lapse(now);
             if counter.allowance < need.amount as i64 {
                 let short = (need.amount as i64 - counter.allowance).max(0) as u64;
-                let debt = (-counter.allowance).max(0);
+                // Units used beyond the lease are owed with this lease.
+                counter.pending -= counter.allowance.min(0);
                 counter.allowance = counter.allowance.max(0);
                 missing.push(LeaseUnits {
                     subject: need.subject.clone(),
@@ -274,7 +300,7 @@ impl QuotaActor {
                     limit: need.limit,
                     need: short,
                     want: lease_size(need.limit, short),
-                    adjust: debt,
+                    adjust: std::mem::take(&mut counter.pending),
                     now_ms,
                 });
             }
@@ -407,31 +433,27 @@ impl QuotaActor {
         }
     }
 
-    /// Pays debts, lets lapsed units go, returns idle totals, forgets idle counters.
+    /// Squares lapsed leases and idle totals with the shared counters (one message per
+    /// counter that owes or gives back something), forgets idle counters.
     fn housekeeping(&mut self, now: Instant) {
         let now_ms = now_ms();
         let store = self.store.clone();
         self.counters.retain(|subject, c| {
             c.lapse(now);
             let idle = now.saturating_duration_since(c.last_used);
-            let adjust = match c.kind {
-                CounterKind::PerMinute if c.allowance < 0 => -c.allowance,
-                CounterKind::Total { .. } if c.allowance != 0 && idle >= TOTAL_IDLE_RETURN => {
-                    -c.allowance
-                }
-                _ => 0,
-            };
-            if adjust != 0 {
+            if matches!(c.kind, CounterKind::Total { .. }) && idle >= TOTAL_IDLE_RETURN {
+                c.pending -= std::mem::take(&mut c.allowance);
+            }
+            if c.pending != 0 {
                 store.do_send(LeaseUnits {
                     subject: subject.clone(),
                     kind: c.kind.clone(),
                     limit: c.limit,
                     need: 0,
                     want: 0,
-                    adjust,
+                    adjust: std::mem::take(&mut c.pending),
                     now_ms,
                 });
-                c.allowance = 0;
             }
             c.allowance != 0 || idle < COUNTER_IDLE_FORGET
         });
@@ -525,17 +547,9 @@ impl Handler<Settle> for QuotaActor {
                 Unit::Tokens => msg.tokens,
                 Unit::Micros => msg.micros,
             };
-            let Some(c) = self.counters.get_mut(&hold.subject) else {
-                continue;
-            };
-            let back = hold.amount as i64 - used as i64;
-            // Unused per-minute units come back only while their lease lives; a debt is
-            // always owed.
-            let lapsed = c.lapses.is_some_and(|t| t <= now);
-            if back < 0 || !lapsed || c.kind != CounterKind::PerMinute {
-                c.allowance += back;
+            if let Some(c) = self.counters.get_mut(&hold.subject) {
+                c.settle(hold.amount, used, now);
             }
-            c.last_used = now;
         }
     }
 }
@@ -558,10 +572,10 @@ impl Handler<ReturnLeases> for QuotaActor {
         let returns: Vec<LeaseUnits> = self
             .counters
             .iter_mut()
-            .filter(|(_, c)| matches!(c.kind, CounterKind::Total { .. }) && c.allowance != 0)
-            .map(|(subject, c)| {
-                let adjust = -std::mem::take(&mut c.allowance);
-                LeaseUnits {
+            .filter_map(|(subject, c)| {
+                c.pending -= std::mem::take(&mut c.allowance);
+                let adjust = std::mem::take(&mut c.pending);
+                (adjust != 0).then(|| LeaseUnits {
                     subject: subject.clone(),
                     kind: c.kind.clone(),
                     limit: c.limit,
@@ -569,7 +583,7 @@ impl Handler<ReturnLeases> for QuotaActor {
                     want: 0,
                     adjust,
                     now_ms,
-                }
+                })
             })
             .collect();
         let store = self.store.clone();

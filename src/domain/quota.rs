@@ -63,6 +63,21 @@ impl SlidingWindow {
         }
     }
 
+    /// Takes back `amount` units counted earlier (unused leases), newest first.
+    pub fn remove(&mut self, mut amount: u64) {
+        while amount > 0 {
+            let Some((_, n)) = self.0.last_mut() else {
+                return;
+            };
+            let taken = amount.min(*n);
+            *n -= taken;
+            amount -= taken;
+            if *n == 0 {
+                self.0.pop();
+            }
+        }
+    }
+
     /// Milliseconds from `now_ms` until `need` more units fit under `limit`; zero if they
     /// fit now, `None` if they never will (`need` alone exceeds the limit).
     pub fn wait_for(&self, now_ms: i64, need: u64, limit: u64) -> Option<u64> {
@@ -263,6 +278,23 @@ mod tests {
         assert_eq!(w.used(t0 + 61_000), 1);
         assert_eq!(w.wait_for(t0 + 61_000, 2, 3), Some(0));
         assert_eq!(w.reset_ms(t0 + 61_000), 30_000);
+    }
+
+    #[test]
+    fn units_given_back_leave_the_newest_buckets_first() {
+        let mut w = SlidingWindow::default();
+        let t0 = 2_000_000_000;
+        w.add(t0, 5);
+        w.add(t0 + 2_000, 3);
+        w.remove(4);
+        assert_eq!(w.used(t0 + 2_000), 4);
+        assert_eq!(
+            w.reset_ms(t0 + 2_000),
+            59_000,
+            "the older bucket is untouched"
+        );
+        w.remove(100);
+        assert_eq!(w, SlidingWindow::default());
     }
 
     #[test]

@@ -186,6 +186,29 @@ async fn tpm_counts_tokens_in_the_window_and_shows_them() {
 }
 
 #[actix_web::test]
+async fn tpm_is_charged_what_requests_use_not_what_they_reserve() {
+    let app = spawn_app().await;
+    app.add_openai_model("gpt", json!({})).await;
+    // Without `max_tokens` a request reserves 1,024 completion tokens, and uses 16.
+    let key = limited_key(&app, "tess", json!({"tpm_limit": 3_000}), json!({})).await;
+    let body = json!({"model": "gpt", "messages": user_message("hi")});
+    for i in 0..10 {
+        let res = app.chat(&key, &body).await;
+        assert_eq!(res.status(), 200, "request {i}");
+    }
+    let res = app.chat(&key, &body).await;
+    let remaining: i64 = header(&res, "x-ratelimit-remaining-tokens")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Ten settled requests and this one's reservation are counted.
+    assert!(
+        remaining > 3_000 - 11 * UPSTREAM_TOKENS - 1_100,
+        "{remaining}"
+    );
+}
+
+#[actix_web::test]
 async fn a_spent_token_quota_is_insufficient_quota_until_raised() {
     let app = spawn_app().await;
     app.add_openai_model("gpt", json!({})).await;

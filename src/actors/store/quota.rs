@@ -143,7 +143,11 @@ async fn lease(txn: &DatabaseTransaction, msg: &LeaseUnits) -> Result<Leased, St
                 .and_then(|w| serde_json::from_str(w).ok())
                 .unwrap_or_default();
             window.expire(msg.now_ms);
-            window.add(msg.now_ms, msg.adjust.max(0) as u64);
+            if msg.adjust >= 0 {
+                window.add(msg.now_ms, msg.adjust as u64);
+            } else {
+                window.remove(msg.adjust.unsigned_abs());
+            }
             let used = window.used(msg.now_ms);
             let granted = grant(used, msg);
             window.add(msg.now_ms, granted);
