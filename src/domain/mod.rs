@@ -7,6 +7,7 @@ pub mod deployment;
 pub mod fallbacks;
 pub mod records;
 pub mod sse;
+pub mod tokens;
 pub mod upstream_hosts;
 pub mod usage;
 
