@@ -9,7 +9,7 @@ use actix_web::web::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::LocalBoxStream;
 
-use super::accounting::Accounting;
+use super::accounting::{Accounting, Prompt};
 use super::{
     Admitted, Call, Limits, Relay, Reply, RequestInfo, UpstreamBody, attempt_timeout, read_answer,
     send, stream, target, timeout_failure,
@@ -60,7 +60,7 @@ enum ChatAnswer {
 }
 
 struct ChatCall<'a> {
-    req: &'a ChatRequest,
+    req: &'a Arc<ChatRequest>,
 }
 
 impl Call for ChatCall<'_> {
@@ -70,6 +70,10 @@ impl Call for ChatCall<'_> {
         true
     }
 
+    fn prompt(&self) -> Prompt {
+        Prompt::Chat(self.req.clone())
+    }
+
     async fn attempt(
         &self,
         acc: &mut Accounting,
@@ -77,7 +81,7 @@ impl Call for ChatCall<'_> {
         deadline: Instant,
         limits: Limits,
     ) -> Result<ChatAnswer, UpstreamFailure> {
-        let req = self.req;
+        let req: &ChatRequest = self.req;
         let timeout = attempt_timeout(route, deadline);
         // A vendor answering in-process still answers in its wire format, decoded as an
         // upstream's would be.
@@ -120,11 +124,12 @@ fn decode(
 }
 
 impl Relay {
-    /// Serves one chat completion, in whatever dialect it came.
+    /// Serves one chat completion, in whatever dialect it came. The request is shared with
+    /// the usage row, which counts its prompt if no vendor reports usage.
     pub async fn chat(
         &self,
         info: RequestInfo,
-        req: &ChatRequest,
+        req: &Arc<ChatRequest>,
     ) -> Result<Reply<ChatBody>, ApiError> {
         let admitted = self.serve(info, &ChatCall { req }).await?;
         let served = admitted.served();

@@ -23,7 +23,7 @@ use futures_util::stream::LocalBoxStream;
 use ring::rand::{SecureRandom, SystemRandom};
 use tracing::Instrument;
 
-use accounting::Accounting;
+use accounting::{Accounting, Prompt};
 pub use accounting::{CLIENT_CLOSED, RequestInfo, UpstreamClock};
 pub use chat::{ChatBody, Relayed};
 pub use embeddings::EmbeddingsRequest;
@@ -91,6 +91,9 @@ trait Call {
     /// Whether `route`'s vendor can serve this call at all.
     fn serves(&self, route: &Route) -> bool;
 
+    /// The client's input, for the gateway to count if no vendor reports usage.
+    fn prompt(&self) -> Prompt;
+
     async fn attempt(
         &self,
         acc: &mut Accounting,
@@ -141,6 +144,7 @@ impl Relay {
         call: &C,
     ) -> Result<Admitted<C::Answer>, ApiError> {
         let mut acc = Accounting::new(self.store.clone(), self.metrics.clone(), info);
+        acc.keep_prompt(call.prompt());
         let routes = match self
             .resolve(acc.info())
             .instrument(tracing::info_span!("route", gen_ai.request.model = %acc.info().model))
