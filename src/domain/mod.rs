@@ -8,6 +8,7 @@ pub mod fallbacks;
 pub mod quota;
 pub mod records;
 pub mod sse;
+pub mod tokens;
 pub mod upstream_hosts;
 pub mod usage;
 

@@ -176,16 +176,6 @@ pub struct Demand {
     pub micros: u64,
 }
 
-/// A rough prompt size until the tokenizer lands: a token per 4 bytes of text.
-pub fn rough_prompt_tokens(request: &crate::domain::canonical::ChatRequest) -> u64 {
-    let bytes: usize = request
-        .messages
-        .iter()
-        .map(|m| format!("{:?}", m.content).len())
-        .sum();
-    (bytes as u64).div_ceil(4) + 3
-}
-
 /// One rate limit as OpenAI's `x-ratelimit-*` headers show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateGauge {

@@ -46,11 +46,15 @@ impl TokenUsage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UsageSource {
-    /// The vendor's own figures.
+    /// The vendor's own figures (a zero it reports stays a zero).
     Reported,
-    /// The client went away mid-stream; figures are what is known so far.
+    /// The request completed without figures from the vendor: the gateway counted the
+    /// prompt and the answer with its tokenizer.
+    Counted,
+    /// The client went away: the gateway counted the prompt and what had been streamed to
+    /// the client (unless the vendor had already reported figures).
     Partial,
-    /// No figures: the request failed before any, or the vendor did not report them.
+    /// Nothing can be known: the request failed, or the client left, before any figures.
     Missing,
 }
 
@@ -58,6 +62,7 @@ impl UsageSource {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Reported => "reported",
+            Self::Counted => "counted",
             Self::Partial => "partial",
             Self::Missing => "missing",
         }

@@ -39,7 +39,7 @@ pub async fn serve<D: ChatDialect>(
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let body = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
-    let chat = D::parse(&body)?;
+    let chat = std::sync::Arc::new(D::parse(&body)?);
     let info = request_info(&req, caller, chat.model.clone(), chat.stream, started);
     let created = info.created_at / 1000;
     let reply = state.relay.chat(info, &chat).await?;

@@ -1,6 +1,15 @@
 //! `Accounting`: follows one client request through its upstream attempts to its end and
 //! writes exactly one usage row, whether the request succeeds, fails, or is dropped because
 //! the client went away. Each attempt gets its own GenAI CLIENT span.
+//!
+//! Where the row's tokens come from (`UsageSource`, SPEC §5) is decided in one place,
+//! `write`: the vendor's figures whenever it sent any (`reported`, a zero included); else,
+//! for a request that completed, the gateway's count of the prompt and of the answer
+//! (`counted`); for a client that went away after the request reached an upstream, the
+//! count of the prompt and of what was streamed to it (`partial`); else `missing`. The
+//! prompt is kept (shared, not copied) and counted only when a row needs it; what is
+//! streamed is buffered a few KiB at a time and tokenized only past that, so a stream
+//! whose vendor reports usage costs a copy of its text into a small buffer.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -12,11 +21,13 @@ use actix::Addr;
 use crate::actors::quota::Reservation;
 use crate::actors::router::Route;
 use crate::actors::store::{RecordUsage, StoreActor};
-use crate::domain::canonical::{ChatEvent, ChatResponse, FinishReason};
+use crate::domain::canonical::{ChatEvent, ChatRequest, ChatResponse, FinishReason};
 use crate::domain::now_ms;
 use crate::domain::quota::{RateNote, usd_to_micros};
 use crate::domain::records::KeyGrant;
+use crate::domain::tokens::{Encoding, StreamCounter};
 use crate::domain::usage::{CostStatus, TokenUsage, UsageRecord, UsageSource};
+use crate::relay::EmbeddingsRequest;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::otel;
 
@@ -74,6 +85,30 @@ impl RequestInfo {
     }
 }
 
+/// What the client sent, kept to count its tokens when no vendor reports them.
+pub enum Prompt {
+    Chat(Arc<ChatRequest>),
+    Embeddings(Arc<EmbeddingsRequest>),
+}
+
+/// The gateway's count of what was answered, for when the vendor reports no usage.
+enum Answered {
+    Nothing,
+    /// A committed stream: what has been handed to the client so far.
+    Streamed(StreamCounter),
+    /// A complete answer's content.
+    Complete(u64),
+}
+
+/// How a request ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Completed,
+    Failed,
+    /// The client went away first.
+    Dropped,
+}
+
 pub struct Accounting {
     store: Addr<StoreActor>,
     metrics: Arc<Metrics>,
@@ -90,6 +125,8 @@ pub struct Accounting {
     pub usage: Option<TokenUsage>,
     /// What admission reserved against the caller's limits, settled when the row is written.
     reservation: Option<Reservation>,
+    prompt: Option<Prompt>,
+    answered: Answered,
 }
 
 impl Accounting {
@@ -106,12 +143,19 @@ impl Accounting {
             written: false,
             usage: None,
             reservation: None,
+            prompt: None,
+            answered: Answered::Nothing,
         }
     }
 
     /// Holds the request's reservation until its usage row settles it.
     pub fn hold(&mut self, reservation: Reservation) {
         self.reservation = Some(reservation);
+    }
+
+    /// Keeps the request's input, to count it if the row needs it.
+    pub fn keep_prompt(&mut self, prompt: Prompt) {
+        self.prompt = Some(prompt);
     }
 
     pub fn info(&self) -> &RequestInfo {
@@ -133,6 +177,16 @@ impl Accounting {
         );
         self.route = Some(route);
         self.usage = None;
+        self.answered = Answered::Nothing;
+    }
+
+    /// The encoding to count with: the deployment's upstream model's, else the model asked.
+    fn encoding(&self) -> Encoding {
+        let upstream = self
+            .route
+            .as_ref()
+            .map_or("", |r| r.upstream_model.as_str());
+        Encoding::for_route(upstream, &self.info.model)
     }
 
     /// Marks the current attempt's span as failed with `class`.
@@ -166,13 +220,79 @@ impl Accounting {
         }
     }
 
-    /// Takes in what a complete answer says (model, finish reason, usage).
+    /// Takes in what a complete answer says (model, finish reason, usage); without usage,
+    /// its content is counted.
     pub fn observe_response(&mut self, response: &ChatResponse) {
         self.observe_model(&response.model);
         if let Some(reason) = response.finish {
             self.observe_finish(reason);
         }
         self.usage = response.usage;
+        if self.usage.is_none() {
+            self.answered = Answered::Complete(self.encoding().content_tokens(&response.content));
+        }
+    }
+
+    /// Takes in the events of one stream item as it goes to the client: their text and
+    /// tool calls are counted (in bounded memory), unless the vendor has reported usage.
+    pub fn streamed(&mut self, events: &[ChatEvent]) {
+        if self.usage.is_some() {
+            return;
+        }
+        for event in events {
+            if matches!(
+                event,
+                ChatEvent::Text(_)
+                    | ChatEvent::ToolCallStart { .. }
+                    | ChatEvent::ToolCallArguments { .. }
+            ) {
+                if let Answered::Nothing | Answered::Complete(_) = self.answered {
+                    self.answered = Answered::Streamed(StreamCounter::new(self.encoding()));
+                }
+                if let Answered::Streamed(counter) = &mut self.answered {
+                    counter.observe(event);
+                }
+            }
+        }
+    }
+
+    /// The row's tokens and their source, by how the request ended (SPEC §5).
+    fn settle(&self, end: End) -> (Option<TokenUsage>, UsageSource) {
+        if let Some(usage) = self.usage {
+            return (Some(usage), UsageSource::Reported);
+        }
+        let source = match end {
+            End::Completed => UsageSource::Counted,
+            End::Dropped if self.attempts > 0 => UsageSource::Partial,
+            // Nothing reached an upstream, or the upstream failed without figures.
+            End::Dropped | End::Failed => return (None, UsageSource::Missing),
+        };
+        let Some(prompt) = &self.prompt else {
+            return (None, UsageSource::Missing);
+        };
+        let encoding = self.encoding();
+        let prompt = match prompt {
+            Prompt::Chat(request) => encoding.prompt_tokens(request),
+            Prompt::Embeddings(request) => request
+                .body
+                .get("input")
+                .map_or(0, |input| encoding.embeddings_tokens(input)),
+        };
+        let completion = match &self.answered {
+            Answered::Nothing => 0,
+            Answered::Streamed(counter) => counter.total(),
+            Answered::Complete(tokens) => *tokens,
+        };
+        let prompt = i64::try_from(prompt).unwrap_or(i64::MAX);
+        let completion = i64::try_from(completion).unwrap_or(i64::MAX);
+        let usage = TokenUsage {
+            prompt,
+            completion,
+            total: prompt.saturating_add(completion),
+            cache_read: None,
+            cache_write: None,
+        };
+        (Some(usage), source)
     }
 
     fn observe_model(&self, model: &str) {
@@ -187,16 +307,12 @@ impl Accounting {
             .record("gen_ai.response.finish_reasons", reason.openai());
     }
 
-    fn write(&mut self, status: u16, error_class: Option<String>, source: UsageSource) {
+    fn write(&mut self, status: u16, error_class: Option<String>, end: End) {
         if self.written {
             return;
         }
         self.written = true;
-        let usage = if source == UsageSource::Missing {
-            None
-        } else {
-            self.usage
-        };
+        let (usage, source) = self.settle(end);
         let prices = self.route.as_ref().map(|r| r.prices).unwrap_or_default();
         let (cost_usd, cost_status) = match usage {
             Some(_) => prices.cost(usage),
@@ -238,36 +354,22 @@ impl Accounting {
         self.store.do_send(RecordUsage(record));
     }
 
-    /// The request completed: usage is `reported` when the upstream gave figures.
+    /// The request completed: `reported` when the upstream gave figures, else `counted`.
     pub fn succeed(&mut self) {
-        let source = if self.usage.is_some() {
-            UsageSource::Reported
-        } else {
-            UsageSource::Missing
-        };
-        self.write(200, None, source);
+        self.write(200, None, End::Completed);
     }
 
     /// The request failed with `status` and error `code`.
     pub fn fail(&mut self, status: u16, code: &str) {
-        let source = if self.usage.is_some() {
-            UsageSource::Reported
-        } else {
-            UsageSource::Missing
-        };
-        self.write(status, Some(code.to_string()), source);
+        self.write(status, Some(code.to_string()), End::Failed);
     }
 }
 
 impl Drop for Accounting {
+    /// The client went away: `partial` (or `reported`), or `missing` before any upstream.
     fn drop(&mut self) {
         if !self.written {
-            let source = if self.usage.is_some() {
-                UsageSource::Reported
-            } else {
-                UsageSource::Partial
-            };
-            self.write(CLIENT_CLOSED, Some("client_closed".into()), source);
+            self.write(CLIENT_CLOSED, Some("client_closed".into()), End::Dropped);
         }
     }
 }

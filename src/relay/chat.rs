@@ -9,7 +9,7 @@ use actix_web::web::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::LocalBoxStream;
 
-use super::accounting::Accounting;
+use super::accounting::{Accounting, Prompt};
 use super::{
     Admitted, Call, Limits, Relay, Reply, RequestInfo, UpstreamBody, attempt_timeout, read_answer,
     send, stream, target, timeout_failure,
@@ -18,6 +18,7 @@ use crate::actors::router::Route;
 use crate::domain::breaker::CallResult;
 use crate::domain::canonical::{ChatEvent, ChatRequest, ChatResponse, StreamDecoder};
 use crate::domain::sse::{SseEvent, SseParser};
+use crate::domain::tokens::Encoding;
 use crate::error::ApiError;
 use crate::providers::{FailureClass, LocalAnswer, UpstreamFailure};
 
@@ -60,7 +61,7 @@ enum ChatAnswer {
 }
 
 struct ChatCall<'a> {
-    req: &'a ChatRequest,
+    req: &'a Arc<ChatRequest>,
 }
 
 impl Call for ChatCall<'_> {
@@ -70,10 +71,14 @@ impl Call for ChatCall<'_> {
         true
     }
 
-    fn demand_tokens(&self, _: &Route, reserve_completion: u64) -> (u64, u64) {
-        let prompt = crate::domain::quota::rough_prompt_tokens(self.req);
+    fn demand_tokens(&self, route: &Route, reserve_completion: u64) -> (u64, u64) {
+        let encoding = Encoding::for_route(&route.upstream_model, &self.req.model);
         let completion = self.req.max_tokens.map_or(reserve_completion, u64::from);
-        (prompt, completion)
+        (encoding.prompt_tokens(self.req), completion)
+    }
+
+    fn prompt(&self) -> Prompt {
+        Prompt::Chat(self.req.clone())
     }
 
     async fn attempt(
@@ -83,7 +88,7 @@ impl Call for ChatCall<'_> {
         deadline: Instant,
         limits: Limits,
     ) -> Result<ChatAnswer, UpstreamFailure> {
-        let req = self.req;
+        let req: &ChatRequest = self.req;
         let timeout = attempt_timeout(route, deadline);
         // A vendor answering in-process still answers in its wire format, decoded as an
         // upstream's would be.
@@ -126,11 +131,12 @@ fn decode(
 }
 
 impl Relay {
-    /// Serves one chat completion, in whatever dialect it came.
+    /// Serves one chat completion, in whatever dialect it came. The request is shared with
+    /// the usage row, which counts its prompt if no vendor reports usage.
     pub async fn chat(
         &self,
         info: RequestInfo,
-        req: &ChatRequest,
+        req: &Arc<ChatRequest>,
     ) -> Result<Reply<ChatBody>, ApiError> {
         let admitted = self.serve(info, &ChatCall { req }).await?;
         let served = admitted.served();

@@ -8,12 +8,13 @@ use std::time::Instant;
 use actix_web::web::Bytes;
 use serde_json::{Map, Value};
 
-use super::accounting::Accounting;
+use super::accounting::{Accounting, Prompt};
 use super::{
     Admitted, Call, Limits, Relay, Reply, RequestInfo, attempt_timeout, read_answer, send, target,
 };
 use crate::actors::router::Route;
 use crate::domain::breaker::CallResult;
+use crate::domain::tokens::Encoding;
 use crate::error::ApiError;
 use crate::providers::{FailureClass, UpstreamFailure};
 
@@ -24,19 +25,30 @@ pub struct EmbeddingsRequest {
     pub body: Map<String, Value>,
 }
 
-impl Call for EmbeddingsRequest {
+/// One embeddings request on the relay (shared with its usage row).
+struct EmbeddingsCall<'a> {
+    req: &'a Arc<EmbeddingsRequest>,
+}
+
+impl Call for EmbeddingsCall<'_> {
     type Answer = Bytes;
 
     fn serves(&self, route: &Route) -> bool {
         route.vendor.serves_embeddings()
     }
 
-    fn demand_tokens(&self, _: &Route, _: u64) -> (u64, u64) {
+    fn demand_tokens(&self, route: &Route, _: u64) -> (u64, u64) {
+        let encoding = Encoding::for_route(&route.upstream_model, &self.req.model);
         let input = self
+            .req
             .body
             .get("input")
-            .map_or(0, |v| v.to_string().len() as u64);
-        (input.div_ceil(4), 0)
+            .unwrap_or(&serde_json::Value::Null);
+        (encoding.embeddings_tokens(input), 0)
+    }
+
+    fn prompt(&self) -> Prompt {
+        Prompt::Embeddings(self.req.clone())
     }
 
     async fn attempt(
@@ -46,7 +58,8 @@ impl Call for EmbeddingsRequest {
         deadline: Instant,
         limits: Limits,
     ) -> Result<Bytes, UpstreamFailure> {
-        let bytes = if let Some(bytes) = route.vendor.local_embeddings(&self.body, &self.model) {
+        let req: &EmbeddingsRequest = self.req;
+        let bytes = if let Some(bytes) = route.vendor.local_embeddings(&req.body, &req.model) {
             Bytes::from(bytes)
         } else {
             let url = route.embeddings_url.as_ref().ok_or_else(|| {
@@ -54,7 +67,7 @@ impl Call for EmbeddingsRequest {
             })?;
             let request = route
                 .vendor
-                .embeddings_request(url, target(route), &self.body)?;
+                .embeddings_request(url, target(route), &req.body)?;
             let timeout = attempt_timeout(route, deadline);
             let response = send(acc, route, request, timeout).await?;
             read_answer(acc, route, response, timeout, limits.max_response_bytes).await?
@@ -65,13 +78,14 @@ impl Call for EmbeddingsRequest {
 }
 
 impl Relay {
-    /// Serves one embeddings request; the answer is the vendor's, as it sent it.
+    /// Serves one embeddings request; the answer is the vendor's, as it sent it. Without
+    /// usage from the vendor, the row counts the input.
     pub async fn embeddings(
         &self,
         info: RequestInfo,
-        req: &EmbeddingsRequest,
+        req: &Arc<EmbeddingsRequest>,
     ) -> Result<Reply<Bytes>, ApiError> {
-        let admitted = self.serve(info, req).await?;
+        let admitted = self.serve(info, &EmbeddingsCall { req }).await?;
         let served = admitted.served();
         let Admitted {
             mut acc,

@@ -23,7 +23,7 @@ use futures_util::stream::LocalBoxStream;
 use ring::rand::{SecureRandom, SystemRandom};
 use tracing::Instrument;
 
-use accounting::Accounting;
+use accounting::{Accounting, Prompt};
 pub use accounting::{CLIENT_CLOSED, RequestInfo, UpstreamClock};
 pub use chat::{ChatBody, Relayed};
 pub use embeddings::EmbeddingsRequest;
@@ -97,6 +97,9 @@ trait Call {
     /// it may produce (`reserve_completion` when the request sets no maximum).
     fn demand_tokens(&self, route: &Route, reserve_completion: u64) -> (u64, u64);
 
+    /// The client's input, for the gateway to count if no vendor reports usage.
+    fn prompt(&self) -> Prompt;
+
     async fn attempt(
         &self,
         acc: &mut Accounting,
@@ -150,6 +153,7 @@ impl Relay {
         call: &C,
     ) -> Result<Admitted<C::Answer>, ApiError> {
         let mut acc = Accounting::new(self.store.clone(), self.metrics.clone(), info);
+        acc.keep_prompt(call.prompt());
         let routes = match self
             .resolve(acc.info())
             .instrument(tracing::info_span!("route", gen_ai.request.model = %acc.info().model))
@@ -369,19 +373,25 @@ impl Relay {
     }
 }
 
-/// The most a call may use on any of `routes`: tokens, and micro-dollars at the dearest
-/// deployment (a price per million tokens is micro-dollars per token).
+/// The most a call may use: its tokens (counted once, with the first candidate's
+/// encoding), and their cost in micro-dollars at the dearest candidate (a price per
+/// million tokens is micro-dollars per token).
 fn demand<C: Call>(routes: &[Arc<Route>], call: &C, reserve_completion: u64) -> Demand {
-    let mut demand = Demand::default();
-    for route in routes {
-        let (prompt, completion) = call.demand_tokens(route, reserve_completion);
-        let price = |p: Option<f64>, tokens: u64| (p.unwrap_or(0.0) * tokens as f64).ceil();
-        let micros = price(route.prices.input_per_mtok, prompt)
-            + price(route.prices.output_per_mtok, completion);
-        demand.tokens = demand.tokens.max(prompt + completion);
-        demand.micros = demand.micros.max(micros.min(u64::MAX as f64) as u64);
+    let Some(first) = routes.first() else {
+        return Demand::default();
+    };
+    let (prompt, completion) = call.demand_tokens(first, reserve_completion);
+    let price = |p: Option<f64>, tokens: u64| (p.unwrap_or(0.0) * tokens as f64).ceil();
+    let micros = routes
+        .iter()
+        .map(|r| {
+            price(r.prices.input_per_mtok, prompt) + price(r.prices.output_per_mtok, completion)
+        })
+        .fold(0.0, f64::max);
+    Demand {
+        tokens: prompt + completion,
+        micros: micros.min(u64::MAX as f64) as u64,
     }
-    demand
 }
 
 /// Records a request that never reached an upstream, and answers its error.

@@ -1,6 +1,7 @@
 //! Relaying a committed upstream stream, event by event, as canonical events (and the
 //! upstream's own events when it speaks the client's dialect): usage is taken from the
-//! usage event, the first content stamps the time to first token, and an upstream failure
+//! usage event (what goes to the client is counted, for when there is none), the first
+//! content stamps the time to first token, and an upstream failure
 //! after commit (broken connection, idle timeout, the stream's total time, an oversized
 //! or undecodable event, an error event, a missing end) or the end of the shutdown grace
 //! period ends the stream with a `Failed` item that the client's dialect renders as its
@@ -100,8 +101,9 @@ pub(super) fn relay(
     state.on_events(open.first);
     futures_util::stream::unfold(state, |mut s| async move {
         loop {
-            if let Some(event) = s.out.pop_front() {
-                return Some((event, s));
+            if let Some(item) = s.out.pop_front() {
+                s.delivering(&item);
+                return Some((item, s));
             }
             if s.finished {
                 if s.succeeded {
@@ -184,12 +186,10 @@ impl StreamRelay {
                 self.acc.observe(event);
             }
             if decoded.contains(&ChatEvent::Done) {
-                // Accounted before the end goes out: a client that saw it can rely on
-                // the usage row being queued.
                 if let Some(permit) = self.permit.take() {
                     permit.finish(CallResult::Success);
                 }
-                self.acc.succeed();
+                // The row is written when this last item goes to the client (`delivering`).
                 self.finished = true;
                 self.succeeded = true;
             }
@@ -197,6 +197,18 @@ impl StreamRelay {
                 raw: self.passthrough.then_some(raw),
                 events: decoded,
             });
+        }
+    }
+
+    /// An item is handed to the client: what it streams is counted, and with the end the
+    /// request is accounted for, before the end goes out (a client that saw it can rely
+    /// on the usage row being queued).
+    fn delivering(&mut self, item: &Relayed) {
+        if let Relayed::Event { events, .. } = item {
+            self.acc.streamed(events);
+            if self.succeeded && self.out.is_empty() {
+                self.acc.succeed();
+            }
         }
     }
 

@@ -19,4 +19,5 @@ mod mock_upstream;
 mod quota;
 mod resilience;
 mod tracing_export;
+mod usage_counting;
 mod usage_spill;

@@ -24,6 +24,10 @@ pub enum Reply {
         prompt_tokens: i64,
         completion_tokens: i64,
     },
+    /// A completion with this text from a vendor that reports no usage (as some
+    /// OpenAI-compatible servers do): no `usage` in the blocking answer, and no usage chunk
+    /// in a stream even when `stream_options.include_usage` asks for one.
+    TextWithoutUsage(String),
     /// This exact JSON body with status 200 (blocking requests).
     Json(Value),
     /// These exact SSE data payloads, then `[DONE]` (streaming requests).
@@ -83,6 +87,8 @@ pub enum Reply {
     /// An OpenAI embeddings list: one `dims`-long vector per input (a string, an array of
     /// strings, a token array, an array of token arrays), with this usage.
     Embeddings { dims: usize, prompt_tokens: i64 },
+    /// The same list without `usage`.
+    EmbeddingsWithoutUsage { dims: usize },
 }
 
 #[derive(Clone, Debug)]
@@ -327,6 +333,7 @@ async fn handle(
             tokio::time::sleep(d).await;
             text_reply(default_text(), stream, include_usage, dropped)
         }
+        Reply::TextWithoutUsage(content) => text_answer(&content, None, stream, dropped),
         Reply::Status(code, body) => {
             HttpResponse::build(actix_web::http::StatusCode::from_u16(code).unwrap()).json(body)
         }
@@ -439,6 +446,11 @@ async fn handle(
             dims,
             prompt_tokens,
         } => HttpResponse::Ok().json(embeddings_list(&body, dims, prompt_tokens)),
+        Reply::EmbeddingsWithoutUsage { dims } => {
+            let mut list = embeddings_list(&body, dims, 0);
+            list.as_object_mut().unwrap().remove("usage");
+            HttpResponse::Ok().json(list)
+        }
     }
 }
 
@@ -493,14 +505,29 @@ fn text_reply(
     else {
         unreachable!()
     };
+    let usage = (!stream || include_usage).then_some((prompt_tokens, completion_tokens));
+    text_answer(&content, usage, stream, dropped)
+}
+
+/// An OpenAI completion of `content` (blocking, or streamed word by word), with `usage`
+/// (in the answer, or as the stream's last chunk) when given.
+fn text_answer(
+    content: &str,
+    usage: Option<(i64, i64)>,
+    stream: bool,
+    dropped: Arc<Notify>,
+) -> HttpResponse {
     if !stream {
-        return HttpResponse::Ok().json(json!({
+        let mut answer = json!({
             "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "upstream",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                 "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens}
-        }));
+        });
+        if let Some((prompt, completion)) = usage {
+            answer["usage"] = json!({"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion});
+        }
+        return HttpResponse::Ok().json(answer);
     }
     let mut events = vec![chunk(
         json!({"role": "assistant", "content": ""}),
@@ -510,8 +537,8 @@ fn text_reply(
         events.push(chunk(json!({"content": word}), Value::Null));
     }
     events.push(chunk(json!({}), json!("stop")));
-    if include_usage {
-        events.push(usage_chunk(prompt_tokens, completion_tokens));
+    if let Some((prompt, completion)) = usage {
+        events.push(usage_chunk(prompt, completion));
     }
     sse(frames(&events, true), None, dropped)
 }

@@ -20,7 +20,7 @@ pub async fn embeddings(
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let body = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
-    let request = parse(&body)?;
+    let request = std::sync::Arc::new(parse(&body)?);
     let info = request_info(&req, caller, request.model.clone(), false, started);
     let reply = state.relay.embeddings(info, &request).await?;
     let mut res = HttpResponse::Ok()
