@@ -16,6 +16,7 @@ mod keys;
 mod listeners;
 mod metrics;
 mod mock_upstream;
+mod openapi;
 mod resilience;
 mod tracing_export;
 mod usage_spill;
