@@ -87,7 +87,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 ))
                 .service(resource!("/models", get => openai::models::list_models))
                 .service(resource!("/embeddings", post => openai::embeddings::embeddings))
-                .service(resource!("/messages", post => anthropic::messages::messages)),
+                .service(resource!(
+                    "/messages",
+                    post => anthropic::messages::messages,
+                )),
         )
         .service(web::scope("/admin").configure(admin::configure));
 }
