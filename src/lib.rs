@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md for the map.
 
 pub mod actors;
+pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod domain;

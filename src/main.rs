@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use lowart::cli::{self, KeyRequest};
 use lowart::config::{Secret, Settings};
 use lowart::master_key::{self, Installed, Rotation};
 use lowart::startup::{Application, connect_and_migrate};
@@ -44,6 +45,39 @@ enum Command {
         #[arg(long, env = "LOWART_NEW_MASTER_KEY", hide_env_values = true)]
         new_key: Option<String>,
     },
+    /// Manage API keys on the database directly (no running gateway needed).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create an API key for a user (created with role `user` if absent), as
+    /// `POST /admin/keys` does, audited with the actor `cli`.
+    ///
+    /// The key is printed once, alone on stdout (`KEY=$(lowart keys create --user alice)`);
+    /// its id and prefix go to stderr. It is stored only as a hash. Works on the configured
+    /// database (migrated first, as `serve` does), whether a gateway is running or not.
+    Create {
+        /// The user the key belongs to.
+        #[arg(long, value_name = "USER_ID", value_parser = cli::parse_user_id)]
+        user: String,
+        /// A label for the key.
+        #[arg(long)]
+        name: Option<String>,
+        /// The only models the key may use, comma-separated (default: every model).
+        #[arg(long, value_name = "A,B", value_delimiter = ',', value_parser = cli::parse_model_name)]
+        models: Option<Vec<String>>,
+        /// The key's own requests-per-minute limit (overrides its user's).
+        #[arg(long, value_name = "N")]
+        rpm: Option<u32>,
+        /// When the key stops working: Unix milliseconds or RFC 3339
+        /// (e.g. 2027-01-31T00:00:00Z).
+        #[arg(long, value_name = "TIME", value_parser = cli::parse_expiry)]
+        expires_at: Option<i64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,6 +115,27 @@ fn main() -> ExitCode {
                 report_rotation(&rotation);
                 Ok(())
             }
+            Some(Command::Keys {
+                command:
+                    KeysCommand::Create {
+                        user,
+                        name,
+                        models,
+                        rpm,
+                        expires_at,
+                    },
+            }) => {
+                let request = KeyRequest {
+                    user_id: user,
+                    name,
+                    models,
+                    rpm_limit: rpm,
+                    expires_at,
+                };
+                let created = cli::create_key(&settings, request).await?;
+                report_key(&created);
+                Ok(())
+            }
             _ => serve(settings).await,
         }
     };
@@ -108,6 +163,25 @@ async fn serve(settings: Settings) -> Result<(), lowart::startup::StartupError> 
         let _ = out.flush();
     }
     app.run_until_stopped().await
+}
+
+/// The key alone on stdout (for scripts), what it is on stderr.
+fn report_key(created: &cli::CreatedKey) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", created.key.expose());
+    let _ = out.flush();
+    let info = &created.info;
+    let user = if created.created_user {
+        format!("new user `{}` (role user)", info.user_id)
+    } else {
+        format!("user `{}`", info.user_id)
+    };
+    let _ = writeln!(
+        std::io::stderr(),
+        "Created API key {} (prefix {}) for {user}; it is shown once.",
+        info.id,
+        info.prefix.as_deref().unwrap_or("none"),
+    );
 }
 
 fn report_rotation(rotation: &Rotation) {

@@ -67,7 +67,8 @@ pub struct ForceBreaker(pub Option<BreakerState>);
 #[rtype(result = "BreakerView")]
 pub struct GetBreaker;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A deployment's breaker and load, as `GET /admin/breakers` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct BreakerView {
     pub deployment_id: String,
     #[serde(flatten)]

@@ -7,6 +7,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use crate::config::Secret;
 use crate::domain::breaker::BreakerConfig;
@@ -21,7 +22,7 @@ pub type Invalid = (String, String);
 /// Every admin-settable field of a deployment but its upstream key (kept sealed, apart).
 /// Adding a field means adding it here, with a serde default so that stored rows and
 /// seeds written before it still read.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentConfig {
     /// The public model name clients ask for.
@@ -54,6 +55,7 @@ pub struct DeploymentConfig {
     /// Vendor-specific settings, typed by `providers::Vendor::from_settings` (`{}` for OpenAI and
     /// Mock).
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub settings: Map<String, Value>,
 }
 
@@ -82,6 +84,18 @@ impl DeploymentConfig {
             serde_json::to_value(self).map_err(|e| ("body".to_string(), e.to_string()))?;
         merge_patch(&mut target, &Value::Object(patch.clone()));
         read(target)
+    }
+
+    /// This type's schema without `additionalProperties: false`, for a record that flattens
+    /// it beside fields of its own (under `allOf`, the closed schema would refuse those).
+    pub fn flattened_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::Schema;
+        let mut schema = <Self as utoipa::PartialSchema>::schema();
+        if let RefOr::T(Schema::Object(object)) = &mut schema {
+            object.additional_properties = None;
+        }
+        schema
     }
 
     /// Reads a stored or configured configuration as JSON.

@@ -4,11 +4,14 @@
 use std::sync::Arc;
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::config::Secret;
 use crate::domain::deployment::DeploymentConfig;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// A user's role: `admin` everything; `operator` models and routing; `viewer` reads the
+/// admin API; `user` only the client API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Admin,
@@ -38,7 +41,7 @@ impl Role {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct User {
     pub user_id: String,
     pub name: Option<String>,
@@ -53,7 +56,7 @@ pub struct User {
 }
 
 /// An API key as the admin API shows it: never the secret, never its hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct ApiKeyInfo {
     pub id: String,
     pub user_id: String,
@@ -101,10 +104,11 @@ impl KeyGrant {
 
 /// A deployment as stored, minus its secret (`has_api_key` says whether one is set); the
 /// configuration's fields are at the top level of the JSON answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Deployment {
     pub id: String,
     #[serde(flatten)]
+    #[schema(schema_with = DeploymentConfig::flattened_schema)]
     pub config: DeploymentConfig,
     pub has_api_key: bool,
     pub created_at: i64,
@@ -125,7 +129,7 @@ pub struct Actor {
     pub key_id: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
     pub actor_user_id: String,

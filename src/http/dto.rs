@@ -2,6 +2,7 @@
 //! field sets. Unknown fields are refused, so a typo is a 400, not a silent no-op.
 
 use serde::{Deserialize, Deserializer};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::actors::store::UserFields;
 use crate::domain::records::Role;
@@ -36,11 +37,12 @@ fn non_negative(param: &str, v: Option<Option<i64>>) -> Result<Option<Option<i64
     Ok(v)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUserBody {
     pub user_id: Option<String>,
     pub name: Option<String>,
+    #[schema(value_type = Option<Role>)]
     pub role: Option<String>,
     pub rpm_limit: Option<i64>,
     pub tpm_limit: Option<i64>,
@@ -63,11 +65,12 @@ impl CreateUserBody {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchUserBody {
     #[serde(default, deserialize_with = "double_option")]
     pub name: Option<Option<String>>,
+    #[schema(value_type = Option<Role>)]
     pub role: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
     pub rpm_limit: Option<Option<i64>>,
@@ -95,7 +98,7 @@ impl PatchUserBody {
 }
 
 /// `POST /admin/users/quota` (seed compatibility): creates the user if absent.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaBody {
     pub user_id: String,
@@ -123,7 +126,7 @@ impl QuotaBody {
 }
 
 /// `expires_at` as Unix seconds or an RFC 3339 timestamp.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Timestamp {
     UnixSeconds(i64),
@@ -145,7 +148,7 @@ impl Timestamp {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyBody {
     pub user_id: String,
@@ -155,31 +158,33 @@ pub struct CreateKeyBody {
     pub expires_at: Option<Timestamp>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct KeysQuery {
     pub user_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     pub limit: Option<u64>,
 }
 
 /// `PUT /admin/models/{model_id}/fallbacks`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FallbacksBody {
     pub fallbacks: Vec<String>,
 }
 
 /// `PUT /admin/breakers/{deployment_id}`: hold open, hold closed, or back to automatic.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerOverrideBody {
     pub state: BreakerOverride,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerOverride {
     Open,

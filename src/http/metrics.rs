@@ -8,9 +8,23 @@ use crate::crypto::hash_api_key;
 use crate::error::{ApiError, ErrorKind};
 use crate::http::AppState;
 use crate::http::extract::bearer_token;
+use crate::http::openapi::schemas::OpenAiError;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "Operations",
+    security((), ("metrics_token" = [])),
+    responses(
+        (status = 200, description = "The metrics", body = String,
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        (status = 401, description = "`telemetry.metrics_token` is set and was not presented (`invalid_api_key`)", body = OpenAiError),
+        (status = 404, description = "Metrics are off: `telemetry.metrics = false` (`route_not_found`)", body = OpenAiError),
+    )
+)]
 pub async fn metrics(
     state: web::Data<AppState>,
     req: HttpRequest,

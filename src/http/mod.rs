@@ -11,6 +11,7 @@ pub mod health;
 pub mod key_cache;
 pub mod metrics;
 pub mod openai;
+pub mod openapi;
 
 pub use auth_throttle::AuthThrottle;
 pub use key_cache::KeyCache;
@@ -78,17 +79,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource!("/healthz", get => health::healthz))
         .service(resource!("/metrics", get => metrics::metrics))
         .service(resource!("/readyz", get => health::readyz))
+        .service(resource!("/openapi.json", get => openapi::openapi_json))
         .service(
             web::scope("/v1")
                 .service(resource!(
                     "/chat/completions",
-                    post => chat::serve::<openai::chat_completions::OpenAiChat>,
+                    post => openai::chat_completions::chat_completions,
                 ))
                 .service(resource!("/models", get => openai::models::list_models))
                 .service(resource!("/embeddings", post => openai::embeddings::embeddings))
                 .service(resource!(
                     "/messages",
-                    post => chat::serve::<anthropic::messages::AnthropicMessages>,
+                    post => anthropic::messages::messages,
                 )),
         )
         .service(web::scope("/admin").configure(admin::configure));

@@ -10,8 +10,8 @@ pub mod openai;
 
 use crate::domain::canonical::{ChatRequest, ChatResponse, Dialect, StreamDecoder};
 
-/// The vendors this build can route to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The vendors this build can route to (read case-insensitively; shown as spelled here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
 pub enum VendorType {
     /// OpenAI itself or any OpenAI-compatible server (`base_url` + `/chat/completions`).
     OpenAI,

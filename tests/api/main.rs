@@ -16,6 +16,7 @@ mod keys;
 mod listeners;
 mod metrics;
 mod mock_upstream;
+mod openapi;
 mod quota;
 mod resilience;
 mod tracing_export;

@@ -9,7 +9,17 @@ use crate::error::ApiError;
 use crate::http::AppState;
 use crate::http::dto::AuditQuery;
 use crate::http::extract::AdminReader;
+use crate::http::openapi::responses::AdminAuth;
+use crate::http::openapi::schemas::AuditList;
 
+#[utoipa::path(
+    get,
+    path = "/admin/audit",
+    tag = "Admin",
+    description = "Admin mutations, newest first. Role: admin, operator or viewer.",
+    params(AuditQuery),
+    responses((status = 200, description = "The audit entries", body = AuditList), AdminAuth)
+)]
 pub async fn list_audit(
     state: web::Data<AppState>,
     _: AdminReader,

@@ -6,12 +6,28 @@ use serde_json::json;
 
 use crate::actors::ASK_TIMEOUT;
 use crate::actors::store::{CreateKey, ListKeys, NewKey, RevokeKey};
+use crate::domain::records::ApiKeyInfo;
 use crate::error::ApiError;
 use crate::http::admin::change_grants;
 use crate::http::dto::{CreateKeyBody, KeysQuery};
 use crate::http::extract::{Admin, AdminReader};
+use crate::http::openapi::responses::{AdminAuth, JsonBody, NotFound};
+use crate::http::openapi::schemas::{CreatedKey, KeyList, OpenAiError};
 use crate::http::{AppState, read_json};
 
+#[utoipa::path(
+    post,
+    path = "/admin/keys",
+    tag = "Admin",
+    description = "Creates an API key for an existing user; the key itself is in this answer only. Role: admin.",
+    request_body = CreateKeyBody,
+    responses(
+        (status = 201, description = "The key's record and the key", body = CreatedKey),
+        (status = 404, description = "No such user (`not_found`)", body = OpenAiError),
+        AdminAuth,
+        JsonBody,
+    )
+)]
 pub async fn create_key(
     state: web::Data<AppState>,
     caller: Admin,
@@ -43,6 +59,14 @@ pub async fn create_key(
     Ok(HttpResponse::Created().json(answer))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/keys",
+    tag = "Admin",
+    description = "API keys (never their secrets), oldest first. Role: admin, operator or viewer.",
+    params(KeysQuery),
+    responses((status = 200, description = "The keys", body = KeyList), AdminAuth)
+)]
 pub async fn list_keys(
     state: web::Data<AppState>,
     _: AdminReader,
@@ -55,6 +79,17 @@ pub async fn list_keys(
     Ok(HttpResponse::Ok().json(json!({"data": keys})))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/admin/keys/{id}",
+    tag = "Admin",
+    description = "Revokes a key: the next request with it is refused. Role: admin.",
+    responses(
+        (status = 200, description = "The revoked key", body = ApiKeyInfo),
+        (status = 404, response = NotFound),
+        AdminAuth,
+    )
+)]
 pub async fn revoke_key(
     state: web::Data<AppState>,
     caller: Admin,

@@ -11,8 +11,11 @@ use crate::actors::ASK_TIMEOUT;
 use crate::actors::router::Reload;
 use crate::actors::store::{CreateDeployment, DeleteDeployment, ListDeployments, UpdateDeployment};
 use crate::domain::deployment::DeploymentPatch;
+use crate::domain::records::Deployment;
 use crate::error::ApiError;
 use crate::http::extract::{AdminReader, ModelAdmin};
+use crate::http::openapi::responses::{AdminAuth, JsonBody, NotFound};
+use crate::http::openapi::schemas::{CreateDeploymentBody, DeploymentList, PatchDeploymentBody};
 use crate::http::{AppState, read_json};
 
 /// Rebuilds the routing table so the next request sees an admin change.
@@ -33,6 +36,18 @@ async fn read_patch(
     DeploymentPatch::from_body(body).map_err(|(param, message)| ApiError::invalid(param, message))
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/models",
+    tag = "Admin",
+    description = "Creates a deployment of a model; traffic routes by it from the answer on. Role: admin or operator.",
+    request_body = CreateDeploymentBody,
+    responses(
+        (status = 201, description = "The deployment (never its `api_key`)", body = Deployment),
+        AdminAuth,
+        JsonBody,
+    )
+)]
 pub async fn create_model(
     state: web::Data<AppState>,
     caller: ModelAdmin,
@@ -48,6 +63,14 @@ pub async fn create_model(
     Ok(HttpResponse::Created().json(deployment))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/models",
+    tag = "Admin",
+    operation_id = "admin_list_models",
+    description = "Every deployment. Role: admin, operator or viewer.",
+    responses((status = 200, description = "The deployments", body = DeploymentList), AdminAuth)
+)]
 pub async fn list_models(
     state: web::Data<AppState>,
     _: AdminReader,
@@ -60,6 +83,19 @@ pub async fn list_models(
     Ok(HttpResponse::Ok().json(json!({"data": deployments})))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/admin/models/{id}",
+    tag = "Admin",
+    description = "Changes a deployment (a merge patch); live traffic follows from the answer on. Role: admin or operator.",
+    request_body = PatchDeploymentBody,
+    responses(
+        (status = 200, description = "The deployment", body = Deployment),
+        (status = 404, response = NotFound),
+        AdminAuth,
+        JsonBody,
+    )
+)]
 pub async fn update_model(
     state: web::Data<AppState>,
     caller: ModelAdmin,
@@ -77,6 +113,17 @@ pub async fn update_model(
     Ok(HttpResponse::Ok().json(deployment))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/admin/models/{id}",
+    tag = "Admin",
+    description = "Deletes a deployment. Role: admin or operator.",
+    responses(
+        (status = 200, description = "The deleted deployment", body = Deployment),
+        (status = 404, response = NotFound),
+        AdminAuth,
+    )
+)]
 pub async fn delete_model(
     state: web::Data<AppState>,
     caller: ModelAdmin,

@@ -6,6 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
 use crate::actors::ASK_TIMEOUT;
+use crate::actors::provider::BreakerView;
 use crate::actors::provider::{ForceBreaker, GetBreaker};
 use crate::actors::router::ListProviders;
 use crate::actors::store::{AppendAudit, SetFallbacks};
@@ -13,8 +14,22 @@ use crate::domain::breaker::BreakerState;
 use crate::error::ApiError;
 use crate::http::dto::{BreakerOverride, BreakerOverrideBody, FallbacksBody};
 use crate::http::extract::{AdminReader, ModelAdmin};
+use crate::http::openapi::responses::{AdminAuth, JsonBody};
+use crate::http::openapi::schemas::{BreakerList, FallbackChain, OpenAiError};
 use crate::http::{AppState, read_json};
 
+#[utoipa::path(
+    put,
+    path = "/admin/models/{model_id}/fallbacks",
+    tag = "Admin",
+    description = "Replaces a model's fallback chain (400 on a cycle). Role: admin or operator.",
+    request_body = FallbacksBody,
+    responses(
+        (status = 200, description = "The chain now in force", body = FallbackChain),
+        AdminAuth,
+        JsonBody,
+    )
+)]
 pub async fn set_fallbacks(
     state: web::Data<AppState>,
     caller: ModelAdmin,
@@ -42,6 +57,13 @@ pub async fn set_fallbacks(
     Ok(HttpResponse::Ok().json(json!({"model_id": model_id, "fallbacks": fallbacks})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/breakers",
+    tag = "Admin",
+    description = "Each routable deployment's circuit breaker and load. Role: admin, operator or viewer.",
+    responses((status = 200, description = "The breakers", body = BreakerList), AdminAuth)
+)]
 pub async fn list_breakers(
     state: web::Data<AppState>,
     _: AdminReader,
@@ -58,6 +80,19 @@ pub async fn list_breakers(
     Ok(HttpResponse::Ok().json(json!({"data": data})))
 }
 
+#[utoipa::path(
+    put,
+    path = "/admin/breakers/{deployment_id}",
+    tag = "Admin",
+    description = "Holds a deployment's breaker open or closed (maintenance), or hands it back to `auto`. Role: admin or operator.",
+    request_body = BreakerOverrideBody,
+    responses(
+        (status = 200, description = "The breaker now", body = BreakerView),
+        (status = 404, description = "No routable deployment with this id (`not_found`)", body = OpenAiError),
+        AdminAuth,
+        JsonBody,
+    )
+)]
 pub async fn override_breaker(
     state: web::Data<AppState>,
     caller: ModelAdmin,

@@ -6,12 +6,28 @@ use serde_json::json;
 
 use crate::actors::ASK_TIMEOUT;
 use crate::actors::store::{CreateUser, GetUser, ListUsers, UpdateUser, UserFields};
+use crate::domain::records::User;
 use crate::error::ApiError;
 use crate::http::admin::change_grants;
 use crate::http::dto::{CreateUserBody, PatchUserBody, QuotaBody};
 use crate::http::extract::{Admin, AdminReader};
+use crate::http::openapi::responses::{AdminAuth, Conflict, JsonBody, NotFound};
+use crate::http::openapi::schemas::UserList;
 use crate::http::{AppState, read_json};
 
+#[utoipa::path(
+    post,
+    path = "/admin/users",
+    tag = "Admin",
+    description = "Creates a user (an id is generated when `user_id` is absent). Role: admin.",
+    request_body = CreateUserBody,
+    responses(
+        (status = 201, description = "The user", body = User),
+        (status = 409, response = Conflict),
+        AdminAuth,
+        JsonBody,
+    )
+)]
 pub async fn create_user(
     state: web::Data<AppState>,
     caller: Admin,
@@ -37,6 +53,13 @@ pub async fn create_user(
     Ok(HttpResponse::Created().json(user))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/users",
+    tag = "Admin",
+    description = "Every user. Role: admin, operator or viewer.",
+    responses((status = 200, description = "The users", body = UserList), AdminAuth)
+)]
 pub async fn list_users(
     state: web::Data<AppState>,
     _: AdminReader,
@@ -45,6 +68,17 @@ pub async fn list_users(
     Ok(HttpResponse::Ok().json(json!({"data": users})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/users/{user_id}",
+    tag = "Admin",
+    description = "One user. Role: admin, operator or viewer.",
+    responses(
+        (status = 200, description = "The user", body = User),
+        (status = 404, response = NotFound),
+        AdminAuth,
+    )
+)]
 pub async fn get_user(
     state: web::Data<AppState>,
     _: AdminReader,
@@ -74,6 +108,19 @@ async fn update(
     Ok(HttpResponse::Ok().json(user))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/admin/users/{user_id}",
+    tag = "Admin",
+    description = "Changes the fields present (`null` clears a limit); disabling a user stops its keys at once. Role: admin.",
+    request_body = PatchUserBody,
+    responses(
+        (status = 200, description = "The user", body = User),
+        (status = 404, response = NotFound),
+        AdminAuth,
+        JsonBody,
+    )
+)]
 pub async fn update_user(
     state: web::Data<AppState>,
     caller: Admin,
@@ -88,6 +135,17 @@ pub async fn update_user(
 }
 
 /// `DELETE /admin/users/{id}` disables the user (its usage history stays attributable).
+#[utoipa::path(
+    delete,
+    path = "/admin/users/{user_id}",
+    tag = "Admin",
+    description = "Disables the user: its keys stop working at once; its usage history stays attributable. Role: admin.",
+    responses(
+        (status = 200, description = "The disabled user", body = User),
+        (status = 404, response = NotFound),
+        AdminAuth,
+    )
+)]
 pub async fn disable_user(
     state: web::Data<AppState>,
     caller: Admin,
@@ -100,6 +158,14 @@ pub async fn disable_user(
     update(&state, &caller, path.into_inner(), fields, false).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/users/quota",
+    tag = "Admin",
+    description = "Sets a user's limits, creating the user (role `user`) if absent. Role: admin.",
+    request_body = QuotaBody,
+    responses((status = 200, description = "The user", body = User), AdminAuth, JsonBody)
+)]
 pub async fn set_quota(
     state: web::Data<AppState>,
     caller: Admin,

@@ -1,16 +1,52 @@
 //! `POST /v1/messages`: the Anthropic Messages dialect on the shared chat handler. Errors
 //! leave in Anthropic's shape (see `request_context`).
 
+use actix_web::{HttpRequest, HttpResponse, web};
 use actix_web_lab::sse;
 use serde_json::Value;
 
 use crate::domain::canonical::{ChatRequest, ChatResponse};
 use crate::error::ApiError;
+use crate::http::AppState;
 use crate::http::anthropic::dialect::{self, StreamEncoder};
-use crate::http::chat::ChatDialect;
+use crate::http::chat::{ChatDialect, serve};
+use crate::http::extract::Caller;
+use crate::http::openapi::schemas::AnthropicError;
+use crate::http::openapi::vendor::{MessagesRequest, MessagesResponse};
 use crate::relay::Relayed;
 
 pub struct AnthropicMessages;
+
+/// An Anthropic Messages request, routed to the model's deployments (any vendor), blocking
+/// or streamed. Errors take Anthropic's shape.
+#[utoipa::path(
+    post,
+    path = "/v1/messages",
+    tag = "Anthropic",
+    request_body = MessagesRequest,
+    responses(
+        (status = 200, description = "The message; with `stream: true`, Anthropic's server-sent events (`message_start`, `content_block_start`/`_delta`/`_stop`, `message_delta`, `message_stop`).",
+            content((MessagesResponse = "application/json"), (String = "text/event-stream"))),
+        (status = 400, description = "Malformed request (`invalid_request_error`)", body = AnthropicError),
+        (status = 401, description = "Missing, unknown, revoked or expired key (`authentication_error`)", body = AnthropicError),
+        (status = 403, description = "The key may not use this model (`permission_error`)", body = AnthropicError),
+        (status = 404, description = "No such model (`not_found_error`)", body = AnthropicError),
+        (status = 413, description = "Body too large (`request_too_large`)", body = AnthropicError),
+        (status = 429, description = "Rate limited (`rate_limit_error`)", body = AnthropicError),
+        (status = 500, description = "The gateway failed (`api_error`)", body = AnthropicError),
+        (status = 502, description = "The upstream failed (`api_error`)", body = AnthropicError),
+        (status = 503, description = "No healthy deployment or busy (`overloaded_error`)", body = AnthropicError),
+        (status = 504, description = "The upstream timed out (`api_error`)", body = AnthropicError),
+    )
+)]
+pub async fn messages(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    serve::<AnthropicMessages>(state, caller, req, payload).await
+}
 
 impl ChatDialect for AnthropicMessages {
     type Encoder = StreamEncoder;

@@ -1,15 +1,43 @@
 //! `POST /v1/chat/completions`: the OpenAI chat dialect on the shared chat handler.
 
+use actix_web::{HttpRequest, HttpResponse, web};
 use actix_web_lab::sse;
 use serde_json::Value;
 
 use crate::domain::canonical::{ChatEvent, ChatRequest, ChatResponse};
 use crate::error::ApiError;
-use crate::http::chat::ChatDialect;
+use crate::http::AppState;
+use crate::http::chat::{ChatDialect, serve};
+use crate::http::extract::Caller;
 use crate::http::openai::dialect::{self, StreamEncoder};
+use crate::http::openapi::responses::{ClientAuth, Upstream};
+use crate::http::openapi::vendor::{ChatCompletion, ChatCompletionRequest};
 use crate::relay::Relayed;
 
 pub struct OpenAiChat;
+
+/// An OpenAI chat completion, routed to the model's deployments (any vendor), blocking or
+/// streamed.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "OpenAI",
+    request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "The completion; with `stream: true`, server-sent events (`data: {chat.completion.chunk}` … `data: [DONE]`). `x-lowart-model`, `x-lowart-deployment` and `x-lowart-attempts` say who served it.",
+            content((ChatCompletion = "application/json"), (String = "text/event-stream"))),
+        ClientAuth,
+        Upstream,
+    )
+)]
+pub async fn chat_completions(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    serve::<OpenAiChat>(state, caller, req, payload).await
+}
 
 /// A stream's encoder, and whether the client asked for the usage chunk.
 pub struct Encoder {

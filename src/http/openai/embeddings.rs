@@ -9,9 +9,23 @@ use serde_json::Value;
 use crate::domain::canonical;
 use crate::error::ApiError;
 use crate::http::extract::Caller;
+use crate::http::openapi::responses::{ClientAuth, Upstream};
+use crate::http::openapi::vendor;
 use crate::http::{AppState, read_body, request_info, served_headers};
 use crate::relay::EmbeddingsRequest;
 
+/// OpenAI embeddings, relayed to the model's OpenAI-compatible (or mock) deployments.
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    tag = "OpenAI",
+    request_body = vendor::EmbeddingsRequest,
+    responses(
+        (status = 200, description = "The embeddings, as the upstream answered them", body = vendor::EmbeddingsResponse),
+        ClientAuth,
+        Upstream,
+    )
+)]
 pub async fn embeddings(
     state: web::Data<AppState>,
     caller: Caller,

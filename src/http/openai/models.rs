@@ -8,7 +8,16 @@ use crate::actors::router::ListModels;
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::http::extract::Caller;
+use crate::http::openapi::responses::ClientAuth;
+use crate::http::openapi::schemas::ModelList;
 
+/// The models this key may use.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "OpenAI",
+    responses((status = 200, description = "The models this key may use", body = ModelList), ClientAuth)
+)]
 pub async fn list_models(
     state: web::Data<AppState>,
     caller: Caller,
