@@ -1,7 +1,8 @@
 //! Supervised actors, each the single owner of one piece of state:
 //! `StoreActor` the database, `RouterActor` the routing table, `ProviderActor` one
-//! deployment's admission state.
+//! deployment's admission state, `ChangeFeed` who follows the store's changes.
 
+pub mod feed;
 pub mod provider;
 pub mod router;
 pub mod store;

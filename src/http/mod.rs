@@ -13,7 +13,7 @@ pub mod metrics;
 pub mod openai;
 
 pub use auth_throttle::AuthThrottle;
-pub use key_cache::KeyCache;
+pub use key_cache::{KeyCache, KeyCacheFollower};
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;

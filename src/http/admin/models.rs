@@ -1,5 +1,5 @@
-//! `/admin/models`: deployments. A change is written by the store, then the router reloads
-//! before the answer, so the next request already routes by the new table. A body is a
+//! `/admin/models`: deployments. The store answers a change once the router has reloaded
+//! (the change feed), so the next request already routes by the new table. A body is a
 //! JSON object: `POST` merges it onto `{}`, `PATCH` onto the current configuration
 //! (RFC 7396, see `domain::deployment`). The upstream `api_key` is accepted, sealed, and
 //! never returned.
@@ -8,19 +8,11 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
 use crate::actors::ASK_TIMEOUT;
-use crate::actors::router::Reload;
 use crate::actors::store::{CreateDeployment, DeleteDeployment, ListDeployments, UpdateDeployment};
 use crate::domain::deployment::DeploymentPatch;
 use crate::error::ApiError;
 use crate::http::extract::{AdminReader, ModelAdmin};
 use crate::http::{AppState, read_json};
-
-/// Rebuilds the routing table so the next request sees an admin change.
-pub(crate) async fn reload(state: &AppState) -> Result<(), ApiError> {
-    // A failed reload answers 503; its cause is logged with it, once.
-    state.router.send(Reload).timeout(ASK_TIMEOUT).await??;
-    Ok(())
-}
 
 /// A deployment body: a JSON object, checked field by field by the store once merged.
 async fn read_patch(
@@ -44,7 +36,6 @@ pub async fn create_model(
         actor: caller.actor(),
     };
     let deployment = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
-    reload(&state).await?;
     Ok(HttpResponse::Created().json(deployment))
 }
 
@@ -73,7 +64,6 @@ pub async fn update_model(
         actor: caller.actor(),
     };
     let deployment = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
-    reload(&state).await?;
     Ok(HttpResponse::Ok().json(deployment))
 }
 
@@ -87,6 +77,5 @@ pub async fn delete_model(
         actor: caller.actor(),
     };
     let deployment = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
-    reload(&state).await?;
     Ok(HttpResponse::Ok().json(deployment))
 }
