@@ -17,5 +17,6 @@ mod listeners;
 mod metrics;
 mod mock_upstream;
 mod resilience;
+mod scale_out;
 mod tracing_export;
 mod usage_spill;
