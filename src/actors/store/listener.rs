@@ -1,11 +1,12 @@
 //! The change listener (PostgreSQL only): `LISTEN lowart_changes` on a connection of its
 //! own, and each change another instance committed announced to this instance's feed.
 //! On every (re)connect it announces `All`: changes may have been committed while nothing
-//! listened. A lost connection is retried at once, then with a doubling backoff; a quiet
-//! one is pinged, so a connection that died without a word is noticed too.
+//! listened. A connection lost after a steady while is replaced at once; failures in a row
+//! wait a doubling backoff. A quiet connection is pinged, so one that died without a word
+//! is noticed too.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -19,6 +20,8 @@ use crate::domain::change::{CHANNEL, decode_notice};
 pub const APPLICATION_NAME: &str = "lowart-change-listener";
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A connection that lasted this long was steady: losing it starts the backoff afresh.
+const STEADY: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection silent for this long is pinged; one that does not answer is replaced.
 const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -47,6 +50,11 @@ impl Drop for Listening {
     }
 }
 
+/// The wait after `previous`: the first retry soon, then doubling up to `MAX_BACKOFF`.
+fn next_backoff(previous: Option<Duration>) -> Duration {
+    previous.map_or(FIRST_RETRY, |b| b.saturating_mul(2).min(MAX_BACKOFF))
+}
+
 /// Why following the channel ended.
 enum Ended {
     Stopped,
@@ -71,15 +79,14 @@ impl ChangeListener {
             let mut listening = match connected {
                 Ok(listening) => listening,
                 Err(e) => {
-                    let wait =
-                        backoff.map_or(FIRST_RETRY, |b| b.saturating_mul(2).min(MAX_BACKOFF));
+                    let wait = next_backoff(backoff);
                     tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64,
                         "the change listener cannot connect to PostgreSQL");
                     backoff = Some(wait);
                     continue;
                 }
             };
-            backoff = None;
+            let connected_at = Instant::now();
             self.deliver(vec![Change::All]).await;
             let Some(listener) = listening.0.as_mut() else {
                 continue;
@@ -90,6 +97,7 @@ impl ChangeListener {
                     tracing::warn!(%cause, "the change listener lost its connection; reconnecting");
                 }
             }
+            backoff = (connected_at.elapsed() < STEADY).then(|| next_backoff(backoff));
         }
     }
 
