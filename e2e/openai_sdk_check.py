@@ -4,8 +4,10 @@ Usage: LOWART_URL=http://127.0.0.1:PORT LOWART_KEY=lw-... python openai_sdk_chec
 Exits non-zero on the first mismatch.
 """
 
+import json
 import os
 import sys
+import urllib.request
 
 import openai
 
@@ -63,4 +65,45 @@ try:
 except openai.AuthenticationError as e:
     assert e.code == "invalid_api_key", e.body
 
-print(f"openai {openai.__version__} SDK check: 7 checks passed against {base}")
+# Limits: a user with RPM 2 and a small token quota, its key used by the SDK.
+def admin_post(path, body):
+    request = urllib.request.Request(
+        os.environ["LOWART_URL"].rstrip("/") + path,
+        data=json.dumps(body).encode(),
+        headers={
+            "Authorization": f"Bearer {os.environ['LOWART_KEY']}",
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request) as answer:
+        return json.load(answer)
+
+
+admin_post("/admin/users/quota", {"user_id": "e2e-limited", "rpm_limit": 2})
+key = admin_post("/admin/keys", {"user_id": "e2e-limited"})["key"]
+limited = openai.OpenAI(base_url=base, api_key=key, max_retries=0)
+for remaining in ["1", "0"]:
+    raw = limited.chat.completions.with_raw_response.create(
+        model="mock", messages=[{"role": "user", "content": "limited"}]
+    )
+    assert raw.headers["x-ratelimit-limit-requests"] == "2", raw.headers
+    assert raw.headers["x-ratelimit-remaining-requests"] == remaining, raw.headers
+try:
+    limited.chat.completions.create(model="mock", messages=[{"role": "user", "content": "x"}])
+    sys.exit("expected RateLimitError")
+except openai.RateLimitError as e:
+    assert e.code == "rate_limited", e.body
+    assert int(e.response.headers["retry-after"]) >= 1, e.response.headers
+
+admin_post("/admin/users/quota", {"user_id": "e2e-spent", "token_quota": 1})
+key = admin_post("/admin/keys", {"user_id": "e2e-spent"})["key"]
+try:
+    openai.OpenAI(base_url=base, api_key=key, max_retries=0).chat.completions.create(
+        model="mock", messages=[{"role": "user", "content": "x"}]
+    )
+    sys.exit("expected RateLimitError (insufficient_quota)")
+except openai.RateLimitError as e:
+    assert e.code == "insufficient_quota", e.body
+    assert e.type == "insufficient_quota", e.body
+
+print(f"openai {openai.__version__} SDK check: 9 checks passed against {base}")

@@ -57,7 +57,37 @@ pub struct Settings {
     pub security: SecuritySettings,
     pub telemetry: TelemetrySettings,
     pub routing: RoutingSettings,
+    pub limits: LimitSettings,
     pub models: Vec<ModelSeed>,
+}
+
+/// `[limits]`: defaults for users that set no limit of their own, and what a request
+/// reserves. A user's own limit (admin API) always wins; unset means unlimited.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Requests per minute per user (a key's own `rpm_limit` overrides it for that key).
+    pub rpm_limit: Option<u64>,
+    /// Tokens per minute per user.
+    pub tpm_limit: Option<u64>,
+    /// Tokens a user may spend in all.
+    pub token_quota: Option<u64>,
+    /// US dollars a user may spend in all.
+    pub budget_usd: Option<f64>,
+    /// Completion tokens reserved for a request that sets no `max_tokens`.
+    pub reserve_completion_tokens: u64,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            rpm_limit: None,
+            tpm_limit: None,
+            token_quota: None,
+            budget_usd: None,
+            reserve_completion_tokens: 1024,
+        }
+    }
 }
 
 /// Retries and fallbacks of one client request.
@@ -382,6 +412,13 @@ impl Settings {
             if value == 0 {
                 return Err(bad(key, "must be greater than 0"));
             }
+        }
+        if self
+            .limits
+            .budget_usd
+            .is_some_and(|b| !b.is_finite() || b < 0.0)
+        {
+            return Err(bad("limits.budget_usd", "must be a number, not negative"));
         }
         if self.database.usage_batch_size == 0 {
             return Err(bad("database.usage_batch_size", "must be greater than 0"));

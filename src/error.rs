@@ -27,6 +27,8 @@ pub enum ErrorKind {
     PayloadTooLarge,
     Conflict,
     RateLimited,
+    /// A token quota or budget is spent.
+    InsufficientQuota,
     TooManyAuthFailures,
     /// An upstream failed, in the closed vocabulary of failure classes.
     Upstream(FailureClass),
@@ -56,6 +58,7 @@ impl ErrorKind {
             Self::PayloadTooLarge => "payload_too_large",
             Self::Conflict => "conflict",
             Self::RateLimited => "rate_limited",
+            Self::InsufficientQuota => "insufficient_quota",
             Self::TooManyAuthFailures => "too_many_auth_failures",
             // The contract's name for a timeout; every other class is its own code.
             Self::Upstream(FailureClass::Timeout) => "upstream_timeout",
@@ -81,6 +84,7 @@ impl ErrorKind {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict => StatusCode::CONFLICT,
             Self::RateLimited
+            | Self::InsufficientQuota
             | Self::TooManyAuthFailures
             | Self::Upstream(FailureClass::RateLimited) => StatusCode::TOO_MANY_REQUESTS,
             // The request itself is at fault: the vendor's 4xx stays a 400.
@@ -98,6 +102,10 @@ impl ErrorKind {
 
     /// The OpenAI `type` field.
     fn error_type(self) -> &'static str {
+        if self == Self::InsufficientQuota {
+            // OpenAI's type for a spent quota, which its SDKs and clients look for.
+            return "insufficient_quota";
+        }
         match self.status().as_u16() {
             400 | 404 | 405 | 409 | 413 => "invalid_request_error",
             401 => "authentication_error",
@@ -238,6 +246,21 @@ impl From<crate::actors::router::RouteError> for ApiError {
                 detail: Some(format!("routing: {e}")),
                 ..ApiError::unavailable()
             },
+        }
+    }
+}
+
+impl From<crate::actors::quota::Refusal> for ApiError {
+    fn from(r: crate::actors::quota::Refusal) -> Self {
+        use crate::actors::quota::RefusalKind;
+        let kind = match r.kind {
+            RefusalKind::RateLimited => ErrorKind::RateLimited,
+            RefusalKind::InsufficientQuota => ErrorKind::InsufficientQuota,
+            RefusalKind::Unavailable => ErrorKind::ServiceUnavailable,
+        };
+        Self {
+            retry_after: Some(crate::domain::quota::retry_after_secs(r.retry_after_ms)),
+            ..ApiError::new(kind, r.message)
         }
     }
 }

@@ -16,6 +16,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
 use crate::actors::ASK_TIMEOUT;
 use crate::actors::feed::{ChangeFeed, Subscribe};
+use crate::actors::quota::{QuotaActor, ReturnLeases};
 use crate::actors::router::{Reload, RouteError, RouterActor};
 use crate::actors::store::{
     EnsureAdminKey, FlushUsage, HasAdminKey, ReplayUsageSpill, SeedDeployments, StopChangeListener,
@@ -57,6 +58,7 @@ pub struct Application {
     local_addr: Option<SocketAddr>,
     uds: Option<PathBuf>,
     store: Addr<StoreActor>,
+    quota: Addr<QuotaActor>,
     generated_admin_key: Option<Secret>,
 }
 
@@ -199,8 +201,14 @@ impl Application {
         let (closing_tx, closing) = tokio::sync::watch::channel(false);
         let downstream = (settings.server.max_concurrency > 0)
             .then(|| Arc::new(tokio::sync::Semaphore::new(settings.server.max_concurrency)));
+        let quota = {
+            let store = store.clone();
+            Supervisor::start(move |_| QuotaActor::new(store))
+        };
         let relay = Relay {
             store: store.clone(),
+            quota: quota.clone(),
+            limits: settings.limits,
             router: router.clone(),
             routing_table,
             metrics: metrics.clone(),
@@ -281,6 +289,7 @@ impl Application {
             local_addr,
             uds,
             store,
+            quota,
             generated_admin_key,
         })
     }
@@ -306,10 +315,12 @@ impl Application {
         self.generated_admin_key.as_ref()
     }
 
-    /// Serves until stopped, then writes every buffered usage row and stops listening
-    /// for other instances' changes.
+    /// Serves until stopped, then gives back unused leases, writes every buffered usage
+    /// row and stops listening for other instances' changes.
     pub async fn run_until_stopped(self) -> Result<(), StartupError> {
         let result = self.server.await;
+        // Unused leases of token quotas and budgets go back to the shared counters.
+        let _ = self.quota.send(ReturnLeases).await;
         self.store.send(FlushUsage).await?;
         self.store.send(StopChangeListener).await?;
         if let Some(path) = &self.uds {

@@ -6,6 +6,11 @@
 //!
 //! `cargo run --release -p lowart-bench -- soak`: the memory soak instead (see `soak.rs`);
 //! writes target/bench/soak.json.
+//!
+//! `cargo run --release -p lowart-bench -- limits`: the same run as the default one, but
+//! the requests through the gateway come from a user with RPM, TPM, token quota and budget
+//! limits that never trigger (so every request is admitted by the quota actor and settles
+//! its reservation); writes target/bench/results-limits.json.
 
 mod gateway;
 mod http;
@@ -39,11 +44,12 @@ fn main() -> ExitCode {
     let root = root.canonicalize().unwrap_or(root);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let marker = std::env::var(PINNED_MARKER).ok();
-    let soak = match std::env::args().nth(1).as_deref() {
-        None => false,
-        Some("soak") => true,
+    let (soak, limits) = match std::env::args().nth(1).as_deref() {
+        None => (false, false),
+        Some("soak") => (true, false),
+        Some("limits") => (false, true),
         Some(other) => {
-            eprintln!("bench: unknown mode `{other}` (none, or `soak`)");
+            eprintln!("bench: unknown mode `{other}` (none, `soak` or `limits`)");
             return ExitCode::FAILURE;
         }
     };
@@ -91,7 +97,7 @@ fn main() -> ExitCode {
         .build();
     let result = match rt {
         Ok(rt) if soak => rt.block_on(run_soak(&root, pinned)),
-        Ok(rt) => rt.block_on(run(&root, pinned)),
+        Ok(rt) => rt.block_on(run(&root, pinned, limits)),
         Err(e) => Err(e.into()),
     };
     match result {
@@ -218,7 +224,35 @@ async fn run_soak(root: &Path, pinned: bool) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn run(root: &Path, pinned: bool) -> Result<(), BoxError> {
+/// Creates a user whose limits never trigger in a benchmark, and answers a key of it.
+async fn limited_key(gw: std::net::SocketAddr) -> Result<String, BoxError> {
+    let user = serde_json::json!({"user_id": "bench-limited", "rpm_limit": 1_000_000_000u64,
+        "tpm_limit": 1_000_000_000_000u64, "token_quota": 1_000_000_000_000_000u64,
+        "budget_usd": 1_000_000_000.0});
+    let key = serde_json::json!({"user_id": "bench-limited"});
+    let mut answer = Bytes::new();
+    for (path, body) in [("/admin/users", user), ("/admin/keys", key)] {
+        let (status, body) = call_once(
+            gw,
+            Method::POST,
+            path,
+            Some(ADMIN_KEY),
+            Some(Bytes::from(body.to_string())),
+        )
+        .await?;
+        if status != StatusCode::CREATED {
+            return Err(format!("POST {path}: {status} {}", String::from_utf8_lossy(&body)).into());
+        }
+        answer = body;
+    }
+    let key: serde_json::Value = serde_json::from_slice(&answer)?;
+    key["key"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| "POST /admin/keys: no key".into())
+}
+
+async fn run(root: &Path, pinned: bool, limits: bool) -> Result<(), BoxError> {
     let loadgen = Loadgen::find(root);
     let s = Settings {
         secs: env_num("BENCH_SECONDS", 10.0),
@@ -238,6 +272,12 @@ async fn run(root: &Path, pinned: bool) -> Result<(), BoxError> {
         gw,
         first_start,
     } = setup(root, pinned, "OpenAI").await?;
+    let caller = if limits {
+        eprintln!("bench: requests through the gateway come from a user with limits");
+        limited_key(gw.addr).await?
+    } else {
+        ADMIN_KEY.to_owned()
+    };
     let direct = Target {
         addr: mock,
         auth: None,
@@ -245,7 +285,7 @@ async fn run(root: &Path, pinned: bool) -> Result<(), BoxError> {
     };
     let via = Target {
         addr: gw.addr,
-        auth: Some(ADMIN_KEY),
+        auth: Some(&caller),
         body: BODY,
     };
 
@@ -281,9 +321,9 @@ async fn run(root: &Path, pinned: bool) -> Result<(), BoxError> {
 
     eprintln!("bench: SSE, {} sequential streams each", s.sse_n);
     sse::measure(mock, None, 20).await?;
-    sse::measure(gw.addr, Some(ADMIN_KEY), 20).await?;
+    sse::measure(gw.addr, Some(&caller), 20).await?;
     r.sse_direct = sse::measure(mock, None, s.sse_n).await?;
-    r.sse_gateway = sse::measure(gw.addr, Some(ADMIN_KEY), s.sse_n).await?;
+    r.sse_gateway = sse::measure(gw.addr, Some(&caller), s.sse_n).await?;
     r.peak_rss_mib = gw.peak_rss()? as f64 / (1024.0 * 1024.0);
 
     eprintln!("bench: cold start x{}", s.cold_n);
@@ -299,7 +339,11 @@ async fn run(root: &Path, pinned: bool) -> Result<(), BoxError> {
     print!("{}", r.table());
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;
-    let path = out.join("results.json");
+    let path = out.join(if limits {
+        "results-limits.json"
+    } else {
+        "results.json"
+    });
     std::fs::write(&path, serde_json::to_string_pretty(&r.to_json())?)?;
     println!("results: {}", path.display());
     Ok(())

@@ -6,6 +6,7 @@ pub mod canonical;
 pub mod change;
 pub mod deployment;
 pub mod fallbacks;
+pub mod quota;
 pub mod records;
 pub mod sse;
 pub mod upstream_hosts;

@@ -68,15 +68,27 @@ pub struct ApiKeyInfo {
 }
 
 /// What a valid key grants, as the auth cache holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KeyGrant {
     pub key_id: String,
     pub user_id: String,
     pub role: Role,
     pub models: Option<Arc<[String]>>,
+    /// The key's own RPM limit (overrides its user's).
     pub rpm_limit: Option<i64>,
     pub expires_at: Option<i64>,
     pub user_disabled: bool,
+    /// The user's own limits (unset: `[limits]` defaults apply).
+    pub limits: UserLimits,
+}
+
+/// A user's limits as stored; `None` is "not set".
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct UserLimits {
+    pub rpm_limit: Option<i64>,
+    pub tpm_limit: Option<i64>,
+    pub token_quota: Option<i64>,
+    pub budget_usd: Option<f64>,
 }
 
 impl KeyGrant {

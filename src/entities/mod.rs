@@ -5,5 +5,6 @@ pub mod api_key;
 pub mod audit_log;
 pub mod deployment;
 pub mod model_fallback;
+pub mod quota_counter;
 pub mod usage;
 pub mod user;

@@ -98,6 +98,7 @@ mod tests {
             rpm_limit: None,
             expires_at: None,
             user_disabled: false,
+            limits: Default::default(),
         }))
     }
 

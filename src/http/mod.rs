@@ -33,6 +33,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::actors::router::RouterActor;
 use crate::actors::store::StoreActor;
 use crate::config::Settings;
+use crate::domain::quota::RateNote;
 use crate::error::{ApiError, ErrorKind};
 use crate::relay::{Relay, RequestInfo, ServedBy, UpstreamClock};
 use crate::telemetry::metrics::{Metrics, method_label};
@@ -93,8 +94,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::scope("/admin").configure(admin::configure));
 }
 
-/// Around every request: stamps `x-request-id` and `x-lowart-overhead-ms` (total time
-/// minus time waiting on upstreams), counts it in the HTTP metrics, and turns a handler
+/// Around every request: stamps `x-request-id`, `x-lowart-overhead-ms` (total time
+/// minus time waiting on upstreams) and the caller's `x-ratelimit-*` when limits apply, counts it in the HTTP metrics, and turns a handler
 /// panic into an OpenAI-shaped 500.
 pub async fn request_context(
     req: ServiceRequest,
@@ -180,7 +181,19 @@ pub async fn request_context(
         res = res.map_body(|_, _| EitherBody::right(BoxBody::new(body)));
     }
     let overhead = elapsed.saturating_sub(clock.get()).as_secs_f64() * 1e3;
+    let rate = res
+        .request()
+        .extensions()
+        .get::<RateNote>()
+        .and_then(RateNote::get);
     let headers = res.headers_mut();
+    if let Some(rate) = rate {
+        for (name, value) in rate.pairs() {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        }
+    }
     if let Ok(value) = HeaderValue::from_str(&id) {
         headers.insert(REQUEST_ID, value);
     }
@@ -389,14 +402,17 @@ pub fn request_info(
     stream: bool,
     started: Instant,
 ) -> RequestInfo {
-    RequestInfo::new(
+    let info = RequestInfo::new(
         request_id(req),
         upstream_clock(req),
         caller.0,
         model,
         stream,
         started,
-    )
+    );
+    // The middleware reads admission's rate limits from here for the answer's headers.
+    req.extensions_mut().insert(info.rate.clone());
+    info
 }
 
 /// Reads a JSON body of type `T` (call it once the caller is authenticated): 400 without

@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 
+use crate::actors::quota::Reservation;
 use crate::actors::router::Route;
 use crate::actors::store::{RecordUsage, StoreActor};
 use crate::domain::canonical::{ChatEvent, ChatResponse, FinishReason};
 use crate::domain::now_ms;
+use crate::domain::quota::{RateNote, usd_to_micros};
 use crate::domain::records::KeyGrant;
 use crate::domain::usage::{CostStatus, TokenUsage, UsageRecord, UsageSource};
 use crate::telemetry::metrics::Metrics;
@@ -40,6 +42,8 @@ impl UpstreamClock {
 #[derive(Clone)]
 pub struct RequestInfo {
     pub clock: UpstreamClock,
+    /// Admission's rate limits, for the answer's `x-ratelimit-*` headers.
+    pub rate: RateNote,
     pub request_id: String,
     pub caller: Arc<KeyGrant>,
     pub model: String,
@@ -59,6 +63,7 @@ impl RequestInfo {
     ) -> Self {
         Self {
             clock,
+            rate: RateNote::default(),
             request_id,
             caller,
             model,
@@ -83,6 +88,8 @@ pub struct Accounting {
     written: bool,
     /// Usage reported so far (a stream reports it in its last chunk).
     pub usage: Option<TokenUsage>,
+    /// What admission reserved against the caller's limits, settled when the row is written.
+    reservation: Option<Reservation>,
 }
 
 impl Accounting {
@@ -98,7 +105,13 @@ impl Accounting {
             ttft: None,
             written: false,
             usage: None,
+            reservation: None,
         }
+    }
+
+    /// Holds the request's reservation until its usage row settles it.
+    pub fn hold(&mut self, reservation: Reservation) {
+        self.reservation = Some(reservation);
     }
 
     pub fn info(&self) -> &RequestInfo {
@@ -214,6 +227,11 @@ impl Accounting {
         if let Some(u) = record.usage {
             self.span.record("gen_ai.usage.input_tokens", u.prompt);
             self.span.record("gen_ai.usage.output_tokens", u.completion);
+        }
+        if let Some(reservation) = self.reservation.take() {
+            let tokens = record.usage.map_or(0, |u| u.total.max(0) as u64);
+            let micros = record.cost_usd.map_or(0, usd_to_micros);
+            reservation.settle(tokens, micros);
         }
         let wait = (self.attempts > 0).then_some(self.upstream_wait);
         self.metrics.record_usage(&record, wait);

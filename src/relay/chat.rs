@@ -70,6 +70,12 @@ impl Call for ChatCall<'_> {
         true
     }
 
+    fn demand_tokens(&self, _: &Route, reserve_completion: u64) -> (u64, u64) {
+        let prompt = crate::domain::quota::rough_prompt_tokens(self.req);
+        let completion = self.req.max_tokens.map_or(reserve_completion, u64::from);
+        (prompt, completion)
+    }
+
     async fn attempt(
         &self,
         acc: &mut Accounting,

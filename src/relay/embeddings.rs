@@ -31,6 +31,14 @@ impl Call for EmbeddingsRequest {
         route.vendor.serves_embeddings()
     }
 
+    fn demand_tokens(&self, _: &Route, _: u64) -> (u64, u64) {
+        let input = self
+            .body
+            .get("input")
+            .map_or(0, |v| v.to_string().len() as u64);
+        (input.div_ceil(4), 0)
+    }
+
     async fn attempt(
         &self,
         acc: &mut Accounting,

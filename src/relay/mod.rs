@@ -30,12 +30,14 @@ pub use embeddings::EmbeddingsRequest;
 
 use crate::actors::ASK_TIMEOUT;
 use crate::actors::provider::{AdmitError, AdmitPermit, admit};
+use crate::actors::quota::{Admit, QuotaActor, Reservation};
 use crate::actors::router::{
     Resolve, Route, RouteError, RouterActor, RoutingSnapshot, thread_random,
 };
 use crate::actors::store::StoreActor;
-use crate::config::RoutingSettings;
+use crate::config::{LimitSettings, RoutingSettings};
 use crate::domain::breaker::CallResult;
+use crate::domain::quota::{CallerLimits, Demand};
 use crate::error::{ApiError, ErrorKind};
 use crate::providers::{FailureClass, Target, UpstreamFailure, UpstreamRequest};
 use crate::telemetry::metrics::Metrics;
@@ -91,6 +93,10 @@ trait Call {
     /// Whether `route`'s vendor can serve this call at all.
     fn serves(&self, route: &Route) -> bool;
 
+    /// Tokens the call may use at most, for admission: its prompt, counted, and the most
+    /// it may produce (`reserve_completion` when the request sets no maximum).
+    fn demand_tokens(&self, route: &Route, reserve_completion: u64) -> (u64, u64);
+
     async fn attempt(
         &self,
         acc: &mut Accounting,
@@ -123,6 +129,9 @@ impl<A> Admitted<A> {
 /// The shared request path: built once at startup.
 pub struct Relay {
     pub store: Addr<StoreActor>,
+    pub quota: Addr<QuotaActor>,
+    /// `[limits]`: defaults for users without limits of their own.
+    pub limits: LimitSettings,
     pub router: Addr<RouterActor>,
     pub routing_table: tokio::sync::watch::Receiver<Arc<RoutingSnapshot>>,
     pub metrics: Arc<Metrics>,
@@ -162,16 +171,51 @@ impl Relay {
             );
             return Err(reject(&mut acc, error));
         }
+        if let Err(error) = self.admit(&mut acc, &routes, call).await {
+            return Err(reject(&mut acc, error));
+        }
         self.attempt_all(acc, &routes, call).await
     }
 
-    async fn resolve(&self, info: &RequestInfo) -> Result<Vec<Arc<Route>>, ApiError> {
-        if !info.caller.permits_model(&info.model) {
-            return Err(ApiError::new(
-                ErrorKind::ModelNotPermitted,
-                format!("this key may not use the model `{}`", info.model),
-            ));
+    /// Admission against the caller's limits: no message at all when none apply; else
+    /// one round trip to the `QuotaActor`, which reserves the call's worst case (tokens,
+    /// and their cost at the dearest candidate) until the usage row settles it.
+    async fn admit<C: Call>(
+        &self,
+        acc: &mut Accounting,
+        routes: &[Arc<Route>],
+        call: &C,
+    ) -> Result<(), ApiError> {
+        let info = acc.info();
+        let limits = CallerLimits::of(&info.caller, &self.limits);
+        if limits.is_unlimited() {
+            return Ok(());
         }
+        let demand = if limits.counts_tokens() {
+            demand(routes, call, self.limits.reserve_completion_tokens)
+        } else {
+            Demand::default()
+        };
+        let admit = Admit {
+            user_id: info.caller.user_id.clone(),
+            key_id: info.caller.key_id.clone(),
+            limits,
+            demand,
+        };
+        match self.quota.send(admit).timeout(ASK_TIMEOUT).await? {
+            Ok(admission) => {
+                acc.info().rate.set(admission.headers);
+                acc.hold(Reservation::new(self.quota.clone(), admission.holds));
+                Ok(())
+            }
+            Err(refusal) => {
+                acc.info().rate.set(refusal.headers);
+                Err(refusal.into())
+            }
+        }
+    }
+
+    async fn resolve(&self, info: &RequestInfo) -> Result<Vec<Arc<Route>>, ApiError> {
         // The published table serves the hot path; the router itself only when it must
         // first re-create a provider actor that has gone.
         let snapshot = self.routing_table.borrow().clone();
@@ -189,6 +233,14 @@ impl Relay {
                     .await??
             }
         };
+        // A model that does not exist is 404 for every key; one that exists but is not
+        // this key's is 403.
+        if !info.caller.permits_model(&info.model) {
+            return Err(ApiError::new(
+                ErrorKind::ModelNotPermitted,
+                format!("this key may not use the model `{}`", info.model),
+            ));
+        }
         // A fallback chain may lead to models this key may not use: those are skipped.
         if info.caller.models.is_some() {
             routes.retain(|r| info.caller.permits_model(&r.deployment.config.model_id));
@@ -315,6 +367,21 @@ impl Relay {
         let jitter = Duration::from_millis(if cap == 0 { 0 } else { random % (cap + 1) });
         jitter.max(retry_after.unwrap_or_default())
     }
+}
+
+/// The most a call may use on any of `routes`: tokens, and micro-dollars at the dearest
+/// deployment (a price per million tokens is micro-dollars per token).
+fn demand<C: Call>(routes: &[Arc<Route>], call: &C, reserve_completion: u64) -> Demand {
+    let mut demand = Demand::default();
+    for route in routes {
+        let (prompt, completion) = call.demand_tokens(route, reserve_completion);
+        let price = |p: Option<f64>, tokens: u64| (p.unwrap_or(0.0) * tokens as f64).ceil();
+        let micros = price(route.prices.input_per_mtok, prompt)
+            + price(route.prices.output_per_mtok, completion);
+        demand.tokens = demand.tokens.max(prompt + completion);
+        demand.micros = demand.micros.max(micros.min(u64::MAX as f64) as u64);
+    }
+    demand
 }
 
 /// Records a request that never reached an upstream, and answers its error.

@@ -16,6 +16,7 @@ mod keys;
 mod listeners;
 mod metrics;
 mod mock_upstream;
+mod quota;
 mod resilience;
 mod scale_out;
 mod tracing_export;

@@ -18,7 +18,7 @@ use crate::actors::feed::Change;
 use crate::config::Secret;
 use crate::crypto;
 use crate::domain::now_ms;
-use crate::domain::records::{ApiKeyInfo, KeyGrant, Role};
+use crate::domain::records::{ApiKeyInfo, KeyGrant, Role, UserLimits};
 use crate::entities::{api_key, user};
 
 fn models_of(m: &api_key::Model) -> Option<Vec<String>> {
@@ -178,6 +178,12 @@ impl Handler<LookupKey> for StoreActor {
                 rpm_limit: key.rpm_limit,
                 expires_at: key.expires_at,
                 user_disabled: owner.disabled,
+                limits: UserLimits {
+                    rpm_limit: owner.rpm_limit,
+                    tpm_limit: owner.tpm_limit,
+                    token_quota: owner.token_quota,
+                    budget_usd: owner.budget_usd,
+                },
             }))
         })
     }

@@ -14,6 +14,7 @@ mod fallbacks;
 mod keys;
 mod listener;
 pub mod messages;
+pub mod quota;
 mod secrets;
 mod spill;
 mod usage;

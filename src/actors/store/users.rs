@@ -132,6 +132,10 @@ async fn upsert(
             (am.insert(&txn).await?, "user.create")
         }
     };
+    if fields.token_quota.is_some() || fields.budget_usd.is_some() {
+        // The shared spend counters start again from the recorded spend.
+        super::quota::reset_spend_counters(&txn, &user_id).await?;
+    }
     audit::append(&txn, &actor, action, "user", &user_id, describe(&fields)).await?;
     changes.commit(txn).await?;
     Ok(to_record(model))

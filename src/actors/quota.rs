@@ -1,0 +1,648 @@
+//! `QuotaActor`: admission against RPM and TPM (per user, or per key when the key has its
+//! own RPM), token quota and budget (per user). It reserves a request's worst case (its
+//! prompt plus `max_tokens`, and their cost at the dearest candidate deployment) and
+//! settles to the real usage when the request's usage row is written; a failed or dropped request gives
+//! its reservation back.
+//!
+//! The counters are shared through the database (`store::quota`): the actor leases units
+//! from a shared counter (at least a twentieth of the limit, so a busy caller takes one
+//! lease per twentieth of its limit) and spends them locally; a request whose units are
+//! already leased costs one message round trip and no database work. Unused per-minute
+//! units go back to the shared window a second after their lease, unused totals after a
+//! few idle seconds, and what a request used beyond its reservation is owed with the next
+//! lease (both at most once a second per counter).
+//!
+//! The bound, with N instances, a limit L and leases of k = max(need, ⌊L/20⌋) units:
+//! - per minute: a unit is counted in the shared window when leased and used within
+//!   `WINDOW_LEASE_LIFE` (1 s) of that, so any 60 seconds admit at most L + N·(k − 1)
+//!   requests (or tokens), and exactly at most L when k = 1 (limits under 40);
+//! - totals (token quota, budget): the shared counter never grants past the limit, so the
+//!   spend exceeds it only by what requests use beyond their reservation (a prompt the
+//!   estimate missed, or an answer longer than its reserved `max_tokens`): at most the
+//!   requests in flight's excess over what they reserved.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::actors::ASK_TIMEOUT;
+use crate::actors::store::StoreActor;
+use crate::actors::store::quota::{CounterKind, LeaseUnits, Leased, SpendUnit, total_subject};
+use crate::domain::now_ms;
+use crate::domain::quota::{
+    CallerLimits, Demand, RateGauge, RateHeaders, SlidingWindow, lease_size,
+};
+
+/// How long leased per-minute units stay usable.
+pub const WINDOW_LEASE_LIFE: Duration = Duration::from_secs(1);
+/// Unused total units go back to the shared counter after this long without use.
+const TOTAL_IDLE_RETURN: Duration = Duration::from_secs(5);
+/// A counter unused this long (and owing nothing) is forgotten.
+const COUNTER_IDLE_FORGET: Duration = Duration::from_secs(120);
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+
+/// What a unit of a counter is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Requests,
+    Tokens,
+    Micros,
+}
+
+/// One counter a request draws on, and how much.
+#[derive(Debug, Clone)]
+struct Need {
+    subject: String,
+    kind: CounterKind,
+    unit: Unit,
+    limit: u64,
+    amount: u64,
+}
+
+/// Units of one counter held by an admitted request until it settles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    subject: String,
+    unit: Unit,
+    amount: u64,
+}
+
+/// Admit one request for `user_id` through `key_id` under `limits`, reserving `demand`.
+#[derive(Message)]
+#[rtype(result = "Result<Admission, Refusal>")]
+pub struct Admit {
+    pub user_id: String,
+    pub key_id: String,
+    pub limits: CallerLimits,
+    pub demand: Demand,
+}
+
+/// An admitted request's holds and the rate limits to show on its answer.
+#[derive(Debug)]
+pub struct Admission {
+    pub holds: Vec<Hold>,
+    pub headers: RateHeaders,
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// RPM or TPM: room returns within the minute.
+    RateLimited,
+    /// Token quota or budget.
+    InsufficientQuota,
+    /// The shared counters could not be read.
+    Unavailable,
+}
+
+#[derive(Debug)]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub message: String,
+    pub retry_after_ms: u64,
+    pub headers: RateHeaders,
+}
+
+/// Settle holds to what the request really used (`tokens`, `micros`; zero gives the whole
+/// reservation back).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Settle {
+    pub holds: Vec<Hold>,
+    pub tokens: u64,
+    pub micros: u64,
+}
+
+/// Forget what is leased for `user_id`'s totals (its quota or budget was edited and the
+/// shared counters start again from the recorded spend).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ForgetSpend {
+    pub user_id: String,
+}
+
+/// Give every unused lease back to the shared counters (graceful shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReturnLeases;
+
+/// The caller's current rate limits, for `GET /v1/usage`.
+#[derive(Message)]
+#[rtype(result = "RateHeaders")]
+pub struct PeekRates {
+    pub user_id: String,
+    pub key_id: String,
+    pub limits: CallerLimits,
+}
+
+#[derive(Debug)]
+struct Counter {
+    kind: CounterKind,
+    limit: u64,
+    /// Leased units not yet reserved; negative: used beyond the lease.
+    allowance: i64,
+    /// Units owed to the shared counter (positive) or given back to it (negative), sent
+    /// with the next lease or by the next housekeeping.
+    pending: i64,
+    /// When unused per-minute units lapse.
+    lapses: Option<Instant>,
+    /// The shared last minute as of the last lease (per-minute counters).
+    window: SlidingWindow,
+    /// Units counted by the shared total as of the last lease (totals).
+    used: u64,
+    last_used: Instant,
+}
+
+impl Counter {
+    fn new(kind: CounterKind, limit: u64) -> Self {
+        Self {
+            kind,
+            limit,
+            allowance: 0,
+            pending: 0,
+            lapses: None,
+            window: SlidingWindow::default(),
+            used: 0,
+            last_used: Instant::now(),
+        }
+    }
+
+    fn lapsed(&self, now: Instant) -> bool {
+        self.lapses.is_some_and(|t| t <= now)
+    }
+
+    /// Once a per-minute lease is old, its unused units go back to the shared window, and
+    /// what was used beyond it is owed.
+    fn lapse(&mut self, now: Instant) {
+        if self.lapsed(now) {
+            self.pending -= std::mem::take(&mut self.allowance);
+            self.lapses = None;
+        }
+    }
+
+    /// Settles a hold of `held` units that really used `used`.
+    fn settle(&mut self, held: u64, used: u64, now: Instant) {
+        let back = held as i64 - used as i64;
+        match self.kind {
+            // A lease that has lapsed has already been squared with the shared window:
+            // the difference goes there directly.
+            CounterKind::PerMinute if self.lapses.is_none() || self.lapsed(now) => {
+                self.pending -= back;
+            }
+            _ => self.allowance += back,
+        }
+        self.last_used = now;
+    }
+
+    fn available(&self) -> u64 {
+        self.allowance.max(0) as u64
+    }
+
+    fn gauge(&self, now_ms: i64) -> RateGauge {
+        let used = self.window.used(now_ms).saturating_sub(self.available());
+        RateGauge {
+            limit: self.limit,
+            remaining: self.limit.saturating_sub(used),
+            reset_ms: self.window.reset_ms(now_ms),
+        }
+    }
+}
+
+pub struct QuotaActor {
+    store: Addr<StoreActor>,
+    counters: HashMap<String, Counter>,
+}
+
+impl QuotaActor {
+    pub fn new(store: Addr<StoreActor>) -> Self {
+        Self {
+            store,
+            counters: HashMap::new(),
+        }
+    }
+
+    fn needs(msg: &Admit) -> Vec<Need> {
+        let l = &msg.limits;
+        let mut needs = Vec::with_capacity(4);
+        if let Some(limit) = l.rpm {
+            let subject = if l.rpm_per_key {
+                format!("rpm:key:{}", msg.key_id)
+            } else {
+                format!("rpm:user:{}", msg.user_id)
+            };
+            needs.push(Need {
+                subject,
+                kind: CounterKind::PerMinute,
+                unit: Unit::Requests,
+                limit,
+                amount: 1,
+            });
+        }
+        if let Some(limit) = l.tpm {
+            needs.push(Need {
+                subject: format!("tpm:user:{}", msg.user_id),
+                kind: CounterKind::PerMinute,
+                unit: Unit::Tokens,
+                limit,
+                amount: msg.demand.tokens,
+            });
+        }
+        for (limit, unit, spend, amount) in [
+            (
+                l.token_quota,
+                Unit::Tokens,
+                SpendUnit::Tokens,
+                msg.demand.tokens,
+            ),
+            (
+                l.budget_micros,
+                Unit::Micros,
+                SpendUnit::Micros,
+                msg.demand.micros,
+            ),
+        ] {
+            if let Some(limit) = limit {
+                needs.push(Need {
+                    subject: total_subject(spend, &msg.user_id),
+                    kind: CounterKind::Total {
+                        user_id: msg.user_id.clone(),
+                        unit: spend,
+                    },
+                    unit,
+                    limit,
+                    amount,
+                });
+            }
+        }
+        needs
+    }
+
+    /// The counters of `needs`, created if new, limits brought up to date, lapsed units
+    /// dropped; the leases still missing.
+    fn prepare(&mut self, needs: &[Need], now: Instant, now_ms: i64) -> Vec<LeaseUnits> {
+        let mut missing = Vec::new();
+        for need in needs {
+            let counter = self
+                .counters
+                .entry(need.subject.clone())
+                .or_insert_with(|| Counter::new(need.kind.clone(), need.limit));
+            counter.limit = need.limit;
+            counter.lapse(now);
+            if counter.allowance < need.amount as i64 {
+                let short = (need.amount as i64 - counter.allowance).max(0) as u64;
+                // Units used beyond the lease are owed with this lease.
+                counter.pending -= counter.allowance.min(0);
+                counter.allowance = counter.allowance.max(0);
+                missing.push(LeaseUnits {
+                    subject: need.subject.clone(),
+                    kind: need.kind.clone(),
+                    limit: need.limit,
+                    need: short,
+                    want: lease_size(need.limit, short),
+                    adjust: std::mem::take(&mut counter.pending),
+                    now_ms,
+                });
+            }
+        }
+        missing
+    }
+
+    fn apply_lease(&mut self, subject: &str, leased: Leased, now: Instant) {
+        if let Some(c) = self.counters.get_mut(subject) {
+            c.allowance += leased.granted as i64;
+            c.used = leased.used;
+            if c.kind == CounterKind::PerMinute {
+                c.window = leased.window;
+                if leased.granted > 0 {
+                    c.lapses = Some(now + WINDOW_LEASE_LIFE);
+                }
+            }
+        }
+    }
+
+    /// Takes every need from the local allowances, or none of them.
+    fn take(&mut self, msg: &Admit, needs: &[Need], now_ms: i64) -> Result<Admission, Refusal> {
+        let now = Instant::now();
+        let short = needs.iter().find(|n| {
+            self.counters
+                .get(&n.subject)
+                .is_none_or(|c| c.available() < n.amount)
+        });
+        if let Some(need) = short {
+            return Err(self.refusal(msg, need, now_ms));
+        }
+        let mut holds = Vec::with_capacity(needs.len());
+        for need in needs {
+            if let Some(c) = self.counters.get_mut(&need.subject) {
+                c.allowance -= need.amount as i64;
+                c.last_used = now;
+            }
+            holds.push(Hold {
+                subject: need.subject.clone(),
+                unit: need.unit,
+                amount: need.amount,
+            });
+        }
+        Ok(Admission {
+            holds,
+            headers: self.headers(msg, now_ms),
+        })
+    }
+
+    fn refusal(&self, msg: &Admit, need: &Need, now_ms: i64) -> Refusal {
+        let headers = self.headers(msg, now_ms);
+        let counter = self.counters.get(&need.subject);
+        let what = match need.unit {
+            Unit::Requests => "requests per minute",
+            Unit::Tokens if need.kind == CounterKind::PerMinute => "tokens per minute",
+            Unit::Tokens => "token quota",
+            Unit::Micros => "budget",
+        };
+        if need.kind == CounterKind::PerMinute {
+            let available = counter.map_or(0, Counter::available);
+            let missing = need.amount.saturating_sub(available);
+            let wait = counter
+                .and_then(|c| c.window.wait_for(now_ms, missing, need.limit))
+                .filter(|ms| *ms > 0);
+            let message = match wait {
+                Some(_) => format!(
+                    "rate limit reached: {} {what} (limit {}); retry after the reset",
+                    need.limit, need.limit
+                ),
+                None if need.amount > need.limit => format!(
+                    "this request needs {} tokens, more than the limit of {} {what}",
+                    need.amount, need.limit
+                ),
+                None => format!("rate limit reached: limit {} {what}", need.limit),
+            };
+            return Refusal {
+                kind: RefusalKind::RateLimited,
+                message,
+                retry_after_ms: wait.unwrap_or(60_000),
+                headers,
+            };
+        }
+        let (limit, spent) = match need.unit {
+            Unit::Micros => (
+                format!("${:.6}", need.limit as f64 / 1e6),
+                format!("${:.6}", counter.map_or(0, |c| c.used) as f64 / 1e6),
+            ),
+            _ => (
+                need.limit.to_string(),
+                counter.map_or(0, |c| c.used).to_string(),
+            ),
+        };
+        Refusal {
+            kind: RefusalKind::InsufficientQuota,
+            message: format!(
+                "insufficient quota: this request may need {} more against a {what} of {limit} \
+                 ({spent} used or reserved); ask an administrator to raise it",
+                match need.unit {
+                    Unit::Micros => format!("${:.6}", need.amount as f64 / 1e6),
+                    _ => format!("{} tokens", need.amount),
+                }
+            ),
+            // Room returns only when reservations in flight settle below what they hold,
+            // or when an administrator raises the limit.
+            retry_after_ms: 60_000,
+            headers,
+        }
+    }
+
+    fn headers(&self, msg: &Admit, now_ms: i64) -> RateHeaders {
+        let l = &msg.limits;
+        let gauge = |subject: String| self.counters.get(&subject).map(|c| c.gauge(now_ms));
+        let full = |limit: u64| RateGauge {
+            limit,
+            remaining: limit,
+            reset_ms: 0,
+        };
+        RateHeaders {
+            requests: l.rpm.map(|limit| {
+                let subject = if l.rpm_per_key {
+                    format!("rpm:key:{}", msg.key_id)
+                } else {
+                    format!("rpm:user:{}", msg.user_id)
+                };
+                gauge(subject).unwrap_or_else(|| full(limit))
+            }),
+            tokens: l.tpm.map(|limit| {
+                gauge(format!("tpm:user:{}", msg.user_id)).unwrap_or_else(|| full(limit))
+            }),
+        }
+    }
+
+    /// Squares lapsed leases and idle totals with the shared counters (one message per
+    /// counter that owes or gives back something), forgets idle counters.
+    fn housekeeping(&mut self, now: Instant) {
+        let now_ms = now_ms();
+        let store = self.store.clone();
+        self.counters.retain(|subject, c| {
+            c.lapse(now);
+            let idle = now.saturating_duration_since(c.last_used);
+            if matches!(c.kind, CounterKind::Total { .. }) && idle >= TOTAL_IDLE_RETURN {
+                c.pending -= std::mem::take(&mut c.allowance);
+            }
+            if c.pending != 0 {
+                store.do_send(LeaseUnits {
+                    subject: subject.clone(),
+                    kind: c.kind.clone(),
+                    limit: c.limit,
+                    need: 0,
+                    want: 0,
+                    adjust: std::mem::take(&mut c.pending),
+                    now_ms,
+                });
+            }
+            c.allowance != 0 || idle < COUNTER_IDLE_FORGET
+        });
+    }
+}
+
+impl Actor for QuotaActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(HOUSEKEEPING_EVERY, |act, _| {
+            act.housekeeping(Instant::now())
+        });
+    }
+}
+
+/// Restarted by its supervisor, the actor starts with no local leases: what it held is
+/// counted as used by the shared counters (never more admitted than the limits allow).
+impl Supervised for QuotaActor {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.counters.clear();
+    }
+}
+
+impl Handler<Admit> for QuotaActor {
+    type Result = AtomicResponse<Self, Result<Admission, Refusal>>;
+
+    fn handle(&mut self, msg: Admit, _: &mut Self::Context) -> Self::Result {
+        let now = Instant::now();
+        let now_ms = now_ms();
+        let needs = Self::needs(&msg);
+        let missing = self.prepare(&needs, now, now_ms);
+        if missing.is_empty() {
+            let answer = self.take(&msg, &needs, now_ms);
+            return AtomicResponse::new(Box::pin(fut::ready(answer)));
+        }
+        // Leasing waits for the database; the actor handles nothing else meanwhile, so
+        // the leases it takes are this request's to use.
+        let store = self.store.clone();
+        let leases = async move {
+            let mut answers = Vec::with_capacity(missing.len());
+            for lease in missing {
+                let subject = lease.subject.clone();
+                let answer = store.send(lease).timeout(ASK_TIMEOUT).await;
+                answers.push((subject, answer));
+            }
+            answers
+        };
+        AtomicResponse::new(Box::pin(leases.into_actor(self).map(
+            move |answers, act, _| {
+                let now = Instant::now();
+                let now_ms = crate::domain::now_ms();
+                for (subject, answer) in answers {
+                    match answer {
+                        Ok(Ok(leased)) => act.apply_lease(&subject, leased, now),
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, subject, "quota: could not lease");
+                            return Err(act.unavailable(&msg, now_ms));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, subject, "quota: the store did not answer");
+                            return Err(act.unavailable(&msg, now_ms));
+                        }
+                    }
+                }
+                act.take(&msg, &needs, now_ms)
+            },
+        )))
+    }
+}
+
+impl QuotaActor {
+    fn unavailable(&self, msg: &Admit, now_ms: i64) -> Refusal {
+        Refusal {
+            kind: RefusalKind::Unavailable,
+            message: "limits cannot be checked right now; retry shortly".into(),
+            retry_after_ms: 1_000,
+            headers: self.headers(msg, now_ms),
+        }
+    }
+}
+
+impl Handler<Settle> for QuotaActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Settle, _: &mut Self::Context) {
+        let now = Instant::now();
+        for hold in msg.holds {
+            let used = match hold.unit {
+                Unit::Requests => hold.amount,
+                Unit::Tokens => msg.tokens,
+                Unit::Micros => msg.micros,
+            };
+            if let Some(c) = self.counters.get_mut(&hold.subject) {
+                c.settle(hold.amount, used, now);
+            }
+        }
+    }
+}
+
+impl Handler<ForgetSpend> for QuotaActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ForgetSpend, _: &mut Self::Context) {
+        for unit in [SpendUnit::Tokens, SpendUnit::Micros] {
+            self.counters.remove(&total_subject(unit, &msg.user_id));
+        }
+    }
+}
+
+impl Handler<ReturnLeases> for QuotaActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: ReturnLeases, _: &mut Self::Context) -> Self::Result {
+        let now_ms = now_ms();
+        let returns: Vec<LeaseUnits> = self
+            .counters
+            .iter_mut()
+            .filter_map(|(subject, c)| {
+                c.pending -= std::mem::take(&mut c.allowance);
+                let adjust = std::mem::take(&mut c.pending);
+                (adjust != 0).then(|| LeaseUnits {
+                    subject: subject.clone(),
+                    kind: c.kind.clone(),
+                    limit: c.limit,
+                    need: 0,
+                    want: 0,
+                    adjust,
+                    now_ms,
+                })
+            })
+            .collect();
+        let store = self.store.clone();
+        Box::pin(async move {
+            for lease in returns {
+                let _ = store.send(lease).timeout(ASK_TIMEOUT).await;
+            }
+        })
+    }
+}
+
+impl Handler<PeekRates> for QuotaActor {
+    type Result = MessageResult<PeekRates>;
+
+    fn handle(&mut self, msg: PeekRates, _: &mut Self::Context) -> Self::Result {
+        let admit = Admit {
+            user_id: msg.user_id,
+            key_id: msg.key_id,
+            limits: msg.limits,
+            demand: Demand::default(),
+        };
+        MessageResult(self.headers(&admit, now_ms()))
+    }
+}
+
+/// An admitted request's reservation: settled once, when its usage row is written, or
+/// given back whole if it is dropped unsettled.
+pub struct Reservation {
+    quota: Addr<QuotaActor>,
+    holds: Vec<Hold>,
+}
+
+impl Reservation {
+    pub fn new(quota: Addr<QuotaActor>, holds: Vec<Hold>) -> Self {
+        Self { quota, holds }
+    }
+
+    /// Settles to what the request used.
+    pub fn settle(mut self, tokens: u64, micros: u64) {
+        let holds = std::mem::take(&mut self.holds);
+        if !holds.is_empty() {
+            self.quota.do_send(Settle {
+                holds,
+                tokens,
+                micros,
+            });
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let holds = std::mem::take(&mut self.holds);
+        if !holds.is_empty() {
+            self.quota.do_send(Settle {
+                holds,
+                tokens: 0,
+                micros: 0,
+            });
+        }
+    }
+}
