@@ -222,6 +222,11 @@ impl From<StoreError> for ApiError {
                 detail: Some("could not encrypt or decrypt a stored secret".into()),
                 ..ApiError::internal()
             },
+            // The change is saved; this instance's copies may lag it (e.g. a failed reload).
+            StoreError::NotApplied(e) => ApiError {
+                detail: Some(format!("change saved but not applied: {e}")),
+                ..ApiError::unavailable()
+            },
         }
     }
 }

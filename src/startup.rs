@@ -1,6 +1,6 @@
 //! `Application::build(Settings)`: database, migrations, bootstrap, the actor tree and the
 //! HTTP server on its listener (TCP, port 0 allowed, or a Unix socket). Shutdown finishes
-//! in-flight requests, then flushes usage.
+//! in-flight requests, then flushes usage and stops listening for other instances' changes.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,11 +15,12 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
 use crate::actors::ASK_TIMEOUT;
+use crate::actors::feed::{ChangeFeed, Subscribe};
 use crate::actors::quota::{QuotaActor, ReturnLeases};
 use crate::actors::router::{Reload, RouteError, RouterActor};
 use crate::actors::store::{
-    EnsureAdminKey, FlushUsage, HasAdminKey, ReplayUsageSpill, SeedDeployments, StoreActor,
-    StoreError, UsageOptions,
+    EnsureAdminKey, FlushUsage, HasAdminKey, ReplayUsageSpill, SeedDeployments, StopChangeListener,
+    StoreActor, StoreError, UsageOptions,
 };
 use crate::config::{Secret, Settings};
 use crate::crypto::{self, CryptoError};
@@ -143,6 +144,8 @@ impl Application {
             })?;
 
         let metrics = Arc::new(Metrics::new());
+        // Subscribers join before they load their copies (router, key cache: below).
+        let feed = ChangeFeed::default().start();
         let store = StoreActor::new(
             db,
             master_key,
@@ -150,6 +153,7 @@ impl Application {
             metrics.clone(),
         )
         .with_upstream_hosts(upstream_hosts)
+        .with_change_feed(feed.clone().recipient())
         .start();
         match store.send(ReplayUsageSpill).await? {
             Ok(0) => {}
@@ -176,6 +180,11 @@ impl Application {
             let metrics = metrics.clone();
             Supervisor::start(move |_| RouterActor::new(store, metrics, published))
         };
+        feed.send(Subscribe {
+            name: "router",
+            recipient: router.clone().recipient(),
+        })
+        .await?;
         let routable = router.send(Reload).timeout(ASK_TIMEOUT).await??;
         tracing::info!(deployments = routable, "routing table loaded");
 
@@ -183,6 +192,11 @@ impl Application {
             100_000,
             Duration::from_millis(settings.security.key_cache_ttl_ms.max(1)),
         ));
+        feed.send(Subscribe {
+            name: "key cache",
+            recipient: http::KeyCacheFollower(keys.clone()).start().recipient(),
+        })
+        .await?;
         let auth_throttle = http::AuthThrottle::new(settings.security.auth_failures_per_minute);
         let (closing_tx, closing) = tokio::sync::watch::channel(false);
         let downstream = (settings.server.max_concurrency > 0)
@@ -191,6 +205,11 @@ impl Application {
             let store = store.clone();
             Supervisor::start(move |_| QuotaActor::new(store))
         };
+        feed.send(Subscribe {
+            name: "quota",
+            recipient: quota.clone().recipient(),
+        })
+        .await?;
         let relay = Relay {
             store: store.clone(),
             quota: quota.clone(),
@@ -301,13 +320,14 @@ impl Application {
         self.generated_admin_key.as_ref()
     }
 
-    /// Serves until stopped, then gives back unused leases and writes every buffered
-    /// usage row.
+    /// Serves until stopped, then gives back unused leases, writes every buffered usage
+    /// row and stops listening for other instances' changes.
     pub async fn run_until_stopped(self) -> Result<(), StartupError> {
         let result = self.server.await;
         // Unused leases of token quotas and budgets go back to the shared counters.
         let _ = self.quota.send(ReturnLeases).await;
         self.store.send(FlushUsage).await?;
+        self.store.send(StopChangeListener).await?;
         if let Some(path) = &self.uds {
             let _ = std::fs::remove_file(path);
         }

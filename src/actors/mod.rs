@@ -1,7 +1,9 @@
 //! Supervised actors, each the single owner of one piece of state:
 //! `StoreActor` the database, `RouterActor` the routing table, `ProviderActor` one
-//! deployment's admission state, `QuotaActor` this instance's leases of the shared limits.
+//! deployment's admission state, `QuotaActor` this instance's leases of the shared limits;
+//! `ChangeFeed` tells whoever holds a copy of stored data what the store changed.
 
+pub mod feed;
 pub mod provider;
 pub mod quota;
 pub mod router;

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::actors::ASK_TIMEOUT;
+use crate::actors::feed::{Change, Changed, NotApplied};
 use crate::actors::store::StoreActor;
 use crate::actors::store::quota::{CounterKind, LeaseUnits, Leased, SpendUnit, total_subject};
 use crate::domain::now_ms;
@@ -112,14 +113,6 @@ pub struct Settle {
     pub holds: Vec<Hold>,
     pub tokens: u64,
     pub micros: u64,
-}
-
-/// Forget what is leased for `user_id`'s totals (its quota or budget was edited and the
-/// shared counters start again from the recorded spend).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ForgetSpend {
-    pub user_id: String,
 }
 
 /// Give every unused lease back to the shared counters (graceful shutdown).
@@ -554,13 +547,25 @@ impl Handler<Settle> for QuotaActor {
     }
 }
 
-impl Handler<ForgetSpend> for QuotaActor {
-    type Result = ();
+impl Handler<Changed> for QuotaActor {
+    type Result = Result<(), NotApplied>;
 
-    fn handle(&mut self, msg: ForgetSpend, _: &mut Self::Context) {
-        for unit in [SpendUnit::Tokens, SpendUnit::Micros] {
-            self.counters.remove(&total_subject(unit, &msg.user_id));
+    /// A user's limits changed: the store started its shared spend counters again from
+    /// the recorded spend, so what this instance had leased of them is forgotten (spends
+    /// still in flight settle against nothing). On `All` every total is forgotten.
+    fn handle(&mut self, msg: Changed, _: &mut Self::Context) -> Self::Result {
+        match msg.0 {
+            Change::Limits { user_id } => {
+                for unit in [SpendUnit::Tokens, SpendUnit::Micros] {
+                    self.counters.remove(&total_subject(unit, &user_id));
+                }
+            }
+            Change::All => self
+                .counters
+                .retain(|_, c| c.kind == CounterKind::PerMinute),
+            _ => {}
         }
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! `RouterActor`: owns the routing table (public model name → its deployments) and the
 //! supervised `ProviderActor` of every deployment. The table is rebuilt from the store on
-//! start, on restart, and after every admin change, so edits apply to the next request.
+//! start, on restart, and on every change of deployments or fallbacks the change feed
+//! delivers (before the admin's answer, so edits apply to the next request).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use super::feed::{Changed, NotApplied};
 use super::provider::{Configure, ProviderActor};
 use super::store::{LoadDeployments, LoadFallbacks, StoreActor, StoreError};
 use crate::config::Secret;
@@ -145,10 +147,9 @@ pub struct Resolve {
 #[rtype(result = "Vec<String>")]
 pub struct ListModels;
 
-/// From the admin API after a deployment change, and at startup: rebuild the table from
-/// the store. Answers how many deployments are routable.
-/// (Deployments and fallbacks are read in two queries; a change between them is picked up
-/// by the reload that change triggers.)
+/// At startup and on restart: rebuild the table from the store. Answers how many
+/// deployments are routable. (Deployments and fallbacks are read in two queries; a change
+/// between them is picked up by the reload that change's announcement triggers.)
 #[derive(Message)]
 #[rtype(result = "Result<usize, RouteError>")]
 pub struct Reload;
@@ -298,6 +299,34 @@ impl RouterActor {
         self.by_id.len()
     }
 
+    /// Rebuilds the table from the store; of reloads that overlap, the newest wins.
+    fn reload(&mut self) -> ResponseActFuture<Self, Result<usize, RouteError>> {
+        self.reloads_started += 1;
+        let generation = self.reloads_started;
+        let store = self.store.clone();
+        Box::pin(
+            async move {
+                let deployments = store
+                    .send(LoadDeployments)
+                    .timeout(super::ASK_TIMEOUT)
+                    .await;
+                let fallbacks = store.send(LoadFallbacks).timeout(super::ASK_TIMEOUT).await;
+                (deployments, fallbacks)
+            }
+            .into_actor(self)
+            .map(move |(deployments, fallbacks), router, _| {
+                let deployments = deployments.map_err(|_| RouteError::StoreUnavailable)??;
+                let fallbacks = fallbacks.map_err(|_| RouteError::StoreUnavailable)??;
+                if generation < router.reload_applied {
+                    return Ok(router.by_id.len());
+                }
+                router.reload_applied = generation;
+                router.fallbacks = fallbacks;
+                Ok(router.rebuild(deployments))
+            }),
+        )
+    }
+
     /// Re-creates a deployment's provider actor that stopped (supervision does not catch
     /// panics, so a dead child is noticed here, on the next request that needs it).
     fn start_provider(
@@ -403,29 +432,24 @@ impl Handler<Reload> for RouterActor {
     type Result = ResponseActFuture<Self, Result<usize, RouteError>>;
 
     fn handle(&mut self, _: Reload, _: &mut Self::Context) -> Self::Result {
-        self.reloads_started += 1;
-        let generation = self.reloads_started;
-        let store = self.store.clone();
-        Box::pin(
-            async move {
-                let deployments = store
-                    .send(LoadDeployments)
-                    .timeout(super::ASK_TIMEOUT)
-                    .await;
-                let fallbacks = store.send(LoadFallbacks).timeout(super::ASK_TIMEOUT).await;
-                (deployments, fallbacks)
-            }
-            .into_actor(self)
-            .map(move |(deployments, fallbacks), router, _| {
-                let deployments = deployments.map_err(|_| RouteError::StoreUnavailable)??;
-                let fallbacks = fallbacks.map_err(|_| RouteError::StoreUnavailable)??;
-                if generation < router.reload_applied {
-                    return Ok(router.by_id.len());
-                }
-                router.reload_applied = generation;
-                router.fallbacks = fallbacks;
-                Ok(router.rebuild(deployments))
-            }),
-        )
+        self.reload()
+    }
+}
+
+impl Handler<Changed> for RouterActor {
+    type Result = ResponseActFuture<Self, Result<(), NotApplied>>;
+
+    /// Reloads on a change of deployments or fallbacks; a failed reload keeps the table
+    /// it has, and its cause reaches the admin's answer (logged there, once).
+    fn handle(&mut self, msg: Changed, _: &mut Self::Context) -> Self::Result {
+        if !msg.0.touches_routes() {
+            return Box::pin(fut::ready(Ok(())));
+        }
+        Box::pin(self.reload().map(|reloaded, _, _| {
+            reloaded.map(drop).map_err(|e| NotApplied {
+                subscriber: "router",
+                cause: e.to_string(),
+            })
+        }))
     }
 }

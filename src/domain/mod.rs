@@ -3,6 +3,7 @@
 
 pub mod breaker;
 pub mod canonical;
+pub mod change;
 pub mod deployment;
 pub mod fallbacks;
 pub mod quota;

@@ -1,7 +1,7 @@
 //! Authentication as extractors: `Caller` for any valid key, `AdminReader` /
 //! `ModelAdmin` / `Admin` for the admin API's roles. Keys are looked up by their SHA-256
 //! through `KeyCache`; a miss asks `StoreActor` (unless `AuthThrottle` says the client has
-//! guessed enough), and admin changes clear the cache so a revocation holds on the very
+//! guessed enough), and the change feed clears the cache so a revocation holds on the very
 //! next request.
 
 use std::sync::Arc;

@@ -4,12 +4,17 @@
 //! with that generation; `invalidate()` bumps the generation after an admin change
 //! committed. An answer read before the change (and so possibly stale) carries an older
 //! generation: it is not inserted, and if it was inserted just before the bump it is never
-//! served again.
+//! served again. `KeyCacheFollower` invalidates on each change of keys or users the
+//! change feed delivers (this instance's before the admin's answer, other instances' as
+//! they arrive).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use actix::prelude::*;
+
+use crate::actors::feed::{Changed, NotApplied};
 use crate::domain::records::KeyGrant;
 
 /// A cached lookup: `None` caches an unknown key.
@@ -58,6 +63,24 @@ impl KeyCache {
     pub fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate_all();
+    }
+}
+
+/// The key cache's subscription to the change feed.
+pub struct KeyCacheFollower(pub Arc<KeyCache>);
+
+impl Actor for KeyCacheFollower {
+    type Context = Context<Self>;
+}
+
+impl Handler<Changed> for KeyCacheFollower {
+    type Result = Result<(), NotApplied>;
+
+    fn handle(&mut self, msg: Changed, _: &mut Self::Context) -> Self::Result {
+        if msg.0.touches_keys() {
+            self.0.invalidate();
+        }
+        Ok(())
     }
 }
 

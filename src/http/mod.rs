@@ -14,7 +14,7 @@ pub mod openai;
 pub mod openapi;
 
 pub use auth_throttle::AuthThrottle;
-pub use key_cache::KeyCache;
+pub use key_cache::{KeyCache, KeyCacheFollower};
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;

@@ -19,6 +19,7 @@ mod mock_upstream;
 mod openapi;
 mod quota;
 mod resilience;
+mod scale_out;
 mod tracing_export;
 mod usage_counting;
 mod usage_spill;

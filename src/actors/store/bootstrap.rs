@@ -1,5 +1,6 @@
 //! First-start work: the bootstrap admin key and the seed deployments (the built-in
-//! `mock` model and `[[models]]` from the configuration).
+//! `mock` model and `[[models]]` from the configuration). They announce `Keys` and
+//! `Deployments`: instances already running on the same database follow them.
 
 use actix::prelude::*;
 use sea_orm::{
@@ -12,6 +13,7 @@ use super::{
     EnsureAdminKey, HasAdminKey, NewKey, SeedDeployments, StoreActor, StoreError, audit,
     begin_write, deployments, keys, users,
 };
+use crate::actors::feed::Change;
 use crate::crypto;
 use crate::domain::deployment::DeploymentConfig;
 use crate::domain::now_ms;
@@ -35,7 +37,7 @@ impl Handler<EnsureAdminKey> for StoreActor {
     /// that an admin revoked stays revoked, and a configured key made through the admin
     /// API stays what it is; then nothing else is revoked.
     fn handle(&mut self, msg: EnsureAdminKey, _: &mut Self::Context) -> Self::Result {
-        self.run(move |db, _| async move {
+        self.run_change(vec![Change::Keys], move |db, _, changes| async move {
             let secret = msg.key.expose().to_string();
             let hash = crypto::hash_api_key_hex(&secret);
             let txn = begin_write(&db).await?;
@@ -74,7 +76,7 @@ impl Handler<EnsureAdminKey> for StoreActor {
                     .await?;
                 tracing::info!(key = %id, "earlier bootstrap admin key revoked");
             }
-            txn.commit().await?;
+            changes.commit(txn).await?;
             Ok(created)
         })
     }
@@ -151,45 +153,48 @@ impl Handler<SeedDeployments> for StoreActor {
 
     fn handle(&mut self, msg: SeedDeployments, _: &mut Self::Context) -> Self::Result {
         let hosts = self.upstream_hosts.clone();
-        self.run(move |db, key| async move {
-            let txn = begin_write(&db).await?;
-            let mut new = Vec::new();
-            if deployment::Entity::find().count(&txn).await? == 0 {
-                let mock = Map::from_iter([
-                    ("model_id".to_string(), Value::from("mock")),
-                    ("vendor_type".to_string(), Value::from("Mock")),
-                ]);
-                let config = DeploymentConfig::create(&mock).map_err(deployments::invalid)?;
-                new.push((config, None));
-            }
-            for seed in msg.seeds {
-                let exists = deployment::Entity::find()
-                    .filter(deployment::Column::ModelId.eq(seed.config.model_id.clone()))
-                    .count(&txn)
-                    .await?
-                    > 0;
-                if !exists {
-                    new.push((seed.config, seed.api_key));
+        self.run_change(
+            vec![Change::Deployments],
+            move |db, key, changes| async move {
+                let txn = begin_write(&db).await?;
+                let mut new = Vec::new();
+                if deployment::Entity::find().count(&txn).await? == 0 {
+                    let mock = Map::from_iter([
+                        ("model_id".to_string(), Value::from("mock")),
+                        ("vendor_type".to_string(), Value::from("Mock")),
+                    ]);
+                    let config = DeploymentConfig::create(&mock).map_err(deployments::invalid)?;
+                    new.push((config, None));
                 }
-            }
-            let created = new.len();
-            for (config, api_key) in new {
-                let row = deployments::new_row(&config, api_key.as_ref(), &key, &hosts)?
-                    .insert(&txn)
+                for seed in msg.seeds {
+                    let exists = deployment::Entity::find()
+                        .filter(deployment::Column::ModelId.eq(seed.config.model_id.clone()))
+                        .count(&txn)
+                        .await?
+                        > 0;
+                    if !exists {
+                        new.push((seed.config, seed.api_key));
+                    }
+                }
+                let created = new.len();
+                for (config, api_key) in new {
+                    let row = deployments::new_row(&config, api_key.as_ref(), &key, &hosts)?
+                        .insert(&txn)
+                        .await?;
+                    let details = json!({"model_id": row.model_id, "vendor_type": row.vendor_type});
+                    audit::append(
+                        &txn,
+                        &system_actor(),
+                        "model.seed",
+                        "deployment",
+                        &row.id,
+                        details,
+                    )
                     .await?;
-                let details = json!({"model_id": row.model_id, "vendor_type": row.vendor_type});
-                audit::append(
-                    &txn,
-                    &system_actor(),
-                    "model.seed",
-                    "deployment",
-                    &row.id,
-                    details,
-                )
-                .await?;
-            }
-            txn.commit().await?;
-            Ok(created)
-        })
+                }
+                changes.commit(txn).await?;
+                Ok(created)
+            },
+        )
     }
 }

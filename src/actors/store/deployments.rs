@@ -1,6 +1,6 @@
 //! Deployments (the `models` of the admin API): one row per upstream that serves a public
 //! model name. Upstream API keys are sealed with the master key on the way in and opened
-//! only for the router.
+//! only for the router. Every write announces `Deployments`.
 
 use actix::prelude::*;
 use sea_orm::{
@@ -13,6 +13,7 @@ use super::{
     CreateDeployment, DeleteDeployment, ListDeployments, LoadDeployments, StoreActor, StoreError,
     UpdateDeployment, audit, begin_write,
 };
+use crate::actors::feed::Change;
 use crate::config::Secret;
 use crate::crypto::{MasterKey, Sealed};
 use crate::domain::deployment::{DeploymentConfig, Invalid};
@@ -106,25 +107,28 @@ impl Handler<CreateDeployment> for StoreActor {
 
     fn handle(&mut self, msg: CreateDeployment, _: &mut Self::Context) -> Self::Result {
         let hosts = self.upstream_hosts.clone();
-        self.run(move |db, key| async move {
-            let config = DeploymentConfig::create(&msg.patch.fields).map_err(invalid)?;
-            let api_key = msg.patch.api_key.clone().flatten();
-            let am = new_row(&config, api_key.as_ref(), &key, &hosts)?;
-            let txn = begin_write(&db).await?;
-            let row = am.insert(&txn).await?;
-            let details = msg.patch.audit_details();
-            audit::append(
-                &txn,
-                &msg.actor,
-                "model.create",
-                "deployment",
-                &row.id,
-                details,
-            )
-            .await?;
-            txn.commit().await?;
-            to_record(&row)
-        })
+        self.run_change(
+            vec![Change::Deployments],
+            move |db, key, changes| async move {
+                let config = DeploymentConfig::create(&msg.patch.fields).map_err(invalid)?;
+                let api_key = msg.patch.api_key.clone().flatten();
+                let am = new_row(&config, api_key.as_ref(), &key, &hosts)?;
+                let txn = begin_write(&db).await?;
+                let row = am.insert(&txn).await?;
+                let details = msg.patch.audit_details();
+                audit::append(
+                    &txn,
+                    &msg.actor,
+                    "model.create",
+                    "deployment",
+                    &row.id,
+                    details,
+                )
+                .await?;
+                changes.commit(txn).await?;
+                to_record(&row)
+            },
+        )
     }
 }
 
@@ -133,7 +137,7 @@ impl Handler<UpdateDeployment> for StoreActor {
 
     fn handle(&mut self, msg: UpdateDeployment, _: &mut Self::Context) -> Self::Result {
         let hosts = self.upstream_hosts.clone();
-        self.run(move |db, key| async move {
+        self.run_change(vec![Change::Deployments], move |db, key, changes| async move {
             let txn = begin_write(&db).await?;
             let row = deployment::Entity::find_by_id(msg.id.clone())
                 .one(&txn)
@@ -169,7 +173,7 @@ impl Handler<UpdateDeployment> for StoreActor {
                 details,
             )
             .await?;
-            txn.commit().await?;
+            changes.commit(txn).await?;
             to_record(&row)
         })
     }
@@ -179,27 +183,30 @@ impl Handler<DeleteDeployment> for StoreActor {
     type Result = ResponseFuture<Result<Deployment, StoreError>>;
 
     fn handle(&mut self, msg: DeleteDeployment, _: &mut Self::Context) -> Self::Result {
-        self.run(move |db, _| async move {
-            let txn = begin_write(&db).await?;
-            let row = deployment::Entity::find_by_id(msg.id.clone())
-                .one(&txn)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(format!("deployment `{}`", msg.id)))?;
-            let record = to_record(&row)?;
-            row.delete(&txn).await?;
-            let details = json!({"model_id": record.config.model_id});
-            audit::append(
-                &txn,
-                &msg.actor,
-                "model.delete",
-                "deployment",
-                &msg.id,
-                details,
-            )
-            .await?;
-            txn.commit().await?;
-            Ok(record)
-        })
+        self.run_change(
+            vec![Change::Deployments],
+            move |db, _, changes| async move {
+                let txn = begin_write(&db).await?;
+                let row = deployment::Entity::find_by_id(msg.id.clone())
+                    .one(&txn)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(format!("deployment `{}`", msg.id)))?;
+                let record = to_record(&row)?;
+                row.delete(&txn).await?;
+                let details = json!({"model_id": record.config.model_id});
+                audit::append(
+                    &txn,
+                    &msg.actor,
+                    "model.delete",
+                    "deployment",
+                    &msg.id,
+                    details,
+                )
+                .await?;
+                changes.commit(txn).await?;
+                Ok(record)
+            },
+        )
     }
 }
 

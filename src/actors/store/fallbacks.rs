@@ -1,5 +1,5 @@
 //! Fallback chains (`model_fallbacks`): replaced whole per model, refused if they would
-//! close a cycle.
+//! close a cycle. A replacement announces `Fallbacks`.
 
 use std::collections::HashMap;
 
@@ -9,7 +9,10 @@ use sea_orm::{
 };
 use serde_json::json;
 
-use super::{LoadFallbacks, SetFallbacks, StoreActor, StoreError, audit, begin_write};
+use super::{
+    LoadFallbacks, PendingChanges, SetFallbacks, StoreActor, StoreError, audit, begin_write,
+};
+use crate::actors::feed::Change;
 use crate::domain::fallbacks::find_cycle;
 use crate::entities::model_fallback;
 
@@ -31,7 +34,11 @@ async fn load(
     Ok(graph)
 }
 
-async fn set(db: DatabaseConnection, msg: SetFallbacks) -> Result<Vec<String>, StoreError> {
+async fn set(
+    db: DatabaseConnection,
+    changes: PendingChanges,
+    msg: SetFallbacks,
+) -> Result<Vec<String>, StoreError> {
     let txn = begin_write(&db).await?;
     let mut graph = load(&txn).await?;
     graph.insert(msg.model_id.clone(), msg.fallbacks.clone());
@@ -64,7 +71,7 @@ async fn set(db: DatabaseConnection, msg: SetFallbacks) -> Result<Vec<String>, S
         details,
     )
     .await?;
-    txn.commit().await?;
+    changes.commit(txn).await?;
     Ok(msg.fallbacks)
 }
 
@@ -72,7 +79,9 @@ impl Handler<SetFallbacks> for StoreActor {
     type Result = ResponseFuture<Result<Vec<String>, StoreError>>;
 
     fn handle(&mut self, msg: SetFallbacks, _: &mut Self::Context) -> Self::Result {
-        self.run(move |db, _| set(db, msg))
+        self.run_change(vec![Change::Fallbacks], move |db, _, changes| {
+            set(db, changes, msg)
+        })
     }
 }
 

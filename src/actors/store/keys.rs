@@ -1,5 +1,6 @@
 //! API keys: created with a fresh 256-bit secret (returned once, stored as SHA-256),
-//! listed without secrets, revoked, and looked up by hash for the auth cache.
+//! listed without secrets, revoked, and looked up by hash for the auth cache. Creating and
+//! revoking announce `Keys` (and a key with its own `rpm_limit`, its user's `Limits`).
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use serde_json::json;
 use super::{
     CreateKey, ListKeys, LookupKey, RevokeKey, StoreActor, StoreError, audit, begin_write,
 };
+use crate::actors::feed::Change;
 use crate::config::Secret;
 use crate::crypto;
 use crate::domain::now_ms;
@@ -75,7 +77,13 @@ impl Handler<CreateKey> for StoreActor {
     type Result = ResponseFuture<Result<(ApiKeyInfo, Secret), StoreError>>;
 
     fn handle(&mut self, msg: CreateKey, _: &mut Self::Context) -> Self::Result {
-        self.run(move |db, _| async move {
+        let mut changes = vec![Change::Keys];
+        if msg.key.rpm_limit.is_some() {
+            changes.push(Change::Limits {
+                user_id: msg.key.user_id.clone(),
+            });
+        }
+        self.run_change(changes, move |db, _, changes| async move {
             let secret = crypto::generate_api_key()?;
             let txn = begin_write(&db).await?;
             if user::Entity::find_by_id(msg.key.user_id.clone())
@@ -91,7 +99,7 @@ impl Handler<CreateKey> for StoreActor {
                 "models": msg.key.models, "rpm_limit": msg.key.rpm_limit,
                 "expires_at": msg.key.expires_at, "prefix": row.prefix});
             audit::append(&txn, &msg.actor, "key.create", "api_key", &id, details).await?;
-            txn.commit().await?;
+            changes.commit(txn).await?;
             Ok((to_info(row), Secret::new(secret)))
         })
     }
@@ -115,7 +123,7 @@ impl Handler<RevokeKey> for StoreActor {
     type Result = ResponseFuture<Result<ApiKeyInfo, StoreError>>;
 
     fn handle(&mut self, msg: RevokeKey, _: &mut Self::Context) -> Self::Result {
-        self.run(move |db, _| async move {
+        self.run_change(vec![Change::Keys], move |db, _, changes| async move {
             let txn = begin_write(&db).await?;
             let row = api_key::Entity::find_by_id(msg.id.clone())
                 .one(&txn)
@@ -137,7 +145,7 @@ impl Handler<RevokeKey> for StoreActor {
                 json!({}),
             )
             .await?;
-            txn.commit().await?;
+            changes.commit(txn).await?;
             Ok(to_info(row))
         })
     }

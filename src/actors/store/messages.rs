@@ -26,6 +26,11 @@ pub struct FlushUsage;
 #[rtype(result = "Result<u64, super::SpillError>")]
 pub struct ReplayUsageSpill;
 
+/// At shutdown: stop listening for other instances' changes; answers once stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopChangeListener;
+
 /// Readiness probe: answers `Ok` when the database answers.
 #[derive(Message)]
 #[rtype(result = "Result<(), StoreError>")]
@@ -123,7 +128,7 @@ pub struct ListKeys {
     pub user_id: Option<String>,
 }
 
-/// Revoke a key; the caller invalidates the auth cache when this answers.
+/// Revoke a key; announces `Keys`, so the key is refused once this answers.
 #[derive(Message)]
 #[rtype(result = "Result<ApiKeyInfo, StoreError>")]
 pub struct RevokeKey {

@@ -3,12 +3,16 @@
 //! mailbox never waits on the database; usage rows are buffered and written in batches by
 //! one writer task, in order, so a flush is a barrier. The writer's queue is bounded: when
 //! it is full, or the database stays down, batches go to the usage spill file instead.
+//! Each admin write announces what it changed (`changes.rs`) to the change feed, and on
+//! PostgreSQL to the other instances, whose changes the listener (`listener.rs`) brings in.
 
 mod audit;
 mod bootstrap;
+mod changes;
 mod deployments;
 mod fallbacks;
 mod keys;
+mod listener;
 pub mod messages;
 pub mod quota;
 mod secrets;
@@ -23,18 +27,21 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use sea_orm::{
-    DatabaseConnection, DatabaseTransaction, DbErr, SqliteTransactionMode, TransactionOptions,
-    TransactionTrait,
+    DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::actors::feed::{Announce, Change, NotApplied};
 use crate::config::DatabaseSettings;
 use crate::crypto::MasterKey;
 use crate::domain::upstream_hosts::UpstreamHosts;
 use crate::domain::usage::UsageRecord;
 use crate::telemetry::metrics::Metrics;
+use changes::{Announcer, PendingChanges};
 use spill::UsageSpill;
 
+pub use listener::APPLICATION_NAME as CHANGE_LISTENER_NAME;
 pub use messages::*;
 pub use secrets::sealed_key_ids;
 pub use usage::SpillError;
@@ -52,6 +59,9 @@ pub enum StoreError {
     Db(#[from] DbErr),
     #[error("could not seal or open a stored secret")]
     Crypto,
+    /// The change committed, but this instance could not apply it to its copies.
+    #[error(transparent)]
+    NotApplied(#[from] NotApplied),
 }
 
 impl From<crate::crypto::CryptoError> for StoreError {
@@ -115,6 +125,9 @@ pub struct StoreActor {
     writer_rx: Option<mpsc::Receiver<WriterCmd>>,
     /// The writer queue was found full (logged once until it has room again).
     queue_full: bool,
+    announcer: Announcer,
+    /// The change listener's task (PostgreSQL, with a feed), and how to stop it.
+    listener: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
 }
 
 impl StoreActor {
@@ -138,7 +151,16 @@ impl StoreActor {
             writer,
             writer_rx: Some(writer_rx),
             queue_full: false,
+            announcer: Announcer::new(),
+            listener: None,
         }
+    }
+
+    /// Announces every change this store commits to `feed`; on PostgreSQL, also listens
+    /// for the other instances' changes and announces them there.
+    pub fn with_change_feed(mut self, feed: Recipient<Announce>) -> Self {
+        self.announcer.feed = Some(feed);
+        self
     }
 
     /// Restricts deployments' `base_url` to these hosts (default: any host).
@@ -156,6 +178,57 @@ impl StoreActor {
         Fut: Future<Output = Result<T, StoreError>> + 'static,
     {
         Box::pin(query(self.db.clone(), self.master_key.clone()))
+    }
+
+    /// Runs an admin write that makes `changes`: `write` ends its transaction with
+    /// `changes.commit(txn)` (on PostgreSQL the changes travel in it as `NOTIFY`). Then
+    /// they are announced to this instance's feed, and the answer waits until they are
+    /// applied. They are announced after a database error too: its outcome is unknown (a
+    /// commit that failed may have committed), so the copies are refreshed in case.
+    fn run_change<T, Fut>(
+        &self,
+        changes: Vec<Change>,
+        write: impl FnOnce(DatabaseConnection, Arc<MasterKey>, PendingChanges) -> Fut,
+    ) -> ResponseFuture<Result<T, StoreError>>
+    where
+        T: 'static,
+        Fut: Future<Output = Result<T, StoreError>> + 'static,
+    {
+        let announcer = self.announcer.clone();
+        let pending = announcer.pending(changes.clone());
+        let written = write(self.db.clone(), self.master_key.clone(), pending);
+        Box::pin(async move {
+            let result = written.await;
+            if !matches!(result, Ok(_) | Err(StoreError::Db(_))) {
+                return result;
+            }
+            match announcer.announce(&changes).await {
+                Ok(()) => result,
+                Err(e) if result.is_ok() => Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a write that failed was announced but not applied");
+                    result
+                }
+            }
+        })
+    }
+
+    /// Starts the change listener when there is a feed to announce to and other
+    /// instances to hear from (PostgreSQL).
+    fn start_listener(&mut self) {
+        let Some(feed) = self.announcer.feed.clone() else {
+            return;
+        };
+        if self.db.get_database_backend() != DbBackend::Postgres {
+            return;
+        }
+        let listener = listener::ChangeListener {
+            options: (*self.db.get_postgres_connection_pool().connect_options()).clone(),
+            origin: self.announcer.origin.clone(),
+            feed,
+        };
+        let (stop, stopped) = oneshot::channel();
+        self.listener = Some((stop, actix::spawn(listener.run(stopped))));
     }
 
     /// Hands the buffered rows to the writer; when its queue is full, appends them to the
@@ -200,6 +273,7 @@ impl Actor for StoreActor {
             actix::spawn(writer.run(rx));
         }
         ctx.run_interval(self.flush_every, |actor, _| actor.flush_usage_buffer());
+        self.start_listener();
     }
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
@@ -240,6 +314,20 @@ impl Handler<ReplayUsageSpill> for StoreActor {
             usage::ask(writer, WriterCmd::Replay)
                 .await
                 .unwrap_or(Err(SpillError::WriterGone))
+        })
+    }
+}
+
+impl Handler<StopChangeListener> for StoreActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: StopChangeListener, _: &mut Self::Context) -> Self::Result {
+        let listener = self.listener.take();
+        Box::pin(async move {
+            if let Some((stop, task)) = listener {
+                let _ = stop.send(());
+                let _ = task.await;
+            }
         })
     }
 }

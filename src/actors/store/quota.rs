@@ -57,14 +57,6 @@ pub struct Leased {
     pub used: u64,
 }
 
-/// Forget a user's total counters (its quota or budget was edited): the next lease starts
-/// again from the recorded spend.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<(), StoreError>")]
-pub struct ResetSpendCounters {
-    pub user_id: String,
-}
-
 pub fn total_subject(unit: SpendUnit, user_id: &str) -> String {
     match unit {
         SpendUnit::Tokens => format!("tokens:user:{user_id}"),
@@ -200,17 +192,6 @@ impl Handler<LeaseUnits> for StoreActor {
             let leased = lease(&txn, &msg).await?;
             txn.commit().await?;
             Ok(leased)
-        })
-    }
-}
-
-impl Handler<ResetSpendCounters> for StoreActor {
-    type Result = ResponseFuture<Result<(), StoreError>>;
-
-    fn handle(&mut self, msg: ResetSpendCounters, _: &mut Self::Context) -> Self::Result {
-        self.run(move |db, _| async move {
-            reset_spend_counters(&db, &msg.user_id).await?;
-            Ok(())
         })
     }
 }

@@ -1,4 +1,5 @@
-//! Users: create, read, update, disable. Every mutation is audited in its transaction.
+//! Users: create, read, update, disable. Every mutation is audited in its transaction and
+//! announces `User` (created, or name, role or `disabled` changed) and/or `Limits`.
 
 use actix::prelude::*;
 use sea_orm::{
@@ -8,9 +9,10 @@ use sea_orm::{
 use serde_json::json;
 
 use super::{
-    CreateUser, GetUser, ListUsers, StoreActor, StoreError, UpdateUser, UserFields, audit,
-    begin_write,
+    CreateUser, GetUser, ListUsers, PendingChanges, StoreActor, StoreError, UpdateUser, UserFields,
+    audit, begin_write,
 };
+use crate::actors::feed::Change;
 use crate::domain::now_ms;
 use crate::domain::records::{Role, User};
 use crate::entities::user;
@@ -78,8 +80,30 @@ fn describe(f: &UserFields) -> serde_json::Value {
     })
 }
 
+/// What a write of `fields` changes (`may_create`: the user may be new).
+fn changes_of(user_id: &str, f: &UserFields, may_create: bool) -> Vec<Change> {
+    let user_id = user_id.to_string();
+    let account = may_create || f.name.is_some() || f.role.is_some() || f.disabled.is_some();
+    let limits = f.rpm_limit.is_some()
+        || f.tpm_limit.is_some()
+        || f.token_quota.is_some()
+        || f.budget_usd.is_some();
+    match (account, limits) {
+        (true, true) => vec![
+            Change::User {
+                user_id: user_id.clone(),
+            },
+            Change::Limits { user_id },
+        ],
+        (true, false) => vec![Change::User { user_id }],
+        (false, true) => vec![Change::Limits { user_id }],
+        (false, false) => Vec::new(),
+    }
+}
+
 async fn upsert(
     db: DatabaseConnection,
+    changes: PendingChanges,
     user_id: String,
     fields: UserFields,
     create: bool,
@@ -108,12 +132,17 @@ async fn upsert(
             (am.insert(&txn).await?, "user.create")
         }
     };
-    if fields.token_quota.is_some() || fields.budget_usd.is_some() {
-        // The shared spend counters start again from the recorded spend.
+    if fields.rpm_limit.is_some()
+        || fields.tpm_limit.is_some()
+        || fields.token_quota.is_some()
+        || fields.budget_usd.is_some()
+    {
+        // The shared spend counters start again from the recorded spend (every instance
+        // forgets its leases of them on the `Limits` change).
         super::quota::reset_spend_counters(&txn, &user_id).await?;
     }
     audit::append(&txn, &actor, action, "user", &user_id, describe(&fields)).await?;
-    txn.commit().await?;
+    changes.commit(txn).await?;
     Ok(to_record(model))
 }
 
@@ -121,7 +150,10 @@ impl Handler<CreateUser> for StoreActor {
     type Result = ResponseFuture<Result<User, StoreError>>;
 
     fn handle(&mut self, msg: CreateUser, _: &mut Self::Context) -> Self::Result {
-        self.run(move |db, _| upsert(db, msg.user_id, msg.fields, true, false, msg.actor))
+        let changes = changes_of(&msg.user_id, &msg.fields, true);
+        self.run_change(changes, move |db, _, changes| {
+            upsert(db, changes, msg.user_id, msg.fields, true, false, msg.actor)
+        })
     }
 }
 
@@ -129,9 +161,11 @@ impl Handler<UpdateUser> for StoreActor {
     type Result = ResponseFuture<Result<User, StoreError>>;
 
     fn handle(&mut self, msg: UpdateUser, _: &mut Self::Context) -> Self::Result {
-        self.run(move |db, _| {
+        let changes = changes_of(&msg.user_id, &msg.fields, msg.create_if_absent);
+        self.run_change(changes, move |db, _, changes| {
             upsert(
                 db,
+                changes,
                 msg.user_id,
                 msg.fields,
                 msg.create_if_absent,

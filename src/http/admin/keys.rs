@@ -1,5 +1,6 @@
-//! `/admin/keys`: create (the secret is in this answer only), list, revoke. Revocation
-//! clears the key cache before answering, so the very next request with the key is a 401.
+//! `/admin/keys`: create (the secret is in this answer only), list, revoke. The store
+//! answers a revocation once the key cache follows it, so the very next request with the
+//! key is a 401.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
@@ -8,7 +9,6 @@ use crate::actors::ASK_TIMEOUT;
 use crate::actors::store::{CreateKey, ListKeys, NewKey, RevokeKey};
 use crate::domain::records::ApiKeyInfo;
 use crate::error::ApiError;
-use crate::http::admin::change_grants;
 use crate::http::dto::{CreateKeyBody, KeysQuery};
 use crate::http::extract::{Admin, AdminReader};
 use crate::http::openapi::responses::{AdminAuth, JsonBody, NotFound};
@@ -53,7 +53,7 @@ pub async fn create_key(
         key,
         actor: caller.actor(),
     };
-    let (info, secret) = change_grants(&state, msg).await?;
+    let (info, secret) = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
     let mut answer = serde_json::to_value(&info).map_err(|_| ApiError::internal())?;
     answer["key"] = json!(secret.expose());
     Ok(HttpResponse::Created().json(answer))
@@ -99,6 +99,6 @@ pub async fn revoke_key(
         id: path.into_inner(),
         actor: caller.actor(),
     };
-    let info = change_grants(&state, msg).await?;
+    let info = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
     Ok(HttpResponse::Ok().json(info))
 }

@@ -1,7 +1,9 @@
 //! The admin API under `/admin`: users, keys, models (deployments), audit log. Reads need
 //! admin, operator or viewer; model changes admin or operator; user and key changes admin.
-//! Every change is audited by the store in the change's own transaction. Bodies are read
-//! by the handler, after the role extractor accepted the caller.
+//! Every change is audited by the store in the change's own transaction, and the store
+//! answers once this instance's copies (key cache, routing table) follow the change: the
+//! handlers clear and reload nothing themselves. Bodies are read by the handler, after the
+//! role extractor accepted the caller.
 
 pub mod audit;
 pub mod keys;
@@ -9,13 +11,9 @@ pub mod models;
 pub mod resilience;
 pub mod users;
 
-use actix::prelude::*;
 use actix_web::web;
 
-use crate::actors::ASK_TIMEOUT;
-use crate::actors::store::{StoreActor, StoreError};
-use crate::error::ApiError;
-use crate::http::{AppState, resource};
+use crate::http::resource;
 
 /// `/users/quota` is registered before `/users/{user_id}`: `quota` is not a user id here.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -43,30 +41,4 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource!("/breakers", get => resilience::list_breakers))
         .service(resource!("/breakers/{deployment_id}", put => resilience::override_breaker))
         .service(resource!("/audit", get => audit::list_audit));
-}
-
-/// Sends a change of users or keys to the store and clears the key cache whatever the
-/// answer (a lookup that raced the change must not outlive it). If the store does not
-/// answer within `ASK_TIMEOUT`, the change may still commit: the cache is cleared again
-/// when the store answers.
-pub(crate) async fn change_grants<M, T>(state: &AppState, msg: M) -> Result<T, ApiError>
-where
-    M: Message<Result = Result<T, StoreError>> + Send + 'static,
-    T: Send + 'static,
-    StoreActor: Handler<M>,
-{
-    let mut reply = Box::pin(state.store.send(msg));
-    let answer = tokio::time::timeout(ASK_TIMEOUT, &mut reply).await;
-    state.keys.invalidate();
-    match answer {
-        Ok(result) => Ok(result??),
-        Err(_) => {
-            let keys = state.keys.clone();
-            actix_web::rt::spawn(async move {
-                let _ = reply.await;
-                keys.invalidate();
-            });
-            Err(MailboxError::Timeout.into())
-        }
-    }
 }

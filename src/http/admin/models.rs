@@ -1,5 +1,5 @@
-//! `/admin/models`: deployments. A change is written by the store, then the router reloads
-//! before the answer, so the next request already routes by the new table. A body is a
+//! `/admin/models`: deployments. The store answers a change once the router has reloaded
+//! (the change feed), so the next request already routes by the new table. A body is a
 //! JSON object: `POST` merges it onto `{}`, `PATCH` onto the current configuration
 //! (RFC 7396, see `domain::deployment`). The upstream `api_key` is accepted, sealed, and
 //! never returned.
@@ -8,7 +8,6 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
 use crate::actors::ASK_TIMEOUT;
-use crate::actors::router::Reload;
 use crate::actors::store::{CreateDeployment, DeleteDeployment, ListDeployments, UpdateDeployment};
 use crate::domain::deployment::DeploymentPatch;
 use crate::domain::records::Deployment;
@@ -17,13 +16,6 @@ use crate::http::extract::{AdminReader, ModelAdmin};
 use crate::http::openapi::responses::{AdminAuth, JsonBody, NotFound};
 use crate::http::openapi::schemas::{CreateDeploymentBody, DeploymentList, PatchDeploymentBody};
 use crate::http::{AppState, read_json};
-
-/// Rebuilds the routing table so the next request sees an admin change.
-pub(crate) async fn reload(state: &AppState) -> Result<(), ApiError> {
-    // A failed reload answers 503; its cause is logged with it, once.
-    state.router.send(Reload).timeout(ASK_TIMEOUT).await??;
-    Ok(())
-}
 
 /// A deployment body: a JSON object, checked field by field by the store once merged.
 async fn read_patch(
@@ -59,7 +51,6 @@ pub async fn create_model(
         actor: caller.actor(),
     };
     let deployment = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
-    reload(&state).await?;
     Ok(HttpResponse::Created().json(deployment))
 }
 
@@ -109,7 +100,6 @@ pub async fn update_model(
         actor: caller.actor(),
     };
     let deployment = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
-    reload(&state).await?;
     Ok(HttpResponse::Ok().json(deployment))
 }
 
@@ -134,6 +124,5 @@ pub async fn delete_model(
         actor: caller.actor(),
     };
     let deployment = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
-    reload(&state).await?;
     Ok(HttpResponse::Ok().json(deployment))
 }

@@ -53,7 +53,6 @@ pub async fn set_fallbacks(
         actor: caller.actor(),
     };
     let fallbacks = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
-    super::models::reload(&state).await?;
     Ok(HttpResponse::Ok().json(json!({"model_id": model_id, "fallbacks": fallbacks})))
 }
 

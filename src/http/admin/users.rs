@@ -1,5 +1,6 @@
 //! `/admin/users`: create, list, read, update, disable; `/admin/users/quota` upserts limits.
-//! Any change clears the key cache: a disabled user's keys stop working at once.
+//! The store answers once the key cache follows the change: a disabled user's keys stop
+//! working at once.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
@@ -8,7 +9,6 @@ use crate::actors::ASK_TIMEOUT;
 use crate::actors::store::{CreateUser, GetUser, ListUsers, UpdateUser, UserFields};
 use crate::domain::records::User;
 use crate::error::ApiError;
-use crate::http::admin::change_grants;
 use crate::http::dto::{CreateUserBody, PatchUserBody, QuotaBody};
 use crate::http::extract::{Admin, AdminReader};
 use crate::http::openapi::responses::{AdminAuth, Conflict, JsonBody, NotFound};
@@ -49,7 +49,7 @@ pub async fn create_user(
         fields,
         actor: caller.actor(),
     };
-    let user = change_grants(&state, msg).await?;
+    let user = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
     Ok(HttpResponse::Created().json(user))
 }
 
@@ -104,7 +104,7 @@ async fn update(
         create_if_absent,
         actor: caller.actor(),
     };
-    let user = change_grants(state, msg).await?;
+    let user = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
     Ok(HttpResponse::Ok().json(user))
 }
 
