@@ -9,6 +9,8 @@ pub mod records;
 pub mod sse;
 pub mod upstream_hosts;
 pub mod usage;
+pub mod usage_report;
+pub mod usage_rollup;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

@@ -6,4 +6,5 @@ pub mod audit_log;
 pub mod deployment;
 pub mod model_fallback;
 pub mod usage;
+pub mod usage_hourly;
 pub mod user;

@@ -185,7 +185,7 @@ impl Accounting {
             self.usage
         };
         let prices = self.route.as_ref().map(|r| r.prices).unwrap_or_default();
-        let (cost_usd, cost_status) = match usage {
+        let (cost_micros, cost_status) = match usage {
             Some(_) => prices.cost(usage),
             None => (None, CostStatus::Unknown),
         };
@@ -197,7 +197,7 @@ impl Accounting {
             model: self.info.model.clone(),
             deployment_id: self.route.as_ref().map(|r| r.deployment.id.clone()),
             usage,
-            cost_usd,
+            cost_micros,
             cost_status,
             status,
             error_class,

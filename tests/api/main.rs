@@ -18,4 +18,5 @@ mod metrics;
 mod mock_upstream;
 mod resilience;
 mod tracing_export;
+mod usage_api;
 mod usage_spill;

@@ -13,6 +13,8 @@ pub mod messages;
 mod secrets;
 mod spill;
 mod usage;
+mod usage_query;
+mod usage_rollup;
 mod users;
 
 use std::future::Future;
