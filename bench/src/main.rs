@@ -6,6 +6,9 @@
 //!
 //! `cargo run --release -p lowart-bench -- soak`: the memory soak instead (see `soak.rs`);
 //! writes target/bench/soak.json.
+//!
+//! `cargo run --release -p lowart-bench -- usage`: usage summaries over 1,000,000 usage
+//! rows instead (see `usage.rs`); writes target/bench/usage.json.
 
 mod gateway;
 mod http;
@@ -14,6 +17,7 @@ mod mock;
 mod report;
 mod soak;
 mod sse;
+mod usage;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -39,17 +43,18 @@ fn main() -> ExitCode {
     let root = root.canonicalize().unwrap_or(root);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let marker = std::env::var(PINNED_MARKER).ok();
-    let soak = match std::env::args().nth(1).as_deref() {
-        None => false,
-        Some("soak") => true,
+    let mode = match std::env::args().nth(1).as_deref() {
+        None => Mode::Overhead,
+        Some("soak") => Mode::Soak,
+        Some("usage") => Mode::Usage,
         Some(other) => {
-            eprintln!("bench: unknown mode `{other}` (none, or `soak`)");
+            eprintln!("bench: unknown mode `{other}` (none, `soak` or `usage`)");
             return ExitCode::FAILURE;
         }
     };
     if marker.is_none() {
         let built = gateway::build(&root);
-        if !soak {
+        if mode == Mode::Overhead {
             Loadgen::find(&root);
         }
         if let Err(e) = built {
@@ -90,8 +95,11 @@ fn main() -> ExitCode {
         .enable_all()
         .build();
     let result = match rt {
-        Ok(rt) if soak => rt.block_on(run_soak(&root, pinned)),
-        Ok(rt) => rt.block_on(run(&root, pinned)),
+        Ok(rt) => match mode {
+            Mode::Overhead => rt.block_on(run(&root, pinned)),
+            Mode::Soak => rt.block_on(run_soak(&root, pinned)),
+            Mode::Usage => rt.block_on(usage::run(&root, pinned)),
+        },
         Err(e) => Err(e.into()),
     };
     match result {
@@ -101,6 +109,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The latency, throughput and memory table (no argument).
+    Overhead,
+    Soak,
+    Usage,
 }
 
 fn env_num(name: &str, default: f64) -> f64 {
