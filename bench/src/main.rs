@@ -11,6 +11,9 @@
 //! the requests through the gateway come from a user with RPM, TPM, token quota and budget
 //! limits that never trigger (so every request is admitted by the quota actor and settles
 //! its reservation); writes target/bench/results-limits.json.
+//!
+//! `cargo run --release -p lowart-bench -- usage`: usage summaries over 1,000,000 usage
+//! rows instead (see `usage.rs`); writes target/bench/usage.json.
 
 mod gateway;
 mod http;
@@ -19,6 +22,7 @@ mod mock;
 mod report;
 mod soak;
 mod sse;
+mod usage;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -44,18 +48,19 @@ fn main() -> ExitCode {
     let root = root.canonicalize().unwrap_or(root);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let marker = std::env::var(PINNED_MARKER).ok();
-    let (soak, limits) = match std::env::args().nth(1).as_deref() {
-        None => (false, false),
-        Some("soak") => (true, false),
-        Some("limits") => (false, true),
+    let mode = match std::env::args().nth(1).as_deref() {
+        None => Mode::Overhead,
+        Some("limits") => Mode::Limits,
+        Some("soak") => Mode::Soak,
+        Some("usage") => Mode::Usage,
         Some(other) => {
-            eprintln!("bench: unknown mode `{other}` (none, `soak` or `limits`)");
+            eprintln!("bench: unknown mode `{other}` (none, `limits`, `soak` or `usage`)");
             return ExitCode::FAILURE;
         }
     };
     if marker.is_none() {
         let built = gateway::build(&root);
-        if !soak {
+        if matches!(mode, Mode::Overhead | Mode::Limits) {
             Loadgen::find(&root);
         }
         if let Err(e) = built {
@@ -96,8 +101,12 @@ fn main() -> ExitCode {
         .enable_all()
         .build();
     let result = match rt {
-        Ok(rt) if soak => rt.block_on(run_soak(&root, pinned)),
-        Ok(rt) => rt.block_on(run(&root, pinned, limits)),
+        Ok(rt) => match mode {
+            Mode::Overhead => rt.block_on(run(&root, pinned, false)),
+            Mode::Limits => rt.block_on(run(&root, pinned, true)),
+            Mode::Soak => rt.block_on(run_soak(&root, pinned)),
+            Mode::Usage => rt.block_on(usage::run(&root, pinned)),
+        },
         Err(e) => Err(e.into()),
     };
     match result {
@@ -107,6 +116,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The latency, throughput and memory table (no argument).
+    Overhead,
+    /// The same, as a caller with limits that never trigger.
+    Limits,
+    Soak,
+    Usage,
 }
 
 fn env_num(name: &str, default: f64) -> f64 {

@@ -13,6 +13,7 @@ mod m20261122_000007_add_resilience_settings;
 mod m20261130_000008_api_key_prefix_and_bootstrap;
 mod m20261201_000009_deployment_config;
 mod m20261201_000010_usage_cache_tokens;
+mod m20261202_000011_usage_cost_micros_and_rollups;
 mod m20261202_000012_quota_counters;
 
 pub struct Migrator;
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000008_api_key_prefix_and_bootstrap::Migration),
             Box::new(m20261201_000009_deployment_config::Migration),
             Box::new(m20261201_000010_usage_cache_tokens::Migration),
+            Box::new(m20261202_000011_usage_cost_micros_and_rollups::Migration),
             Box::new(m20261202_000012_quota_counters::Migration),
         ]
     }

@@ -12,6 +12,8 @@ pub mod sse;
 pub mod tokens;
 pub mod upstream_hosts;
 pub mod usage;
+pub mod usage_report;
+pub mod usage_rollup;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

@@ -106,21 +106,29 @@ impl CostStatus {
 }
 
 impl Prices {
-    /// The cost of `usage`; `Unpriced` when the deployment has no price, `Unknown` when
-    /// there are no token figures.
-    pub fn cost(&self, usage: Option<TokenUsage>) -> (Option<f64>, CostStatus) {
+    /// The cost of `usage` in micro-dollars (a price in USD per million tokens is a price
+    /// in micro-dollars per token): `round(prompt × input + completion × output)`.
+    /// `Unpriced` when the deployment has no price, `Unknown` when there are no token
+    /// figures. An unset price of a priced deployment counts as 0.
+    pub fn cost(&self, usage: Option<TokenUsage>) -> (Option<i64>, CostStatus) {
         let Some(u) = usage else {
             return (None, CostStatus::Unknown);
         };
         match (self.input_per_mtok, self.output_per_mtok) {
             (None, None) => (None, CostStatus::Unpriced),
             (i, o) => {
-                let cost = u.prompt as f64 * i.unwrap_or(0.0) / 1e6
-                    + u.completion as f64 * o.unwrap_or(0.0) / 1e6;
-                (Some(cost), CostStatus::Priced)
+                let micros =
+                    u.prompt as f64 * i.unwrap_or(0.0) + u.completion as f64 * o.unwrap_or(0.0);
+                // `as` saturates: an absurd price cannot wrap a cost into a negative one.
+                (Some(micros.round() as i64), CostStatus::Priced)
             }
         }
     }
+}
+
+/// Micro-dollars as US dollars, for answers and metrics (the stored figure is the integer).
+pub fn micros_to_usd(micros: i64) -> f64 {
+    micros as f64 / 1e6
 }
 
 /// One usage row on its way to the store (and, when the database is down, one line of
@@ -133,7 +141,10 @@ pub struct UsageRecord {
     pub model: String,
     pub deployment_id: Option<String>,
     pub usage: Option<TokenUsage>,
-    pub cost_usd: Option<f64>,
+    /// The cost in micro-dollars (`None` unless `cost_status` is `priced`). Spill lines
+    /// written before it existed carry `cost_usd` instead (see `spill.rs`).
+    #[serde(default)]
+    pub cost_micros: Option<i64>,
     pub cost_status: CostStatus,
     pub status: u16,
     pub error_class: Option<String>,
@@ -151,22 +162,51 @@ pub struct UsageRecord {
 mod tests {
     use super::*;
 
-    #[test]
-    fn cost_is_priced_per_million_tokens_and_unpriced_without_prices() {
-        let usage = Some(TokenUsage {
-            prompt: 1_000,
-            completion: 500,
-            total: 1_500,
+    fn tokens(prompt: i64, completion: i64) -> Option<TokenUsage> {
+        Some(TokenUsage {
+            prompt,
+            completion,
+            total: prompt + completion,
             ..TokenUsage::default()
-        });
+        })
+    }
+
+    #[test]
+    fn cost_is_tokens_times_price_to_the_micro_dollar() {
+        let prices = Prices {
+            input_per_mtok: Some(2.50),
+            output_per_mtok: Some(10.0),
+        };
+        // 1,234 × 2.5 + 567 × 10 = 3,085 + 5,670 µ$.
+        assert_eq!(
+            prices.cost(tokens(1_234, 567)),
+            (Some(8_755), CostStatus::Priced)
+        );
+        let cheap = Prices {
+            input_per_mtok: Some(0.15),
+            output_per_mtok: Some(0.5),
+        };
+        // 1,000 × 0.15 = 150.000…03 in binary floating point: rounds to 150.
+        assert_eq!(
+            cheap.cost(tokens(1_000, 0)),
+            (Some(150), CostStatus::Priced)
+        );
+        // Half a micro-dollar rounds away from zero.
+        assert_eq!(cheap.cost(tokens(0, 3)), (Some(2), CostStatus::Priced));
+        assert_eq!(micros_to_usd(8_755), 0.008755);
+    }
+
+    #[test]
+    fn cost_is_unpriced_without_prices_and_unknown_without_tokens() {
         let prices = Prices {
             input_per_mtok: Some(2.0),
-            output_per_mtok: Some(8.0),
+            output_per_mtok: None,
         };
-        let (cost, status) = prices.cost(usage);
-        assert_eq!(status, CostStatus::Priced);
-        assert!((cost.unwrap_or_default() - 0.006).abs() < 1e-12);
-        assert_eq!(Prices::default().cost(usage), (None, CostStatus::Unpriced));
+        assert_eq!(prices.cost(tokens(10, 99)), (Some(20), CostStatus::Priced));
+        assert_eq!(
+            Prices::default().cost(tokens(10, 5)),
+            (None, CostStatus::Unpriced)
+        );
         assert_eq!(prices.cost(None), (None, CostStatus::Unknown));
     }
 }

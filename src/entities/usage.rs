@@ -13,7 +13,8 @@ pub struct Model {
     pub prompt_tokens: Option<i64>,
     pub completion_tokens: Option<i64>,
     pub total_tokens: Option<i64>,
-    pub cost_usd: Option<f64>,
+    /// Cost in micro-dollars (USD × 10⁶); `None` unless `cost_status` is `priced`.
+    pub cost_micros: Option<i64>,
     /// `priced`, `unpriced` or `unknown` (no token counts).
     pub cost_status: String,
     /// HTTP status the client received.

@@ -88,6 +88,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 ))
                 .service(resource!("/models", get => openai::models::list_models))
                 .service(resource!("/embeddings", post => openai::embeddings::embeddings))
+                .service(resource!("/usage", get => openai::usage::own_usage))
                 .service(resource!(
                     "/messages",
                     post => anthropic::messages::messages,

@@ -23,7 +23,7 @@ use crate::actors::router::Route;
 use crate::actors::store::{RecordUsage, StoreActor};
 use crate::domain::canonical::{ChatEvent, ChatRequest, ChatResponse, FinishReason};
 use crate::domain::now_ms;
-use crate::domain::quota::{RateNote, usd_to_micros};
+use crate::domain::quota::RateNote;
 use crate::domain::records::KeyGrant;
 use crate::domain::tokens::{Encoding, StreamCounter};
 use crate::domain::usage::{CostStatus, TokenUsage, UsageRecord, UsageSource};
@@ -314,7 +314,7 @@ impl Accounting {
         self.written = true;
         let (usage, source) = self.settle(end);
         let prices = self.route.as_ref().map(|r| r.prices).unwrap_or_default();
-        let (cost_usd, cost_status) = match usage {
+        let (cost_micros, cost_status) = match usage {
             Some(_) => prices.cost(usage),
             None => (None, CostStatus::Unknown),
         };
@@ -326,7 +326,7 @@ impl Accounting {
             model: self.info.model.clone(),
             deployment_id: self.route.as_ref().map(|r| r.deployment.id.clone()),
             usage,
-            cost_usd,
+            cost_micros,
             cost_status,
             status,
             error_class,
@@ -346,7 +346,7 @@ impl Accounting {
         }
         if let Some(reservation) = self.reservation.take() {
             let tokens = record.usage.map_or(0, |u| u.total.max(0) as u64);
-            let micros = record.cost_usd.map_or(0, usd_to_micros);
+            let micros = record.cost_micros.map_or(0, |m| m.max(0) as u64);
             reservation.settle(tokens, micros);
         }
         let wait = (self.attempts > 0).then_some(self.upstream_wait);

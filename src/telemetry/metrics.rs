@@ -2,18 +2,20 @@
 //! values are bounded: routes are matched patterns, methods a fixed set, models the
 //! admin-registered names, sources and classes closed vocabularies. No user ids.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::domain::usage::UsageRecord;
+use crate::domain::usage::{CostStatus, UsageRecord, micros_to_usd};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -69,13 +71,39 @@ fn overhead_histogram() -> Histogram {
     ))
 }
 
+/// A money counter kept in integer micro-dollars and shown in dollars, so the exported
+/// figure is exactly the sum of the usage rows' `cost_micros` over 10⁶.
+#[derive(Debug, Default, Clone)]
+pub struct MicrosCounter(Arc<AtomicU64>);
+
+impl MicrosCounter {
+    pub fn inc_by(&self, micros: u64) {
+        self.0.fetch_add(micros, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for MicrosCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for MicrosCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let micros = i64::try_from(self.0.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        encoder.encode_counter::<NoLabelSet, _, u64>(&micros_to_usd(micros), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<RouteLabels, Histogram>,
     inflight: Gauge,
     tokens: Family<TokenLabels, Counter>,
-    cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    cost: Family<ModelLabels, MicrosCounter>,
     unpriced: Family<ModelLabels, Counter>,
     usage_records: Family<SourceLabels, Counter>,
     upstream_failures: Family<FailureLabels, Counter>,
@@ -122,13 +150,13 @@ impl Metrics {
         let tokens = Family::<TokenLabels, Counter>::default();
         registry.register(
             "gateway_tokens",
-            "Tokens by model and type (input, output)",
+            "Tokens by model and type (prompt, completion; cache_read, cache_write when reported)",
             tokens.clone(),
         );
-        let cost = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
+        let cost = Family::<ModelLabels, MicrosCounter>::default();
         registry.register(
             "gateway_cost",
-            "Cost in USD of priced requests",
+            "Cost in USD of priced requests (the usage rows' cost_micros / 10^6)",
             cost.clone(),
         );
         let unpriced = Family::<ModelLabels, Counter>::default();
@@ -292,26 +320,29 @@ impl Metrics {
             model: row.model.clone(),
         };
         if let Some(u) = row.usage {
-            let input = u64::try_from(u.prompt).unwrap_or(0);
-            let output = u64::try_from(u.completion).unwrap_or(0);
-            self.tokens
-                .get_or_create(&TokenLabels {
-                    model: row.model.clone(),
-                    r#type: "input",
-                })
-                .inc_by(input);
-            self.tokens
-                .get_or_create(&TokenLabels {
-                    model: row.model.clone(),
-                    r#type: "output",
-                })
-                .inc_by(output);
-        }
-        match (row.cost_usd, row.cost_status) {
-            (Some(cost), _) => {
-                self.cost.get_or_create(&model).inc_by(cost);
+            let counts = [
+                ("prompt", Some(u.prompt)),
+                ("completion", Some(u.completion)),
+                ("cache_read", u.cache_read),
+                ("cache_write", u.cache_write),
+            ];
+            for (kind, count) in counts {
+                let Some(count) = count else { continue };
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        model: row.model.clone(),
+                        r#type: kind,
+                    })
+                    .inc_by(u64::try_from(count).unwrap_or(0));
             }
-            (None, crate::domain::usage::CostStatus::Unpriced) => {
+        }
+        match (row.cost_micros, row.cost_status) {
+            (Some(micros), _) => {
+                self.cost
+                    .get_or_create(&model)
+                    .inc_by(u64::try_from(micros).unwrap_or(0));
+            }
+            (None, CostStatus::Unpriced) => {
                 self.unpriced.get_or_create(&model).inc();
             }
             _ => {}

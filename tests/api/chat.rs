@@ -56,8 +56,8 @@ async fn blocking_completion_is_relayed_and_its_usage_recorded_exactly() {
     assert!(!row.stream);
     assert_eq!(row.usage_source, "reported");
     assert_eq!(row.cost_status, "priced");
-    let expected_cost = 11.0 * 2.0 / 1e6 + 5.0 * 8.0 / 1e6;
-    assert!((row.cost_usd.unwrap() - expected_cost).abs() < 1e-12);
+    // 11 × $2/Mtok + 5 × $8/Mtok, in micro-dollars.
+    assert_eq!(row.cost_micros, Some(11 * 2 + 5 * 8));
     assert!(row.latency_ms >= 0 && row.overhead_ms >= 0.0);
     assert!(row.overhead_ms <= row.latency_ms as f64 + 1.0);
     assert_eq!(row.ttft_ms, None);

@@ -130,7 +130,8 @@ async fn embeddings_usage_is_one_reported_priced_row() {
         (Some(9), Some(0), Some(9))
     );
     assert_eq!(row.cost_status, "priced");
-    assert!((row.cost_usd.unwrap() - 9.0 * 0.5 / 1e6).abs() < 1e-12);
+    // 9 tokens × $0.50/Mtok = 4.5 µ$, rounded half away from zero.
+    assert_eq!(row.cost_micros, Some(5));
     assert_eq!(row.error_class, None);
 }
 

@@ -21,5 +21,6 @@ mod quota;
 mod resilience;
 mod scale_out;
 mod tracing_export;
+mod usage_api;
 mod usage_counting;
 mod usage_spill;

@@ -118,22 +118,19 @@ async fn metrics_count_exactly_the_traffic_that_happened() {
     assert_eq!(
         value(
             &m,
-            "gateway_tokens_total{model=\"gpt-test\",type=\"input\"}"
+            "gateway_tokens_total{model=\"gpt-test\",type=\"prompt\"}"
         ),
         44.0
     );
     assert_eq!(
         value(
             &m,
-            "gateway_tokens_total{model=\"gpt-test\",type=\"output\"}"
+            "gateway_tokens_total{model=\"gpt-test\",type=\"completion\"}"
         ),
         20.0
     );
     let cost = value(&m, "gateway_cost_total{model=\"gpt-test\"}");
-    assert!(
-        (cost - 4.0 * (11.0 * 2.0 + 5.0 * 8.0) / 1e6).abs() < 1e-12,
-        "{cost}"
-    );
+    assert_eq!(cost, 4.0 * (11.0 * 2.0 + 5.0 * 8.0) / 1e6, "{cost}");
     assert_eq!(
         value(&m, "gateway_usage_records_total{source=\"reported\"}"),
         4.0
@@ -199,7 +196,10 @@ async fn unpriced_deployments_are_counted() {
         1.0
     );
     assert_eq!(
-        value(&m, "gateway_tokens_total{model=\"mock\",type=\"output\"}"),
+        value(
+            &m,
+            "gateway_tokens_total{model=\"mock\",type=\"completion\"}"
+        ),
         3.0
     );
 }

@@ -268,9 +268,16 @@ async fn a_spent_budget_is_insufficient_quota() {
     let error = assert_openai_error(refused.expect("the budget ran out"), 429).await;
     assert_eq!(error["code"], "insufficient_quota");
     let rows = app.usage_rows().await;
-    let micros: f64 = rows.iter().filter_map(|r| r.cost_usd).sum::<f64>() * 1e6;
-    assert_eq!(micros.round() as i64, 42 * ok);
-    assert!(42 * ok <= 200 && 42 * ok > 200 - 2 * 42, "{ok} requests");
+    let micros: i64 = rows.iter().filter_map(|r| r.cost_micros).sum();
+    assert_eq!(micros, 42 * ok, "tokens × price, to the micro-dollar");
+    assert!(micros <= 200 && micros > 200 - 2 * 42, "{ok} requests");
+    // The user's recorded spend is the sum of its rows, exactly.
+    let own: Value = app.get("/v1/usage", &key).await.json().await.unwrap();
+    assert_eq!(own["usage"]["user"]["all_time"]["cost_micros"], micros);
+    let budget = &own["limits"]["budget_usd"];
+    assert_eq!(budget["limit"], 0.0002);
+    assert_eq!(budget["used"], micros as f64 / 1e6);
+    assert_eq!(budget["micros"]["used"], micros);
 }
 
 #[actix_web::test]

@@ -9,6 +9,9 @@ use crate::domain::records::{
     Actor, ApiKeyInfo, AuditEntry, Deployment, DeploymentWithSecret, KeyGrant, Role, User,
 };
 use crate::domain::usage::UsageRecord;
+use crate::domain::usage_report::{
+    CallerUsage, GroupBy, RollupFilter, SummaryRow, UsageCursor, UsageFilter, UsagePage, UserSpend,
+};
 
 /// From the HTTP edge, fire-and-forget: buffer one usage row for the next batch.
 #[derive(Message)]
@@ -206,4 +209,40 @@ pub struct AppendAudit {
 #[rtype(result = "Result<usize, StoreError>")]
 pub struct ResealSecrets {
     pub new_key: std::sync::Arc<crate::crypto::MasterKey>,
+}
+
+/// From the quota code: a user's tokens and cost over all time, summed from the hourly
+/// rollups (so it includes every usage row written so far, and no buffered one).
+#[derive(Message)]
+#[rtype(result = "Result<UserSpend, StoreError>")]
+pub struct GetUserSpend {
+    pub user_id: String,
+}
+
+/// `GET /admin/usage`: the rows `filter` keeps, newest first, at most `limit`, strictly
+/// older than `before` when given.
+#[derive(Message)]
+#[rtype(result = "Result<UsagePage, StoreError>")]
+pub struct ListUsage {
+    pub filter: UsageFilter,
+    pub before: Option<UsageCursor>,
+    pub limit: u64,
+}
+
+/// `GET /admin/usage/summary`: totals per group, from the hourly rollups only.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<SummaryRow>, StoreError>")]
+pub struct SummarizeUsage {
+    pub group_by: GroupBy,
+    pub filter: RollupFilter,
+}
+
+/// `GET /v1/usage`: a key holder's own totals (its user's and its key's), over all time
+/// and over the UTC day holding `now` (Unix ms), from the hourly rollups.
+#[derive(Message)]
+#[rtype(result = "Result<CallerUsage, StoreError>")]
+pub struct GetCallerUsage {
+    pub user_id: String,
+    pub key_id: String,
+    pub now: i64,
 }

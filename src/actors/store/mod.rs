@@ -18,6 +18,8 @@ pub mod quota;
 mod secrets;
 mod spill;
 mod usage;
+mod usage_query;
+mod usage_rollup;
 mod users;
 
 use std::future::Future;

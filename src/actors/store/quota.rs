@@ -4,18 +4,18 @@
 //!
 //! A per-minute counter keeps its last minute (a `SlidingWindow`, as JSON); a total
 //! (tokens or micro-dollars a user may spend in all) keeps what has been leased in all,
-//! starting from the user's spend in the usage table when the counter is first needed.
+//! starting from the user's recorded spend (the usage rollups) when the counter is first
+//! needed.
 
 use actix::prelude::*;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
-    FromQueryResult, QueryFilter, QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
 };
 
 use super::{StoreActor, StoreError, begin_write};
 use crate::domain::quota::SlidingWindow;
-use crate::entities::{quota_counter, usage};
+use crate::entities::quota_counter;
 
 /// What one counter counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,31 +64,18 @@ pub fn total_subject(unit: SpendUnit, user_id: &str) -> String {
     }
 }
 
-#[derive(FromQueryResult)]
-struct Spend {
-    spent: Option<f64>,
-}
-
-/// What `user_id` has spent according to its usage rows.
+/// What `user_id` has spent according to its usage rows (their hourly rollups).
 async fn recorded_spend(
     txn: &DatabaseTransaction,
     user_id: &str,
     unit: SpendUnit,
 ) -> Result<u64, StoreError> {
-    // A sum of BIGINTs is NUMERIC on PostgreSQL: cast to one type both databases read.
-    let column = match unit {
-        SpendUnit::Tokens => "CAST(COALESCE(SUM(total_tokens), 0) AS DOUBLE PRECISION)",
-        SpendUnit::Micros => "CAST(COALESCE(SUM(cost_usd), 0) * 1000000 AS DOUBLE PRECISION)",
+    let spend = super::usage_rollup::user_spend(txn, user_id).await?;
+    let spent = match unit {
+        SpendUnit::Tokens => spend.tokens,
+        SpendUnit::Micros => spend.cost_micros,
     };
-    let spend = usage::Entity::find()
-        .select_only()
-        .column_as(Expr::cust(column), "spent")
-        .filter(usage::Column::UserId.eq(user_id))
-        .into_model::<Spend>()
-        .one(txn)
-        .await?;
-    let spent = spend.and_then(|s| s.spent).unwrap_or(0.0);
-    Ok(spent.max(0.0).round() as u64)
+    Ok(spent.max(0) as u64)
 }
 
 /// Locks the counter's row for this transaction, creating it if needed. On PostgreSQL the

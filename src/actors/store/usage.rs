@@ -6,7 +6,8 @@
 //! spill file is replayed.
 //!
 //! A batch is written as INSERTs of a few fixed row counts (powers of two), in one
-//! transaction. The database driver keeps every distinct statement text prepared, per
+//! transaction with the hourly rollups it adds to (`usage_rollup.rs`), so the rollups always
+//! equal the sum of the rows; the spill replay goes through the same path. The database driver keeps every distinct statement text prepared, per
 //! connection (up to 100 each): one INSERT per batch size would prepare a new statement
 //! for nearly every batch, and on SQLite a multi-row INSERT's program takes about 1.3 KiB
 //! per row, so the gateway's memory grew with every new batch size it met.
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::spill::{UsageSpill, spill_or_drop};
+use super::usage_rollup;
 use super::{WriterCmd, begin_write};
 use crate::domain::usage::UsageRecord;
 use crate::entities::usage;
@@ -62,7 +64,7 @@ pub(super) fn to_active_model(r: UsageRecord) -> usage::ActiveModel {
         prompt_tokens: Set(r.usage.map(|u| u.prompt)),
         completion_tokens: Set(r.usage.map(|u| u.completion)),
         total_tokens: Set(r.usage.map(|u| u.total)),
-        cost_usd: Set(r.cost_usd),
+        cost_micros: Set(r.cost_micros),
         cost_status: Set(r.cost_status.as_str().to_string()),
         status: Set(i32::from(r.status)),
         error_class: Set(r.error_class),
@@ -91,25 +93,22 @@ fn insert_sizes(rows: usize) -> impl Iterator<Item = usize> {
     std::iter::repeat_n(MAX_ROWS_PER_INSERT, full).chain(bits)
 }
 
-/// Inserts `rows` as INSERTs of the sizes `insert_sizes` gives (callers that need them
-/// atomic pass a transaction).
-async fn insert(db: &impl ConnectionTrait, rows: &[UsageRecord]) -> Result<(), DbErr> {
+/// Inserts `rows` as INSERTs of the sizes `insert_sizes` gives, and adds them to the hourly
+/// rollups; `conn` is a transaction, so rows and rollups land together or not at all.
+async fn insert(conn: &impl ConnectionTrait, rows: &[UsageRecord]) -> Result<(), DbErr> {
     let mut rest = rows;
     for size in insert_sizes(rows.len()) {
         let (chunk, tail) = rest.split_at(size.min(rest.len()));
         usage::Entity::insert_many(chunk.iter().cloned().map(to_active_model))
-            .exec_without_returning(db)
+            .exec_without_returning(conn)
             .await?;
         rest = tail;
     }
-    Ok(())
+    usage_rollup::add(conn, rows).await
 }
 
 /// Writes one batch, atomically.
 async fn insert_batch(db: &DatabaseConnection, rows: &[UsageRecord]) -> Result<(), DbErr> {
-    if rows.len().is_power_of_two() && rows.len() <= MAX_ROWS_PER_INSERT {
-        return insert(db, rows).await;
-    }
     let txn = begin_write(db).await?;
     insert(&txn, rows).await?;
     txn.commit().await
@@ -308,7 +307,7 @@ async fn replay_file(
         if line.trim_ascii().is_empty() {
             continue;
         }
-        match serde_json::from_slice::<UsageRecord>(&line) {
+        match super::spill::parse_line(&line) {
             Ok(row) => chunk.push(row),
             Err(e) => {
                 unreadable += 1;

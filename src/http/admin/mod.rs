@@ -1,4 +1,4 @@
-//! The admin API under `/admin`: users, keys, models (deployments), audit log. Reads need
+//! The admin API under `/admin`: users, keys, models (deployments), audit log, usage. Reads need
 //! admin, operator or viewer; model changes admin or operator; user and key changes admin.
 //! Every change is audited by the store in the change's own transaction, and the store
 //! answers once this instance's copies (key cache, routing table) follow the change: the
@@ -9,6 +9,7 @@ pub mod audit;
 pub mod keys;
 pub mod models;
 pub mod resilience;
+pub mod usage;
 pub mod users;
 
 use actix_web::web;
@@ -40,5 +41,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource!("/models/{model_id}/fallbacks", put => resilience::set_fallbacks))
         .service(resource!("/breakers", get => resilience::list_breakers))
         .service(resource!("/breakers/{deployment_id}", put => resilience::override_breaker))
-        .service(resource!("/audit", get => audit::list_audit));
+        .service(resource!("/audit", get => audit::list_audit))
+        .service(resource!("/usage", get => usage::list_usage))
+        .service(resource!("/usage/summary", get => usage::usage_summary));
 }

@@ -4,3 +4,4 @@ pub mod chat_completions;
 pub mod dialect;
 pub mod embeddings;
 pub mod models;
+pub mod usage;

@@ -41,6 +41,7 @@ use crate::http::{admin, anthropic, health, metrics, openai};
         anthropic::messages::messages,
         openai::embeddings::embeddings,
         openai::models::list_models,
+        openai::usage::own_usage,
         admin::users::create_user,
         admin::users::list_users,
         admin::users::set_quota,
@@ -58,6 +59,8 @@ use crate::http::{admin, anthropic, health, metrics, openai};
         admin::resilience::list_breakers,
         admin::resilience::override_breaker,
         admin::audit::list_audit,
+        admin::usage::list_usage,
+        admin::usage::usage_summary,
     ),
     // `Deployment` inlines its configuration's schema (`flattened_schema`): the types that
     // schema refers to are listed here.
