@@ -6,5 +6,6 @@ pub mod audit_log;
 pub mod deployment;
 pub mod model_fallback;
 pub mod usage;
+pub mod usage_daily;
 pub mod usage_hourly;
 pub mod user;
