@@ -14,7 +14,7 @@ use crate::BoxError;
 use crate::http::call_once;
 
 pub const ADMIN_KEY: &str = "lw-bench-admin-key-0123456789abcdef";
-pub const MASTER_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const MASTER_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 /// The release gateway binary: under `CARGO_TARGET_DIR` when set, else `<root>/target`.
 pub fn binary(root: &Path) -> PathBuf {

@@ -1,28 +1,24 @@
 //! `cargo run --release -p lowart-bench -- usage`: usage summaries over a million rows.
 //!
-//! Fills a fresh SQLite database with `BENCH_USAGE_ROWS` (1,000,000) usage rows through
-//! the gateway's own usage writer (`StoreActor` and `RecordUsage`: batches of the
-//! configured size, hourly rollups written in the rows' transactions), spread over 30 days,
-//! 20 users with 2 keys each and 5 models; then starts the release gateway on that
-//! database and times `GET /admin/usage/summary?group_by=model|user|key|day` and a few
-//! `GET /admin/usage` pages, one request at a time on a keep-alive connection. Every
-//! summary's request count must add up to the rows written. Prints a table and writes
-//! `target/bench/usage.json`.
+//! Fills a fresh SQLite database with `BENCH_USAGE_ROWS` (1,000,000) usage rows spread
+//! over 30 days, 20 users with 2 keys each and 5 models, through the gateway's own usage
+//! writer: the rows are written as usage spill files (the `UsageRecord` JSON lines the
+//! gateway spills when its database does not take them), which the release gateway
+//! replays at start through the same insert as its live batches (rows and rollups in one
+//! transaction), `PART` rows per start. Then it times
+//! `GET /admin/usage/summary?group_by=model|user|key|day` and a few `GET /admin/usage`
+//! pages, one request at a time on a keep-alive connection. Every summary's request count
+//! must add up to the rows written. Prints a table and writes `target/bench/usage.json`.
 
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
-use lowart::actors::store::{FlushUsage, RecordUsage, StoreActor, UsageOptions};
-use lowart::config::{Secret, Settings};
-use lowart::crypto::MasterKey;
-use lowart::domain::usage::{CostStatus, TokenUsage, UsageRecord, UsageSource};
-use lowart::telemetry::metrics::Metrics;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::BoxError;
-use crate::gateway::{self, ADMIN_KEY, MASTER_KEY, Spec};
+use crate::gateway::{self, ADMIN_KEY, Spec};
 use crate::http::Conn;
 use crate::sse::pct;
 
@@ -36,9 +32,10 @@ const MODELS: [(&str, f64, f64); 5] = [
     ("llama-70b", 0.0, 0.0),
     ("embed", 0.02, 0.0),
 ];
-/// Rows handed to the store before waiting for the writer (a flush is a barrier), so
-/// its bounded queue never overflows into the spill file.
-const CHUNK: u64 = 20_000;
+/// Rows replayed per gateway start (one spill file, one transaction).
+const PART: u64 = 250_000;
+/// The gateway's spill file in its working directory (`database.usage_spill_file`).
+const SPILL_FILE: &str = "lowart-usage.spill.jsonl";
 /// Timed calls per query, after two untimed ones.
 const CALLS: usize = 20;
 /// The goal per summary call on SQLite.
@@ -52,8 +49,9 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// Row `i` of `rows`, in time order over the last `DAYS` days before `end`.
-fn row(i: u64, rows: u64, end: i64) -> UsageRecord {
+/// Row `i` of `rows`, in time order over the last `DAYS` days before `end`, as a spill
+/// line (a `UsageRecord`).
+fn row(i: u64, rows: u64, end: i64) -> Value {
     let span = DAYS * 24 * 3_600_000;
     let created_at = end - span + (i as i64 * span) / rows as i64;
     let r = mix(i);
@@ -73,86 +71,75 @@ fn row(i: u64, rows: u64, end: i64) -> UsageRecord {
     } else {
         ((r >> 44) % 800) as i64
     };
-    let usage = ok.then_some(TokenUsage {
-        prompt,
-        completion,
-        total: prompt + completion,
-        ..TokenUsage::default()
-    });
     let priced = input > 0.0 || output > 0.0;
-    let (cost_micros, cost_status) = match (usage, priced) {
-        (None, _) => (None, CostStatus::Unknown),
-        (Some(_), false) => (None, CostStatus::Unpriced),
-        (Some(u), true) => (
-            Some((u.prompt as f64 * input + u.completion as f64 * output).round() as i64),
-            CostStatus::Priced,
+    let (usage, cost_micros, cost_status) = match (ok, priced) {
+        (false, _) => (Value::Null, Value::Null, "unknown"),
+        (true, priced) => (
+            json!({"prompt": prompt, "completion": completion, "total": prompt + completion}),
+            if priced {
+                json!((prompt as f64 * input + completion as f64 * output).round() as i64)
+            } else {
+                Value::Null
+            },
+            if priced { "priced" } else { "unpriced" },
         ),
     };
     // Latencies over three decades, 40 ms to 40 s, most of them short.
     let spread = ((r >> 52) % 1000) as f64 / 1000.0;
     let latency_ms = (40.0 * 1000f64.powf(spread.powf(1.5))) as i64;
-    UsageRecord {
-        request_id: format!("bench-{i}"),
-        user_id: Some(format!("user-{user:02}")),
-        key_id: Some(format!("key-{key:02}")),
-        model: model.to_owned(),
-        deployment_id: Some(format!("dep-{model}")),
-        usage,
-        cost_micros,
-        cost_status,
-        status,
-        error_class: (!ok).then(|| "upstream_error".to_owned()),
-        latency_ms,
-        overhead_ms: 0.3,
-        ttft_ms: None,
-        stream: false,
-        usage_source: if ok {
-            UsageSource::Reported
-        } else {
-            UsageSource::Missing
-        },
-        created_at,
-        attempts: 1,
-    }
+    json!({
+        "request_id": format!("bench-{i}"),
+        "user_id": format!("user-{user:02}"),
+        "key_id": format!("key-{key:02}"),
+        "model": model,
+        "deployment_id": format!("dep-{model}"),
+        "usage": usage,
+        "cost_micros": cost_micros,
+        "cost_status": cost_status,
+        "status": status,
+        "error_class": if ok { Value::Null } else { json!("upstream_error") },
+        "latency_ms": latency_ms,
+        "overhead_ms": 0.3,
+        "ttft_ms": null,
+        "stream": false,
+        "usage_source": if ok { "reported" } else { "missing" },
+        "created_at": created_at,
+        "attempts": 1,
+    })
 }
 
-/// Writes `rows` usage rows into the database at `url` through a `StoreActor`, on a
-/// thread of its own running an actix system; answers the time it took.
-fn fill(url: String, spill: PathBuf, rows: u64) -> Result<Duration, BoxError> {
-    let system = actix::System::new();
-    system.block_on(async move {
-        let mut settings = Settings::default();
-        settings.database.url = Secret::new(url);
-        settings.database.usage_spill_file = spill.clone();
-        let db = lowart::startup::connect_and_migrate(&settings).await?;
-        let master_key = Arc::new(MasterKey::from_hex(MASTER_KEY)?);
-        let usage = UsageOptions::from_settings(&settings.database);
-        let store = actix::Actor::start(StoreActor::new(
-            db,
-            master_key,
-            usage,
-            Arc::new(Metrics::new()),
-        ));
-        let end = lowart::domain::now_ms();
-        let started = Instant::now();
-        let mut i = 0;
-        while i < rows {
-            let upto = (i + CHUNK).min(rows);
-            for n in i..upto {
-                store.do_send(RecordUsage(row(n, rows, end)));
-            }
-            store.send(FlushUsage).await?;
-            i = upto;
-            if i % 200_000 == 0 {
-                eprintln!("bench: {i} usage rows written");
-            }
+/// Writes rows `from..to` as the gateway's spill file in `dir`.
+fn write_spill(dir: &Path, from: u64, to: u64, rows: u64, end: i64) -> Result<(), BoxError> {
+    let mut out = BufWriter::new(std::fs::File::create(dir.join(SPILL_FILE))?);
+    for i in from..to {
+        serde_json::to_writer(&mut out, &row(i, rows, end))?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Fills the database in `spec.dir` with `rows` rows, `PART` per gateway start; answers
+/// the time the gateway took to replay them (its start times).
+async fn fill(spec: &Spec, rows: u64) -> Result<Duration, BoxError> {
+    let end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let mut took = Duration::ZERO;
+    let mut from = 0;
+    while from < rows {
+        let to = (from + PART).min(rows);
+        write_spill(&spec.dir, from, to, rows, end)?;
+        let (gw, ready) = spec.start().await?;
+        gw.stop().await?;
+        if spec.dir.join(SPILL_FILE).exists() {
+            return Err("the gateway did not replay the usage spill file".into());
         }
-        let took = started.elapsed();
-        if spill.exists() {
-            return Err("the usage writer spilled rows: the fill is not complete".into());
-        }
-        Ok(took)
-    })
+        took += ready;
+        from = to;
+        eprintln!("bench: {to} usage rows replayed");
+    }
+    Ok(took)
 }
 
 /// One timed query: its path and the durations of its calls, in ms.
@@ -199,14 +186,14 @@ pub async fn run(root: &Path, pinned: bool) -> Result<(), BoxError> {
     let dir: PathBuf =
         std::env::temp_dir().join(format!("lowart-bench-usage-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let url = format!("sqlite://{}/lowart.db?mode=rwc", dir.display());
-    let spill = dir.join("lowart-usage.spill.jsonl");
-    eprintln!("bench: writing {rows} usage rows through the usage writer");
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(fill(url, spill, rows).map_err(|e| e.to_string()));
-    });
-    let fill_time = rx.await??;
+    let spec = Spec {
+        bin: gateway::binary(root),
+        dir: dir.clone(),
+        pin: pinned,
+        wrapper: Vec::new(),
+    };
+    eprintln!("bench: writing {rows} usage rows through the gateway's usage writer");
+    let fill_time = fill(&spec, rows).await?;
     let db_mib = std::fs::metadata(dir.join("lowart.db"))?.len() as f64 / (1024.0 * 1024.0);
     eprintln!(
         "bench: {rows} rows in {:.1} s ({:.0} rows/s), database {db_mib:.0} MiB",
@@ -214,12 +201,6 @@ pub async fn run(root: &Path, pinned: bool) -> Result<(), BoxError> {
         rows as f64 / fill_time.as_secs_f64()
     );
 
-    let spec = Spec {
-        bin: gateway::binary(root),
-        dir: dir.clone(),
-        pin: pinned,
-        wrapper: Vec::new(),
-    };
     let (gw, _) = spec.start().await?;
     let mut conn = Conn::open(gw.addr).await?;
     let mut timings = Vec::new();
@@ -227,20 +208,28 @@ pub async fn run(root: &Path, pinned: bool) -> Result<(), BoxError> {
         let path = format!("/admin/usage/summary?group_by={group_by}");
         timings.push(time(&mut conn, &path, Some(rows)).await?);
     }
+    // The last week and a half, from the middle of an hour: whole days from the daily
+    // rollups, the hours around them from the hourly ones.
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64
+        - 10 * 24 * 3_600_000
+        - 5_400_000;
     for path in [
-        "/admin/usage/summary?group_by=day&user_id=user-07",
-        "/admin/usage?limit=100",
-        "/admin/usage?limit=100&user_id=user-07&model=gpt-4o",
-        "/admin/usage?limit=100&status=error",
+        format!("/admin/usage/summary?group_by=model&since={since}"),
+        "/admin/usage/summary?group_by=day&user_id=user-07".to_owned(),
+        "/admin/usage?limit=100".to_owned(),
+        "/admin/usage?limit=100&user_id=user-07&model=gpt-4o".to_owned(),
+        "/admin/usage?limit=100&status=error".to_owned(),
     ] {
-        timings.push(time(&mut conn, path, None).await?);
+        timings.push(time(&mut conn, &path, None).await?);
     }
     gw.stop().await?;
     let _ = std::fs::remove_dir_all(&dir);
 
     let mut table = format!(
         "Usage API over {rows} usage rows on SQLite ({DAYS} days, {USERS} users, {} keys, {} models); \
-         fill {:.1} s ({:.0} rows/s through the usage writer), database {db_mib:.0} MiB\n\n\
+         fill {:.1} s ({:.0} rows/s replayed through the usage writer), database {db_mib:.0} MiB\n\n\
          | query | groups/rows | median ms | p90 ms | max ms | goal |\n| --- | ---: | ---: | ---: | ---: | --- |\n",
         USERS * KEYS_PER_USER,
         MODELS.len(),

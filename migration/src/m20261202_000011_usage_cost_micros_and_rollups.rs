@@ -1,8 +1,8 @@
-//! Exact money and hourly rollups. `usage.cost_usd` (a float) becomes `usage.cost_micros`
-//! (integer micro-dollars, rounded from the old figure), and `usage_hourly` holds per
-//! (hour, user, key, model) the sums of the usage rows and a latency histogram, built here
-//! from the rows already stored; from now on the usage writer keeps it in step, in the
-//! transaction that inserts the rows.
+//! Exact money and usage rollups. `usage.cost_usd` (a float) becomes `usage.cost_micros`
+//! (integer micro-dollars, rounded from the old figure), and `usage_hourly` and
+//! `usage_daily` hold per (hour or UTC day, user, key, model) the sums of the usage rows and
+//! a latency histogram, built here from the rows already stored; from now on the usage
+//! writer keeps them in step, in the transaction that inserts the rows.
 
 use sea_orm_migration::sea_orm::ConnectionTrait;
 use sea_orm_migration::{prelude::*, schema::*};
@@ -38,22 +38,94 @@ fn latency_buckets() -> Vec<(String, String)> {
     buckets
 }
 
-/// The summed columns of `usage_hourly` and the expression each is built from.
-const SUMS: [(UsageHourly, &str); 7] = [
-    (UsageHourly::Requests, "COUNT(*)"),
-    (
-        UsageHourly::Errors,
-        "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END)",
-    ),
-    (UsageHourly::PromptTokens, "COALESCE(SUM(prompt_tokens), 0)"),
-    (
-        UsageHourly::CompletionTokens,
-        "COALESCE(SUM(completion_tokens), 0)",
-    ),
-    (UsageHourly::TotalTokens, "COALESCE(SUM(total_tokens), 0)"),
-    (UsageHourly::CostMicros, "COALESCE(SUM(cost_micros), 0)"),
-    (UsageHourly::LatencyMsSum, "SUM(latency_ms)"),
+/// The summed columns of a rollup table and the expression each is built from.
+const SUMS: [(&str, &str); 7] = [
+    ("requests", "COUNT(*)"),
+    ("errors", "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END)"),
+    ("prompt_tokens", "COALESCE(SUM(prompt_tokens), 0)"),
+    ("completion_tokens", "COALESCE(SUM(completion_tokens), 0)"),
+    ("total_tokens", "COALESCE(SUM(total_tokens), 0)"),
+    ("cost_micros", "COALESCE(SUM(cost_micros), 0)"),
+    ("latency_ms_sum", "SUM(latency_ms)"),
 ];
+
+/// The rollup tables: name, the column holding the period's start, the period in ms.
+const ROLLUPS: [(&str, &str, i64); 2] = [
+    ("usage_hourly", "hour", 3_600_000),
+    ("usage_daily", "day", 86_400_000),
+];
+
+/// Creates one rollup table with its indexes, and fills it from the stored usage rows.
+async fn create_rollup(
+    manager: &SchemaManager<'_>,
+    (name, start, period_ms): (&str, &str, i64),
+) -> Result<(), DbErr> {
+    let identity = [start, "user_id", "key_id", "model"].map(Alias::new);
+    let mut table = Table::create();
+    table
+        .table(Alias::new(name))
+        .if_not_exists()
+        .col(big_integer(identity[0].clone()));
+    for column in &identity[1..] {
+        table.col(string(column.clone()));
+    }
+    let buckets = latency_buckets();
+    for column in SUMS
+        .iter()
+        .map(|(c, _)| (*c).to_owned())
+        .chain(buckets.iter().map(|(c, _)| c.clone()))
+    {
+        table.col(big_integer(Alias::new(column)).default(0).to_owned());
+    }
+    let mut primary_key = Index::create();
+    for column in &identity {
+        primary_key.col(column.clone());
+    }
+    table.primary_key(&mut primary_key);
+    manager.create_table(table.to_owned()).await?;
+    for by in ["user_id", "key_id"] {
+        manager
+            .create_index(
+                Index::create()
+                    .name(format!("idx_{name}_{by}_{start}"))
+                    .table(Alias::new(name))
+                    .col(Alias::new(by))
+                    .col(Alias::new(start))
+                    .to_owned(),
+            )
+            .await?;
+    }
+
+    let columns: Vec<String> = [start, "user_id", "key_id", "model"]
+        .into_iter()
+        .chain(SUMS.iter().map(|(c, _)| *c))
+        .map(str::to_owned)
+        .chain(buckets.iter().map(|(c, _)| c.clone()))
+        .collect();
+    let values: Vec<String> = [
+        format!("(created_at / {period_ms}) * {period_ms}"),
+        "COALESCE(user_id, '')".to_owned(),
+        "COALESCE(key_id, '')".to_owned(),
+        "model".to_owned(),
+    ]
+    .into_iter()
+    .chain(SUMS.iter().map(|(_, sum)| (*sum).to_owned()))
+    .chain(
+        buckets
+            .iter()
+            .map(|(_, when)| format!("SUM(CASE WHEN {when} THEN 1 ELSE 0 END)")),
+    )
+    .collect();
+    manager
+        .get_connection()
+        .execute_unprepared(&format!(
+            "INSERT INTO {name} ({}) SELECT {} FROM \"usage\" GROUP BY 1, 2, 3, 4",
+            columns.join(", "),
+            values.join(", ")
+        ))
+        .await?;
+    Ok(())
+}
 
 async fn alter_usage(
     manager: &SchemaManager<'_>,
@@ -89,79 +161,18 @@ impl MigrationTrait for Migration {
         // Not indexed or constrained, so SQLite (3.35+) can drop it.
         alter_usage(manager, Table::alter().drop_column(Usage::CostUsd)).await?;
 
-        let mut table = Table::create();
-        table
-            .table(UsageHourly::Table)
-            .if_not_exists()
-            .col(big_integer(UsageHourly::Hour))
-            .col(string(UsageHourly::UserId))
-            .col(string(UsageHourly::KeyId))
-            .col(string(UsageHourly::Model));
-        for (column, _) in SUMS {
-            table.col(big_integer(column).default(0).to_owned());
+        for rollup in ROLLUPS {
+            create_rollup(manager, rollup).await?;
         }
-        for (column, _) in latency_buckets() {
-            table.col(big_integer(Alias::new(column)).default(0).to_owned());
-        }
-        table.primary_key(
-            Index::create()
-                .col(UsageHourly::Hour)
-                .col(UsageHourly::UserId)
-                .col(UsageHourly::KeyId)
-                .col(UsageHourly::Model),
-        );
-        manager.create_table(table.to_owned()).await?;
-        for (name, column) in [
-            ("idx_usage_hourly_user_id_hour", UsageHourly::UserId),
-            ("idx_usage_hourly_key_id_hour", UsageHourly::KeyId),
-        ] {
-            manager
-                .create_index(
-                    Index::create()
-                        .name(name)
-                        .table(UsageHourly::Table)
-                        .col(column)
-                        .col(UsageHourly::Hour)
-                        .to_owned(),
-                )
-                .await?;
-        }
-
-        let buckets = latency_buckets();
-        let columns: Vec<String> = ["hour", "user_id", "key_id", "model"]
-            .into_iter()
-            .map(str::to_string)
-            .chain(SUMS.iter().map(|(c, _)| c.to_string()))
-            .chain(buckets.iter().map(|(c, _)| c.clone()))
-            .collect();
-        let values: Vec<String> = [
-            "(created_at / 3600000) * 3600000",
-            "COALESCE(user_id, '')",
-            "COALESCE(key_id, '')",
-            "model",
-        ]
-        .into_iter()
-        .map(str::to_string)
-        .chain(SUMS.iter().map(|(_, sum)| (*sum).to_owned()))
-        .chain(
-            buckets
-                .iter()
-                .map(|(_, when)| format!("SUM(CASE WHEN {when} THEN 1 ELSE 0 END)")),
-        )
-        .collect();
-        db.execute_unprepared(&format!(
-            "INSERT INTO usage_hourly ({}) SELECT {} FROM \"usage\" GROUP BY 1, 2, 3, 4",
-            columns.join(", "),
-            values.join(", ")
-        ))
-        .await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(Table::drop().table(UsageHourly::Table).to_owned())
-            .await?;
+        for (name, _, _) in ROLLUPS {
+            manager
+                .drop_table(Table::drop().table(Alias::new(name)).to_owned())
+                .await?;
+        }
         alter_usage(
             manager,
             Table::alter().add_column(double_null(Usage::CostUsd)),
@@ -183,20 +194,4 @@ enum Usage {
     Table,
     CostUsd,
     CostMicros,
-}
-
-#[derive(DeriveIden, Clone, Copy)]
-enum UsageHourly {
-    Table,
-    Hour,
-    UserId,
-    KeyId,
-    Model,
-    Requests,
-    Errors,
-    PromptTokens,
-    CompletionTokens,
-    TotalTokens,
-    CostMicros,
-    LatencyMsSum,
 }

@@ -155,9 +155,8 @@ impl GroupBy {
     }
 }
 
-/// Which rollup rows a summary adds up. Rollups are hourly: `since` counts from the start
-/// of its hour, `until` up to the end of its hour (an hour is in when it starts before
-/// `until`).
+/// Which usage a summary adds up, from the rollups: `since` counts from the start of its
+/// hour, `until` up to the end of its hour (an hour is in when it starts before `until`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RollupFilter {
     pub user_id: Option<String>,
@@ -177,6 +176,25 @@ pub struct UsageTotals {
     pub total_tokens: i64,
     #[serde(flatten)]
     pub cost: Cost,
+}
+
+impl UsageTotals {
+    /// No usage (costing nothing, rather than unpriced).
+    pub fn zero() -> Self {
+        Self {
+            cost: Cost(Some(0)),
+            ..Self::default()
+        }
+    }
+
+    pub fn add(&mut self, other: &Self) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.total_tokens += other.total_tokens;
+        self.cost = Cost(Some(self.cost.0.unwrap_or(0) + other.cost.0.unwrap_or(0)));
+    }
 }
 
 /// Latency percentiles in milliseconds, estimated from the rollups' histogram.

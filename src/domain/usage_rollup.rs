@@ -1,7 +1,9 @@
-//! Hourly usage rollups: what a batch of usage rows adds to the per-hour totals of each
-//! (user, key, model), and the latency histogram that lets p50/p95 be read from rollups
-//! alone. The store adds these deltas in the transaction that inserts the rows, so the
-//! rollups always equal the sum of the rows.
+//! Usage rollups: what a batch of usage rows adds to the per-hour and per-day totals of
+//! each (user, key, model), with the latency histogram that lets p50/p95 be read from
+//! rollups alone, and which rollup rows answer a period (`RollupPlan`: whole days from the
+//! daily rollups, the hours at either end from the hourly ones). The store adds the deltas
+//! in the transaction that inserts the rows, so the rollups always equal the sum of the
+//! rows.
 
 use std::collections::BTreeMap;
 
@@ -25,12 +27,106 @@ pub type LatencyHistogram = [i64; LATENCY_BUCKETS];
 
 /// The start of the UTC hour holding `ms`.
 pub fn hour_start(ms: i64) -> i64 {
-    ms.div_euclid(HOUR_MS) * HOUR_MS
+    Period::Hour.start_of(ms)
 }
 
 /// The start of the UTC day holding `ms`.
 pub fn day_start(ms: i64) -> i64 {
-    ms.div_euclid(DAY_MS) * DAY_MS
+    Period::Day.start_of(ms)
+}
+
+/// The period a rollup row covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Hour,
+    Day,
+}
+
+impl Period {
+    pub fn ms(self) -> i64 {
+        match self {
+            Self::Hour => HOUR_MS,
+            Self::Day => DAY_MS,
+        }
+    }
+
+    /// The start of the period holding `ms` (UTC).
+    pub fn start_of(self, ms: i64) -> i64 {
+        ms.div_euclid(self.ms()) * self.ms()
+    }
+
+    /// The first period start at or after `ms`.
+    pub fn start_at_or_after(self, ms: i64) -> i64 {
+        let start = self.start_of(ms);
+        if start == ms {
+            start
+        } else {
+            start.saturating_add(self.ms())
+        }
+    }
+}
+
+/// Period starts from `from` (inclusive) to `to` (exclusive); `None` is unbounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartRange {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+/// Which rollup rows add up to the usage between `since` and `until`, at hour
+/// granularity: every hour that starts in `[hour of since, until)`. Whole days come from
+/// the daily rollups; the hours before the first and after the last whole day from the
+/// hourly ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupPlan {
+    pub days: Option<StartRange>,
+    pub hours: Vec<StartRange>,
+}
+
+impl RollupPlan {
+    pub fn new(since: Option<i64>, until: Option<i64>) -> Self {
+        let first_hour = since.map(hour_start);
+        let end_hour = until.map(|u| Period::Hour.start_at_or_after(u));
+        let first_day = first_hour.map(|h| Period::Day.start_at_or_after(h));
+        let end_day = end_hour.map(day_start);
+        let whole_days = match (first_day, end_day) {
+            (Some(a), Some(b)) => a < b,
+            _ => true,
+        };
+        if !whole_days {
+            return Self {
+                days: None,
+                hours: vec![StartRange {
+                    from: first_hour,
+                    to: end_hour,
+                }],
+            };
+        }
+        let mut hours = Vec::new();
+        if let (Some(from), Some(to)) = (first_hour, first_day)
+            && from < to
+        {
+            hours.push(StartRange {
+                from: Some(from),
+                to: Some(to),
+            });
+        }
+        if let (Some(from), Some(to)) = (end_day, end_hour)
+            && from < to
+        {
+            hours.push(StartRange {
+                from: Some(from),
+                to: Some(to),
+            });
+        }
+        Self {
+            days: Some(StartRange {
+                from: first_day,
+                to: end_day,
+            }),
+            hours,
+        }
+    }
 }
 
 /// The bucket of a latency (negative ones, which a clock step could make, go first).
@@ -67,7 +163,8 @@ pub fn percentile(histogram: &LatencyHistogram, q: f64) -> Option<f64> {
 /// unique index (where NULLs never collide) holds.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RollupKey {
-    pub hour: i64,
+    /// The start of the hour or day.
+    pub start: i64,
     pub user_id: String,
     pub key_id: String,
     pub model: String,
@@ -102,15 +199,16 @@ impl RollupDelta {
     }
 }
 
-/// The rollup deltas of `rows`, one per (hour, user, key, model), in key order (so
+/// The rollup deltas of `rows`, one per (period, user, key, model), in key order (so
 /// concurrent writers lock rollup rows in the same order).
 pub fn rollups<'a>(
     rows: impl IntoIterator<Item = &'a UsageRecord>,
+    period: Period,
 ) -> BTreeMap<RollupKey, RollupDelta> {
     let mut deltas: BTreeMap<RollupKey, RollupDelta> = BTreeMap::new();
     for row in rows {
         let key = RollupKey {
-            hour: hour_start(row.created_at),
+            start: period.start_of(row.created_at),
             user_id: row.user_id.clone().unwrap_or_default(),
             key_id: row.key_id.clone().unwrap_or_default(),
             model: row.model.clone(),
@@ -174,10 +272,11 @@ mod tests {
             row("b", "m", h + 5, 200, 150),
             row("a", "n", h + 5, 200, 150),
         ];
-        let deltas = rollups(&rows);
+        let deltas = rollups(&rows, Period::Hour);
         assert_eq!(deltas.len(), 4);
+        assert_eq!(rollups(&rows, Period::Day).len(), 3);
         let first = &deltas[&RollupKey {
-            hour: h,
+            start: h,
             user_id: "a".into(),
             key_id: "a-key".into(),
             model: "m".into(),
@@ -201,7 +300,7 @@ mod tests {
             key_id: None,
             ..row("x", "m", h, 200, 1)
         };
-        let key = rollups([&none]).into_keys().next().unwrap();
+        let key = rollups([&none], Period::Hour).into_keys().next().unwrap();
         assert_eq!((key.user_id.as_str(), key.key_id.as_str()), ("", ""));
     }
 
@@ -222,10 +321,75 @@ mod tests {
         assert_eq!(percentile(&fast, 0.5), Some(0.5));
     }
 
+    fn range(from: Option<i64>, to: Option<i64>) -> StartRange {
+        StartRange { from, to }
+    }
+
+    #[test]
+    fn periods_read_whole_days_from_daily_rollups_and_the_ends_from_hourly_ones() {
+        let d = 20_000 * DAY_MS;
+        assert_eq!(
+            RollupPlan::new(None, None),
+            RollupPlan {
+                days: Some(range(None, None)),
+                hours: vec![]
+            }
+        );
+        // 10:30 on day d to 05:10 on day d+3: hours 10..24 of d, days d+1 and d+2, hours
+        // 0..6 of d+3 (05:00 starts before 05:10).
+        let plan = RollupPlan::new(
+            Some(d + 10 * HOUR_MS + 1_800_000),
+            Some(d + 3 * DAY_MS + 5 * HOUR_MS + 600_000),
+        );
+        assert_eq!(
+            plan,
+            RollupPlan {
+                days: Some(range(Some(d + DAY_MS), Some(d + 3 * DAY_MS))),
+                hours: vec![
+                    range(Some(d + 10 * HOUR_MS), Some(d + DAY_MS)),
+                    range(Some(d + 3 * DAY_MS), Some(d + 3 * DAY_MS + 6 * HOUR_MS)),
+                ]
+            }
+        );
+        // Day boundaries exactly: days only.
+        assert_eq!(
+            RollupPlan::new(Some(d), Some(d + 2 * DAY_MS)),
+            RollupPlan {
+                days: Some(range(Some(d), Some(d + 2 * DAY_MS))),
+                hours: vec![]
+            }
+        );
+        // Within one day: hours only.
+        assert_eq!(
+            RollupPlan::new(Some(d + HOUR_MS), Some(d + 3 * HOUR_MS)),
+            RollupPlan {
+                days: None,
+                hours: vec![range(Some(d + HOUR_MS), Some(d + 3 * HOUR_MS))]
+            }
+        );
+        // Open-ended: whole days from the first full one on.
+        assert_eq!(
+            RollupPlan::new(Some(d + 23 * HOUR_MS), None),
+            RollupPlan {
+                days: Some(range(Some(d + DAY_MS), None)),
+                hours: vec![range(Some(d + 23 * HOUR_MS), Some(d + DAY_MS))]
+            }
+        );
+        assert_eq!(
+            RollupPlan::new(None, Some(d + 1)),
+            RollupPlan {
+                days: Some(range(None, Some(d))),
+                hours: vec![range(Some(d), Some(d + HOUR_MS))]
+            }
+        );
+    }
+
     #[test]
     fn hours_and_days_start_on_utc_boundaries() {
         assert_eq!(hour_start(HOUR_MS + 1), HOUR_MS);
         assert_eq!(hour_start(-1), -HOUR_MS);
         assert_eq!(day_start(DAY_MS * 3 + 5), DAY_MS * 3);
+        assert_eq!(Period::Hour.start_at_or_after(HOUR_MS), HOUR_MS);
+        assert_eq!(Period::Hour.start_at_or_after(HOUR_MS + 1), 2 * HOUR_MS);
     }
 }

@@ -7,5 +7,6 @@ pub mod deployment;
 pub mod model_fallback;
 pub mod quota_counter;
 pub mod usage;
+pub mod usage_daily;
 pub mod usage_hourly;
 pub mod user;

@@ -1,6 +1,7 @@
 //! `usage_hourly`: per UTC hour, user, key and model, the sums of the usage rows and their
 //! latency histogram (`domain::usage_rollup`). A row without a user or key rolls up under
-//! `""`. Maintained by the usage writer in the rows' own transaction.
+//! `""`. Maintained by the usage writer in the rows' own transaction; `usage_daily` has the
+//! same columns per UTC day.
 
 use sea_orm::entity::prelude::*;
 

@@ -498,26 +498,33 @@ async fn replayed_rows_over_several_days_roll_up_exactly_with_old_spill_lines() 
         );
     }
     assert_every_summary_matches(&app, &rows).await;
-    // Hour granularity: `since` counts from the start of its hour, `until` to its end.
-    let (since, until) = (
-        start + DAY_MS + 10 * 60_000,
-        start + 2 * DAY_MS + 10 * 60_000,
-    );
+    // Hour granularity: `since` counts from the start of its hour, `until` to its end;
+    // whole days are read from the daily rollups, the hours around them from the hourly.
     let hour = |t: i64| t - t % HOUR_MS;
-    let window: Vec<usage::Model> = rows
-        .iter()
-        .filter(|r| hour(r.created_at) >= hour(since) && hour(r.created_at) < until)
-        .cloned()
-        .collect();
-    assert!(window.len() > 10 && window.len() < 60);
-    assert_summary_matches(
-        &app,
-        &window,
-        "day",
-        &format!("&since={since}&until={until}"),
-        |r| day_of(r.created_at),
-    )
-    .await;
+    for (since, until) in [
+        (
+            start + DAY_MS + 10 * 60_000,
+            start + 2 * DAY_MS + 10 * 60_000,
+        ),
+        (
+            start + 13 * HOUR_MS + 7 * 60_000,
+            start + 2 * DAY_MS + 5 * HOUR_MS + 60_000,
+        ),
+        (start + 3 * HOUR_MS, start + 9 * HOUR_MS + 1),
+    ] {
+        let window: Vec<usage::Model> = rows
+            .iter()
+            .filter(|r| hour(r.created_at) >= hour(since) && hour(r.created_at) < until)
+            .cloned()
+            .collect();
+        assert!(window.len() > 3 && window.len() < 60, "{}", window.len());
+        let query = format!("&since={since}&until={until}");
+        assert_summary_matches(&app, &window, "day", &query, |r| day_of(r.created_at)).await;
+        assert_summary_matches(&app, &window, "user", &query, |r| {
+            r.user_id.clone().unwrap_or_default()
+        })
+        .await;
+    }
     // The buckets separate fast from slow: a model's p50 and p95 differ.
     let summary = get_json(&app, "/admin/usage/summary?group_by=model", &app.admin_key).await;
     let latency = &summary["data"][0]["latency_ms"];
@@ -713,6 +720,20 @@ async fn the_migration_turns_dollars_into_micro_dollars_and_rolls_up_stored_rows
         [1, 0, 1, 1]
     );
     assert_eq!(read(0, "latency_le_10"), 1);
+    let daily = db
+        .query_all_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT day, user_id, requests, cost_micros, latency_le_200 FROM usage_daily \
+             ORDER BY user_id",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(daily.len(), 2);
+    assert_eq!(
+        ["day", "requests", "cost_micros", "latency_le_200"]
+            .map(|c| daily[1].try_get::<i64>("", c).unwrap()),
+        [hour - hour % DAY_MS, 3, 67, 1]
+    );
     let _ = db.close().await;
     drop_test_database(&url);
 }

@@ -6,11 +6,12 @@
 //! spill file is replayed.
 //!
 //! A batch is written as INSERTs of a few fixed row counts (powers of two), in one
-//! transaction with the hourly rollups it adds to (`usage_rollup.rs`), so the rollups always
-//! equal the sum of the rows; the spill replay goes through the same path. The database driver keeps every distinct statement text prepared, per
-//! connection (up to 100 each): one INSERT per batch size would prepare a new statement
-//! for nearly every batch, and on SQLite a multi-row INSERT's program takes about 1.3 KiB
-//! per row, so the gateway's memory grew with every new batch size it met.
+//! transaction with the hourly rollups it adds to (`usage_rollup.rs`), so the rollups
+//! always equal the sum of the rows; the spill replay goes through the same path. The
+//! database driver keeps every distinct statement text prepared, per connection (up to
+//! 100 each): one INSERT per batch size would prepare a new statement for nearly every
+//! batch, and on SQLite a multi-row INSERT's program takes about 1.3 KiB per row, so the
+//! gateway's memory grew with every new batch size it met.
 
 use std::io::{BufRead, BufReader};
 use std::sync::Arc;

@@ -1,24 +1,28 @@
 //! Reads for the usage API: usage rows newest first (keyset paging on `created_at`, `id`),
-//! and summaries and a caller's totals from the hourly rollups only, so their cost grows
-//! with hours × active (user, key, model), never with the number of requests.
+//! and summaries and a caller's totals from the rollups only (whole days from
+//! `usage_daily`, the hours at either end from `usage_hourly`), so their cost grows with
+//! days × active (user, key, model), never with the number of requests.
 
 use actix::prelude::*;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query, SelectStatement};
+use std::collections::BTreeMap;
+
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query, SelectStatement};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, IdenStatic, QueryFilter,
     QueryOrder, QueryResult, QuerySelect,
 };
 
+use super::usage_rollup::{DAILY, HOURLY, RollupTable};
 use super::{GetCallerUsage, ListUsage, StoreActor, StoreError, SummarizeUsage};
 use crate::domain::usage_report::{
     CallerUsage, Cost, GroupBy, LatencyPercentiles, PeriodTotals, RollupFilter, StatusFilter,
     SummaryRow, UsageCursor, UsageFilter, UsagePage, UsageRow, UsageTotals, day_label,
 };
 use crate::domain::usage_rollup::{
-    DAY_MS, LATENCY_BUCKETS, LatencyHistogram, day_start, hour_start,
+    DAY_MS, LATENCY_BUCKETS, LatencyHistogram, RollupPlan, StartRange, day_start,
 };
 use crate::entities::usage;
-use crate::entities::usage_hourly::{self, LATENCY_COLUMNS};
+use crate::entities::usage_hourly::LATENCY_COLUMNS;
 
 fn to_row(m: usage::Model) -> UsageRow {
     UsageRow {
@@ -119,38 +123,63 @@ const SUMMED: [&str; 6] = [
     "cost_micros",
 ];
 
-/// `SELECT <sums> FROM usage_hourly WHERE <filter>`; with `latency`, the histogram too.
-fn rollup_select(filter: &RollupFilter, latency: bool) -> SelectStatement {
-    use usage_hourly::Column;
+/// `SELECT <sums> FROM <table> WHERE <filter> AND <start in one of ranges>`; with
+/// `latency`, the histogram too.
+fn rollup_select(
+    table: RollupTable,
+    filter: &RollupFilter,
+    ranges: &[StartRange],
+    latency: bool,
+) -> SelectStatement {
     let mut select = Query::select();
-    select.from(usage_hourly::Entity);
+    select.from(Alias::new(table.name));
     let latency_columns = LATENCY_COLUMNS.iter().filter(|_| latency);
     for name in SUMMED
-        .iter()
-        .map(|n| n.to_string())
-        .chain(latency_columns.map(|c| c.as_str().to_string()))
+        .into_iter()
+        .chain(latency_columns.map(|c| c.as_str()))
     {
         select.expr_as(
             Expr::cust(format!("CAST(COALESCE(SUM({name}), 0) AS BIGINT)")),
             Alias::new(name),
         );
     }
-    if let Some(user) = &filter.user_id {
-        select.and_where(Expr::col(Column::UserId).eq(user.as_str()));
+    for (column, value) in [
+        ("user_id", &filter.user_id),
+        ("key_id", &filter.key_id),
+        ("model", &filter.model),
+    ] {
+        if let Some(value) = value {
+            select.and_where(Expr::col(Alias::new(column)).eq(value.as_str()));
+        }
     }
-    if let Some(key) = &filter.key_id {
-        select.and_where(Expr::col(Column::KeyId).eq(key.as_str()));
-    }
-    if let Some(model) = &filter.model {
-        select.and_where(Expr::col(Column::Model).eq(model.as_str()));
-    }
-    if let Some(since) = filter.since {
-        select.and_where(Expr::col(Column::Hour).gte(hour_start(since)));
-    }
-    if let Some(until) = filter.until {
-        select.and_where(Expr::col(Column::Hour).lt(until));
+    let start = || Expr::col(Alias::new(table.start));
+    if ranges.iter().all(|r| r.from.is_some() || r.to.is_some()) {
+        let mut any = Condition::any();
+        for range in ranges {
+            let mut all = Condition::all();
+            if let Some(from) = range.from {
+                all = all.add(start().gte(from));
+            }
+            if let Some(to) = range.to {
+                all = all.add(start().lt(to));
+            }
+            any = any.add(all);
+        }
+        select.cond_where(any);
     }
     select
+}
+
+/// The parts of a rollup read: whole days from the daily table, the ends from the hourly.
+fn parts(plan: &RollupPlan) -> Vec<(RollupTable, Vec<StartRange>)> {
+    let mut parts = Vec::with_capacity(2);
+    if let Some(days) = plan.days {
+        parts.push((DAILY, vec![days]));
+    }
+    if !plan.hours.is_empty() {
+        parts.push((HOURLY, plan.hours.clone()));
+    }
+    parts
 }
 
 fn read_totals(row: &QueryResult) -> Result<UsageTotals, DbErr> {
@@ -187,42 +216,57 @@ async fn summarize(
     group_by: GroupBy,
     filter: &RollupFilter,
 ) -> Result<Vec<SummaryRow>, DbErr> {
-    use usage_hourly::Column;
-    let mut select = rollup_select(filter, true);
-    let group = match group_by {
-        GroupBy::Model => Expr::col(Column::Model),
-        GroupBy::User => Expr::col(Column::UserId),
-        GroupBy::Key => Expr::col(Column::KeyId),
-        GroupBy::Day => Expr::cust(format!("(hour / {DAY_MS}) * {DAY_MS}")),
-    };
-    select
-        .expr_as(group, Alias::new(GROUP))
-        .add_group_by([Expr::col(Alias::new(GROUP))])
-        .order_by(Alias::new(GROUP), Order::Asc);
-    let rows = db.query_all(&select).await?;
-    rows.iter()
-        .map(|row| {
+    let plan = RollupPlan::new(filter.since, filter.until);
+    let mut groups: BTreeMap<String, (UsageTotals, LatencyHistogram)> = BTreeMap::new();
+    for (table, ranges) in parts(&plan) {
+        let mut select = rollup_select(table, filter, &ranges, true);
+        let group = match group_by {
+            GroupBy::Model => Expr::col(Alias::new("model")),
+            GroupBy::User => Expr::col(Alias::new("user_id")),
+            GroupBy::Key => Expr::col(Alias::new("key_id")),
+            GroupBy::Day => Expr::cust(format!("({0} / {DAY_MS}) * {DAY_MS}", table.start)),
+        };
+        select
+            .expr_as(group, Alias::new(GROUP))
+            .add_group_by([Expr::col(Alias::new(GROUP))]);
+        for row in db.query_all(&select).await? {
             let group = match group_by {
-                GroupBy::Day => Some(day_label(row.try_get::<i64>("", GROUP)?)),
-                _ => Some(row.try_get::<String>("", GROUP)?).filter(|g| !g.is_empty()),
+                GroupBy::Day => day_label(row.try_get::<i64>("", GROUP)?),
+                _ => row.try_get::<String>("", GROUP)?,
             };
-            Ok(SummaryRow {
-                group,
-                totals: read_totals(row)?,
-                latency_ms: LatencyPercentiles::of(&read_histogram(row)?),
-            })
+            let (totals, histogram) = groups.entry(group).or_default();
+            totals.add(&read_totals(&row)?);
+            for (count, more) in histogram.iter_mut().zip(read_histogram(&row)?) {
+                *count += more;
+            }
+        }
+    }
+    Ok(groups
+        .into_iter()
+        .map(|(group, (totals, histogram))| SummaryRow {
+            group: Some(group).filter(|g| !g.is_empty()),
+            totals,
+            latency_ms: LatencyPercentiles::of(&histogram),
         })
-        .collect()
+        .collect())
 }
 
-async fn totals(db: &impl ConnectionTrait, filter: &RollupFilter) -> Result<UsageTotals, DbErr> {
-    match db.query_one(&rollup_select(filter, false)).await? {
-        Some(row) => read_totals(&row),
-        None => Ok(UsageTotals {
-            cost: Cost(Some(0)),
-            ..UsageTotals::default()
-        }),
+/// The totals of the usage `filter` keeps over the periods of `plan`.
+pub(super) async fn totals(
+    db: &impl ConnectionTrait,
+    filter: &RollupFilter,
+    plan: &RollupPlan,
+) -> Result<UsageTotals, DbErr> {
+    let mut totals = UsageTotals::zero();
+    for (table, ranges) in parts(plan) {
+        if let Some(row) = db
+            .query_one(&rollup_select(table, filter, &ranges, false))
+            .await?
+        {
+            totals.add(&read_totals(&row)?);
+        }
     }
+    Ok(totals)
 }
 
 async fn period_totals(
@@ -230,16 +274,10 @@ async fn period_totals(
     filter: RollupFilter,
     today: i64,
 ) -> Result<PeriodTotals, DbErr> {
-    let all_time = totals(db, &filter).await?;
-    let today = totals(
-        db,
-        &RollupFilter {
-            since: Some(today),
-            ..filter
-        },
-    )
-    .await?;
-    Ok(PeriodTotals { all_time, today })
+    Ok(PeriodTotals {
+        all_time: totals(db, &filter, &RollupPlan::new(None, None)).await?,
+        today: totals(db, &filter, &RollupPlan::new(Some(today), None)).await?,
+    })
 }
 
 async fn caller_usage(
