@@ -330,6 +330,13 @@ async fn limited_chat(pair: &Pair, on: &Gateway, key: &str) -> (u16, Option<Stri
     (status, code)
 }
 
+/// Sets `user_id`'s limits (`limits`, fields of a user PATCH) on A.
+async fn set_limits(pair: &Pair, user_id: &str, limits: Value) {
+    let path = format!("/admin/users/{user_id}");
+    pair.admin(&pair.a, Method::PATCH, &path, Some(&limits), 200)
+        .await;
+}
+
 #[actix_web::test]
 async fn a_shared_rpm_limit_holds_across_both_instances() {
     let Some(pair) = spawn_pair(&[]).await else {
@@ -338,14 +345,7 @@ async fn a_shared_rpm_limit_holds_across_both_instances() {
     // Under 40 requests a minute every lease is one request: the README's bound
     // L + N·(k − 1) is exactly L.
     let (_, key) = pair.user_key(&pair.a, "rita").await;
-    pair.admin(
-        &pair.a,
-        Method::POST,
-        "/admin/users/quota",
-        Some(&json!({"user_id": "rita", "rpm_limit": 4})),
-        200,
-    )
-    .await;
+    set_limits(&pair, "rita", json!({"rpm_limit": 4})).await;
     let mut admitted = 0;
     for i in 0..12 {
         let on = if i % 2 == 0 { &pair.a } else { &pair.b };
@@ -358,14 +358,7 @@ async fn a_shared_rpm_limit_holds_across_both_instances() {
     assert_eq!(admitted, 4, "the limit across both instances");
     // Concurrent requests on both at once: still none beyond the limit.
     let (_, key) = pair.user_key(&pair.a, "sam").await;
-    pair.admin(
-        &pair.a,
-        Method::POST,
-        "/admin/users/quota",
-        Some(&json!({"user_id": "sam", "rpm_limit": 10})),
-        200,
-    )
-    .await;
+    set_limits(&pair, "sam", json!({"rpm_limit": 10})).await;
     let answers = futures_util::future::join_all(
         (0..30).map(|i| limited_chat(&pair, if i % 2 == 0 { &pair.a } else { &pair.b }, &key)),
     )
@@ -380,38 +373,17 @@ async fn a_quota_edit_on_one_instance_applies_on_the_other() {
         return;
     };
     let (_, key) = pair.user_key(&pair.a, "tom").await;
-    pair.admin(
-        &pair.a,
-        Method::POST,
-        "/admin/users/quota",
-        Some(&json!({"user_id": "tom", "token_quota": 1})),
-        200,
-    )
-    .await;
+    set_limits(&pair, "tom", json!({"token_quota": 1})).await;
     let (status, code) = limited_chat(&pair, &pair.b, &key).await;
     assert_eq!((status, code.as_deref()), (429, Some("insufficient_quota")));
-    pair.admin(
-        &pair.a,
-        Method::PATCH,
-        "/admin/users/tom",
-        Some(&json!({"token_quota": 1_000_000})),
-        200,
-    )
-    .await;
+    set_limits(&pair, "tom", json!({"token_quota": 1_000_000})).await;
     let answered = Instant::now();
     eventually(answered, WITHIN, 200, || async {
         limited_chat(&pair, &pair.b, &key).await.0
     })
     .await;
     // And lowered again: B refuses within a second.
-    pair.admin(
-        &pair.a,
-        Method::PATCH,
-        "/admin/users/tom",
-        Some(&json!({"token_quota": 1})),
-        200,
-    )
-    .await;
+    set_limits(&pair, "tom", json!({"token_quota": 1})).await;
     let answered = Instant::now();
     eventually(answered, WITHIN, 429, || async {
         limited_chat(&pair, &pair.b, &key).await.0
