@@ -79,6 +79,21 @@ pub struct Admit {
     pub demand: Demand,
 }
 
+impl Admit {
+    /// The counter of the caller's RPM: its key's when the key has its own limit.
+    fn rpm_subject(&self) -> String {
+        if self.limits.rpm_per_key {
+            format!("rpm:key:{}", self.key_id)
+        } else {
+            format!("rpm:user:{}", self.user_id)
+        }
+    }
+
+    fn tpm_subject(&self) -> String {
+        format!("tpm:user:{}", self.user_id)
+    }
+}
+
 /// An admitted request's holds and the rate limits to show on its answer.
 #[derive(Debug)]
 pub struct Admission {
@@ -219,13 +234,8 @@ impl QuotaActor {
         let l = &msg.limits;
         let mut needs = Vec::with_capacity(4);
         if let Some(limit) = l.rpm {
-            let subject = if l.rpm_per_key {
-                format!("rpm:key:{}", msg.key_id)
-            } else {
-                format!("rpm:user:{}", msg.user_id)
-            };
             needs.push(Need {
-                subject,
+                subject: msg.rpm_subject(),
                 kind: CounterKind::PerMinute,
                 unit: Unit::Requests,
                 limit,
@@ -234,7 +244,7 @@ impl QuotaActor {
         }
         if let Some(limit) = l.tpm {
             needs.push(Need {
-                subject: format!("tpm:user:{}", msg.user_id),
+                subject: msg.tpm_subject(),
                 kind: CounterKind::PerMinute,
                 unit: Unit::Tokens,
                 limit,
@@ -412,17 +422,12 @@ impl QuotaActor {
             reset_ms: 0,
         };
         RateHeaders {
-            requests: l.rpm.map(|limit| {
-                let subject = if l.rpm_per_key {
-                    format!("rpm:key:{}", msg.key_id)
-                } else {
-                    format!("rpm:user:{}", msg.user_id)
-                };
-                gauge(subject).unwrap_or_else(|| full(limit))
-            }),
-            tokens: l.tpm.map(|limit| {
-                gauge(format!("tpm:user:{}", msg.user_id)).unwrap_or_else(|| full(limit))
-            }),
+            requests: l
+                .rpm
+                .map(|limit| gauge(msg.rpm_subject()).unwrap_or_else(|| full(limit))),
+            tokens: l
+                .tpm
+                .map(|limit| gauge(msg.tpm_subject()).unwrap_or_else(|| full(limit))),
         }
     }
 
