@@ -105,6 +105,12 @@ impl Pair {
     }
 
     /// Creates a user on `on` and a key for it; answers (key id, secret).
+    /// Revokes the key `key_id` on `on`.
+    pub async fn revoke(&self, on: &Gateway, key_id: &str) {
+        let path = format!("/admin/keys/{key_id}");
+        self.admin(on, Method::DELETE, &path, None, 200).await;
+    }
+
     pub async fn user_key(&self, on: &Gateway, user_id: &str) -> (String, String) {
         let user = json!({"user_id": user_id});
         self.admin(on, Method::POST, "/admin/users", Some(&user), 201)
@@ -171,14 +177,7 @@ async fn a_key_revoked_on_one_instance_is_refused_by_the_other_within_a_second()
     let (key_id, key) = pair.user_key(&pair.a, "ada").await;
     assert_eq!(pair.models_status(&pair.b, &key).await, 200, "B caches it");
 
-    pair.admin(
-        &pair.a,
-        Method::DELETE,
-        &format!("/admin/keys/{key_id}"),
-        None,
-        200,
-    )
-    .await;
+    pair.revoke(&pair.a, &key_id).await;
     let answered = Instant::now();
     assert_eq!(pair.models_status(&pair.a, &key).await, 401, "A at once");
     eventually(answered, WITHIN, 401, || pair.models_status(&pair.b, &key)).await;
@@ -283,14 +282,7 @@ async fn a_listener_that_loses_its_connection_catches_up_and_keeps_following() {
         .unwrap();
     assert_eq!(cut.len(), 2);
     let _ = db.close().await;
-    pair.admin(
-        &pair.a,
-        Method::DELETE,
-        &format!("/admin/keys/{key_id}"),
-        None,
-        200,
-    )
-    .await;
+    pair.revoke(&pair.a, &key_id).await;
     let answered = Instant::now();
     eventually(answered, WITHIN, 401, || pair.models_status(&pair.b, &key)).await;
 
