@@ -19,8 +19,8 @@ use crate::actors::feed::{ChangeFeed, Subscribe};
 use crate::actors::quota::{QuotaActor, ReturnLeases};
 use crate::actors::router::{Reload, RouteError, RouterActor};
 use crate::actors::store::{
-    EnsureAdminKey, FlushUsage, HasAdminKey, ReplayUsageSpill, SeedDeployments, StopChangeListener,
-    StoreActor, StoreError, UsageOptions,
+    AwaitListening, EnsureAdminKey, FlushUsage, HasAdminKey, ReplayUsageSpill, SeedDeployments,
+    StopChangeListener, StoreActor, StoreError, UsageOptions,
 };
 use crate::config::{Secret, Settings};
 use crate::crypto::{self, CryptoError};
@@ -155,6 +155,12 @@ impl Application {
         .with_upstream_hosts(upstream_hosts)
         .with_change_feed(feed.clone().recipient())
         .start();
+        // On PostgreSQL the copies below load once other instances' changes are heard.
+        store
+            .send(AwaitListening {
+                within: Duration::from_secs(5),
+            })
+            .await?;
         match store.send(ReplayUsageSpill).await? {
             Ok(0) => {}
             Ok(rows) => tracing::info!(rows, "usage rows replayed from the spill file"),

@@ -1,7 +1,7 @@
 //! The change listener (PostgreSQL only): `LISTEN lowart_changes` on a connection of its
 //! own, and each change another instance committed announced to this instance's feed.
-//! On every (re)connect it announces `All`: changes may have been committed while nothing
-//! listened. A connection lost after a steady while is replaced at once; failures in a row
+//! On every reconnect (and a first connect that startup stopped waiting for) it announces
+//! `All`: changes may have been committed while nothing listened. A connection lost after a steady while is replaced at once; failures in a row
 //! wait a doubling backoff. A quiet connection is pinged, so one that died without a word
 //! is noticed too.
 
@@ -62,8 +62,11 @@ enum Ended {
 }
 
 impl ChangeListener {
-    /// Listens until `stop` fires (or its sender is dropped).
-    pub(super) async fn run(self, mut stop: oneshot::Receiver<()>) {
+    /// Listens until `stop` fires (or its sender is dropped). The first time it listens it
+    /// tells `listening`; if startup still waits for that, the copies load after this and
+    /// miss nothing, so there is no `All` to announce.
+    pub(super) async fn run(self, listening: oneshot::Sender<()>, mut stop: oneshot::Receiver<()>) {
+        let mut first = Some(listening);
         let mut backoff: Option<Duration> = None;
         loop {
             if let Some(wait) = backoff {
@@ -87,7 +90,12 @@ impl ChangeListener {
                 }
             };
             let connected_at = Instant::now();
-            self.deliver(vec![Change::All]).await;
+            let awaited = first
+                .take()
+                .is_some_and(|listening| listening.send(()).is_ok());
+            if !awaited {
+                self.deliver(vec![Change::All]).await;
+            }
             let Some(listener) = listening.0.as_mut() else {
                 continue;
             };

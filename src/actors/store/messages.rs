@@ -29,6 +29,15 @@ pub struct FlushUsage;
 #[rtype(result = "Result<u64, super::SpillError>")]
 pub struct ReplayUsageSpill;
 
+/// At start, before the copies of stored data load: answers once the change listener
+/// listens (PostgreSQL), so every change committed after the copies load reaches them; or
+/// after `within`, when the listener keeps trying and announces `All` once it listens.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AwaitListening {
+    pub within: std::time::Duration,
+}
+
 /// At shutdown: stop listening for other instances' changes; answers once stopped.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -130,6 +130,8 @@ pub struct StoreActor {
     announcer: Announcer,
     /// The change listener's task (PostgreSQL, with a feed), and how to stop it.
     listener: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    /// Fires once the listener first listens; taken by `AwaitListening`.
+    listening: Option<oneshot::Receiver<()>>,
 }
 
 impl StoreActor {
@@ -155,6 +157,7 @@ impl StoreActor {
             queue_full: false,
             announcer: Announcer::new(),
             listener: None,
+            listening: None,
         }
     }
 
@@ -224,13 +227,15 @@ impl StoreActor {
         if self.db.get_database_backend() != DbBackend::Postgres {
             return;
         }
+        let (listening, awaited) = oneshot::channel();
         let listener = listener::ChangeListener {
             options: (*self.db.get_postgres_connection_pool().connect_options()).clone(),
             origin: self.announcer.origin.clone(),
             feed,
         };
         let (stop, stopped) = oneshot::channel();
-        self.listener = Some((stop, actix::spawn(listener.run(stopped))));
+        self.listener = Some((stop, actix::spawn(listener.run(listening, stopped))));
+        self.listening = Some(awaited);
     }
 
     /// Hands the buffered rows to the writer; when its queue is full, appends them to the
@@ -316,6 +321,23 @@ impl Handler<ReplayUsageSpill> for StoreActor {
             usage::ask(writer, WriterCmd::Replay)
                 .await
                 .unwrap_or(Err(SpillError::WriterGone))
+        })
+    }
+}
+
+impl Handler<AwaitListening> for StoreActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: AwaitListening, _: &mut Self::Context) -> Self::Result {
+        let listening = self.listening.take();
+        Box::pin(async move {
+            let Some(listening) = listening else { return };
+            if tokio::time::timeout(msg.within, listening).await.is_err() {
+                tracing::warn!(
+                    waited_ms = msg.within.as_millis() as u64,
+                    "the change listener is not listening yet; starting without it"
+                );
+            }
         })
     }
 }
