@@ -18,13 +18,30 @@ const MASTER_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef012345
 
 /// The release gateway binary: under `CARGO_TARGET_DIR` when set, else `<root>/target`.
 pub fn binary(root: &Path) -> PathBuf {
+    if let Some(bin) = prebuilt() {
+        return bin;
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root.join("target"), |dir| root.join(dir));
     target.join("release/lowart")
 }
 
-/// Runs `cargo build --release -p lowart --bin lowart` in the workspace root.
+/// `BENCH_GATEWAY_BIN`: a gateway binary built beforehand (another commit's, say), run
+/// instead of building this checkout's.
+fn prebuilt() -> Option<PathBuf> {
+    std::env::var_os("BENCH_GATEWAY_BIN").map(PathBuf::from)
+}
+
+/// Runs `cargo build --release -p lowart --bin lowart` in the workspace root (unless
+/// `BENCH_GATEWAY_BIN` names a binary).
 pub fn build(root: &Path) -> Result<PathBuf, BoxError> {
+    if let Some(bin) = prebuilt() {
+        eprintln!(
+            "bench: the gateway is {} (BENCH_GATEWAY_BIN)",
+            bin.display()
+        );
+        return Ok(bin);
+    }
     eprintln!("bench: cargo build --release -p lowart --bin lowart");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(cargo)
