@@ -2,9 +2,17 @@
 //! concurrency cap (with a short queue), admits requests, and records their outcomes. It
 //! never performs upstream I/O: the request's own task does, holding an `AdmitPermit` that
 //! reports back exactly once, even when dropped.
+//!
+//! While nothing can refuse a request (the breaker closed, no concurrency cap), the actor
+//! says so in its `Gate`, and requests admit themselves without a message round trip; the
+//! actor stays the only writer of the breaker, which every outcome still reaches. A request
+//! that read the gate just before the breaker opened is admitted as a call of the closed
+//! breaker, whose late outcome the breaker ignores (as for any call admitted before a
+//! transition).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -82,11 +90,62 @@ pub struct BreakerView {
     pub failures: u64,
 }
 
+/// What the actor publishes for requests to read without asking it.
+#[derive(Debug, Default)]
+pub struct Gate {
+    /// The breaker is closed and there is no concurrency cap: admit without asking.
+    admits_freely: AtomicBool,
+    /// Requests admitted and not yet finished (the actor's and the gate's admissions).
+    inflight: AtomicUsize,
+}
+
+impl Gate {
+    fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    fn finished(&self) {
+        let _ = self
+            .inflight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+}
+
+/// A deployment's provider actor and its gate.
+#[derive(Clone)]
+pub struct ProviderHandle {
+    pub addr: Addr<ProviderActor>,
+    gate: Arc<Gate>,
+}
+
+impl ProviderHandle {
+    /// Starts a supervised provider actor for the deployment `deployment_id`.
+    pub fn start(
+        deployment_id: String,
+        max_concurrency: Option<usize>,
+        breaker: BreakerConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let gate = Arc::new(Gate::default());
+        let addr = {
+            let gate = gate.clone();
+            Supervisor::start(move |_| {
+                ProviderActor::new(deployment_id, max_concurrency, breaker, metrics, gate)
+            })
+        };
+        Self { addr, gate }
+    }
+
+    pub fn connected(&self) -> bool {
+        self.addr.connected()
+    }
+}
+
 pub struct ProviderActor {
     deployment_id: String,
     max_concurrency: Option<usize>,
     breaker: Breaker,
-    inflight: usize,
+    gate: Arc<Gate>,
     waiting: VecDeque<oneshot::Sender<Ticket>>,
     successes: u64,
     failures: u64,
@@ -100,12 +159,13 @@ impl ProviderActor {
         max_concurrency: Option<usize>,
         breaker: BreakerConfig,
         metrics: Arc<Metrics>,
+        gate: Arc<Gate>,
     ) -> Self {
         Self {
             deployment_id,
             max_concurrency,
             breaker: Breaker::new(breaker),
-            inflight: 0,
+            gate,
             waiting: VecDeque::new(),
             successes: 0,
             failures: 0,
@@ -115,12 +175,19 @@ impl ProviderActor {
     }
 
     fn saturated(&self) -> bool {
-        self.max_concurrency.is_some_and(|cap| self.inflight >= cap)
+        self.max_concurrency
+            .is_some_and(|cap| self.gate.inflight() >= cap)
     }
 
-    /// Publishes the breaker state gauge when it changed.
+    fn admitted(&self) {
+        self.gate.inflight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Publishes the gate, and the breaker state gauge when it changed.
     fn publish(&mut self, now: Instant) {
         let state = self.breaker.state(now);
+        let free = state == BreakerState::Closed && self.max_concurrency.is_none();
+        self.gate.admits_freely.store(free, Ordering::Release);
         if self.published != Some(state) {
             self.metrics.set_breaker_state(&self.deployment_id, state);
             self.published = Some(state);
@@ -142,7 +209,7 @@ impl ProviderActor {
                 return;
             };
             match waiter.send(ticket) {
-                Ok(()) => self.inflight += 1,
+                Ok(()) => self.admitted(),
                 Err(ticket) => self.breaker.on_result(now, ticket, CallResult::Ignored),
             }
         }
@@ -157,7 +224,7 @@ impl ProviderActor {
                 .map(|d| now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
             breaker,
             forced: self.breaker.is_forced(),
-            inflight: self.inflight,
+            inflight: self.gate.inflight(),
             queued: self.waiting.len(),
             successes: self.successes,
             failures: self.failures,
@@ -176,7 +243,7 @@ impl Actor for ProviderActor {
 impl Supervised for ProviderActor {
     fn restarting(&mut self, _: &mut Self::Context) {
         tracing::warn!(deployment = %self.deployment_id, "provider actor restarting");
-        self.inflight = 0;
+        self.gate.inflight.store(0, Ordering::Release);
         self.waiting.clear();
     }
 }
@@ -197,7 +264,7 @@ impl Handler<Admit> for ProviderActor {
         }
         let reply = match self.breaker.try_acquire(now) {
             Some(ticket) => {
-                self.inflight += 1;
+                self.admitted();
                 Ok(ticket)
             }
             None => Err(AdmitError::Open),
@@ -212,7 +279,7 @@ impl Handler<RecordOutcome> for ProviderActor {
 
     fn handle(&mut self, msg: RecordOutcome, _: &mut Self::Context) {
         let now = Instant::now();
-        self.inflight = self.inflight.saturating_sub(1);
+        self.gate.finished();
         match msg.result {
             CallResult::Success => self.successes += 1,
             CallResult::Failure => self.failures += 1,
@@ -228,9 +295,11 @@ impl Handler<Configure> for ProviderActor {
     type Result = ();
 
     fn handle(&mut self, msg: Configure, _: &mut Self::Context) {
+        let now = Instant::now();
         self.max_concurrency = msg.max_concurrency;
         self.breaker.set_config(msg.breaker);
-        self.serve_queue(Instant::now());
+        self.publish(now);
+        self.serve_queue(now);
     }
 }
 
@@ -267,7 +336,7 @@ pub struct AdmitPermit {
 }
 
 impl AdmitPermit {
-    pub fn new(provider: Addr<ProviderActor>, ticket: Ticket) -> Self {
+    fn new(provider: Addr<ProviderActor>, ticket: Ticket) -> Self {
         Self {
             provider,
             ticket,
@@ -295,8 +364,14 @@ impl Drop for AdmitPermit {
     }
 }
 
-/// Asks `provider` for a ticket, waiting in its queue for at most `QUEUE_WAIT`.
-pub async fn admit(provider: &Addr<ProviderActor>) -> Result<AdmitPermit, AdmitError> {
+/// Admits through the gate when it admits freely; else asks `provider` for a ticket,
+/// waiting in its queue for at most `QUEUE_WAIT`.
+pub async fn admit(handle: &ProviderHandle) -> Result<AdmitPermit, AdmitError> {
+    let provider = &handle.addr;
+    if handle.gate.admits_freely.load(Ordering::Acquire) {
+        handle.gate.inflight.fetch_add(1, Ordering::AcqRel);
+        return Ok(AdmitPermit::new(provider.clone(), Ticket::Normal));
+    }
     let reply = provider
         .send(Admit)
         .timeout(super::ASK_TIMEOUT)
@@ -324,14 +399,59 @@ pub async fn admit(provider: &Addr<ProviderActor>) -> Result<AdmitPermit, AdmitE
 mod tests {
     use super::*;
 
-    fn actor(cap: Option<usize>) -> Addr<ProviderActor> {
-        ProviderActor::new(
+    fn actor(cap: Option<usize>) -> ProviderHandle {
+        ProviderHandle::start(
             "d".into(),
             cap,
             BreakerConfig::default(),
             Arc::new(Metrics::new()),
         )
-        .start()
+    }
+
+    #[actix::test]
+    async fn the_gate_admits_freely_only_while_nothing_can_refuse() {
+        let provider = actor(None);
+        // The actor publishes its gate when it starts.
+        provider.addr.send(GetBreaker).await.expect("answers");
+        let (first, second) = (admit(&provider).await, admit(&provider).await);
+        let view = provider.addr.send(GetBreaker).await.expect("answers");
+        assert_eq!(view.inflight, 2, "gate admissions count as in flight");
+        first.expect("admitted").finish(CallResult::Success);
+        drop(second);
+        let view = provider.addr.send(GetBreaker).await.expect("answers");
+        assert_eq!((view.inflight, view.successes), (0, 1));
+
+        provider
+            .addr
+            .send(ForceBreaker(Some(BreakerState::Open)))
+            .await
+            .expect("answers");
+        assert_eq!(admit(&provider).await.err(), Some(AdmitError::Open));
+        provider
+            .addr
+            .send(Configure {
+                max_concurrency: Some(1),
+                breaker: BreakerConfig::default(),
+            })
+            .await
+            .expect("answers");
+        provider
+            .addr
+            .send(ForceBreaker(None))
+            .await
+            .expect("answers");
+        provider
+            .addr
+            .send(ForceBreaker(Some(BreakerState::Closed)))
+            .await
+            .expect("answers");
+        let held = admit(&provider).await.expect("admitted");
+        assert_eq!(
+            admit(&provider).await.err(),
+            Some(AdmitError::Saturated),
+            "with a cap every admission goes through the actor"
+        );
+        held.finish(CallResult::Success);
     }
 
     #[actix::test]
@@ -348,7 +468,7 @@ mod tests {
             waiting.await.expect("joined"),
             "the queued request got the freed slot"
         );
-        let view = provider.send(GetBreaker).await.expect("answers");
+        let view = provider.addr.send(GetBreaker).await.expect("answers");
         assert_eq!((view.inflight, view.successes), (0, 1));
     }
 
@@ -356,13 +476,19 @@ mod tests {
     async fn an_open_breaker_refuses_and_a_forced_close_admits() {
         let provider = actor(None);
         provider
+            .addr
             .send(ForceBreaker(Some(BreakerState::Open)))
             .await
             .expect("answers");
         assert_eq!(admit(&provider).await.err(), Some(AdmitError::Open));
-        let view = provider.send(ForceBreaker(None)).await.expect("answers");
+        let view = provider
+            .addr
+            .send(ForceBreaker(None))
+            .await
+            .expect("answers");
         assert_eq!(view.breaker.state, BreakerState::Open);
         provider
+            .addr
             .send(ForceBreaker(Some(BreakerState::Closed)))
             .await
             .expect("answers");

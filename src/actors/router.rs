@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::feed::{Changed, NotApplied};
-use super::provider::{Configure, ProviderActor};
+use super::provider::{Configure, ProviderActor, ProviderHandle};
 use super::store::{LoadDeployments, LoadFallbacks, StoreActor, StoreError};
 use crate::config::Secret;
 use crate::domain::deployment::DeploymentConfig;
@@ -41,7 +41,7 @@ pub struct Route {
     pub idle_timeout: Option<Duration>,
     /// One HTTP client per deployment: its own pool and connect timeout.
     pub client: reqwest::Client,
-    pub provider: Addr<ProviderActor>,
+    pub provider: ProviderHandle,
 }
 
 /// An immutable view of the routing table, published by the router after every change so
@@ -213,7 +213,7 @@ impl RouterActor {
         let breaker = config.breaker;
         let provider = match self.by_id.get(&dep.id) {
             Some(old) if old.provider.connected() => {
-                old.provider.do_send(Configure {
+                old.provider.addr.do_send(Configure {
                     max_concurrency,
                     breaker,
                 });
@@ -334,10 +334,13 @@ impl RouterActor {
         id: &str,
         max_concurrency: Option<usize>,
         breaker: crate::domain::breaker::BreakerConfig,
-    ) -> Addr<ProviderActor> {
-        let id = id.to_string();
-        let metrics = self.metrics.clone();
-        Supervisor::start(move |_| ProviderActor::new(id, max_concurrency, breaker, metrics))
+    ) -> ProviderHandle {
+        ProviderHandle::start(
+            id.to_string(),
+            max_concurrency,
+            breaker,
+            self.metrics.clone(),
+        )
     }
 
     fn replace_provider(&mut self, route: &Route) {
@@ -411,7 +414,7 @@ impl Handler<ListProviders> for RouterActor {
         let mut providers: Vec<(String, Addr<ProviderActor>)> = self
             .by_id
             .values()
-            .map(|r| (r.deployment.id.clone(), r.provider.clone()))
+            .map(|r| (r.deployment.id.clone(), r.provider.addr.clone()))
             .collect();
         providers.sort_by(|a, b| a.0.cmp(&b.0));
         MessageResult(providers)
