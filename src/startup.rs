@@ -16,7 +16,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
 use crate::actors::ASK_TIMEOUT;
 use crate::actors::feed::{ChangeFeed, Subscribe};
-use crate::actors::quota::{QuotaActor, ReturnLeases};
+use crate::actors::quota::QuotaShards;
 use crate::actors::router::{Reload, RouteError, RouterActor};
 use crate::actors::store::{
     AwaitListening, EnsureAdminKey, FlushUsage, HasAdminKey, ReplayUsageSpill, SeedDeployments,
@@ -58,7 +58,7 @@ pub struct Application {
     local_addr: Option<SocketAddr>,
     uds: Option<PathBuf>,
     store: Addr<StoreActor>,
-    quota: Addr<QuotaActor>,
+    quota: Arc<QuotaShards>,
     generated_admin_key: Option<Secret>,
 }
 
@@ -207,35 +207,31 @@ impl Application {
         let (closing_tx, closing) = tokio::sync::watch::channel(false);
         let downstream = (settings.server.max_concurrency > 0)
             .then(|| Arc::new(tokio::sync::Semaphore::new(settings.server.max_concurrency)));
-        let quota = {
-            let store = store.clone();
-            Supervisor::start(move |_| QuotaActor::new(store))
-        };
-        feed.send(Subscribe {
-            name: "quota",
-            recipient: quota.clone().recipient(),
-        })
-        .await?;
-        let relay = Relay {
-            store: store.clone(),
-            quota: quota.clone(),
-            limits: settings.limits,
-            router: router.clone(),
-            routing_table,
-            metrics: metrics.clone(),
-            routing: settings.routing,
-            closing,
-        };
+        let quota = QuotaShards::new(store.clone(), feed.clone());
         let state = web::Data::new(AppState {
-            relay,
             downstream,
             store: store.clone(),
-            router,
+            router: router.clone(),
             keys,
             auth_throttle,
             settings: settings.clone(),
-            metrics,
+            metrics: metrics.clone(),
         });
+        // Each worker builds its own relay, with a quota actor on the worker's thread.
+        let worker_relay = {
+            let (store, quota, router) = (store.clone(), quota.clone(), router.clone());
+            let (limits, routing) = (settings.limits, settings.routing);
+            move || Relay {
+                store: store.clone(),
+                quota: quota.start_here(),
+                limits,
+                router: router.clone(),
+                routing_table: routing_table.clone(),
+                metrics: metrics.clone(),
+                routing,
+                closing: closing.clone(),
+            }
+        };
 
         let tracing_export = settings
             .telemetry
@@ -245,6 +241,7 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(web::Data::new(worker_relay()))
                 .app_data(http::path_config())
                 .app_data(http::query_config())
                 .wrap(from_fn(http::request_context))
@@ -331,7 +328,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> Result<(), StartupError> {
         let result = self.server.await;
         // Unused leases of token quotas and budgets go back to the shared counters.
-        let _ = self.quota.send(ReturnLeases).await;
+        self.quota.returned(Duration::from_secs(5)).await;
         self.store.send(FlushUsage).await?;
         self.store.send(StopChangeListener).await?;
         if let Some(path) = &self.uds {

@@ -20,16 +20,26 @@
 //!   spend exceeds it only by what requests use beyond their reservation (a prompt the
 //!   estimate missed, or an answer longer than its reserved `max_tokens`): at most the
 //!   requests in flight's excess over what they reserved.
+//!
+//! There is one `QuotaActor` per HTTP worker thread (`QuotaShards`), started on that
+//! thread, so a request is admitted and settled without a message crossing threads. The
+//! shards share the counters exactly as instances do: in the bound above, N counts every
+//! worker of every instance. A shard that stops (at shutdown, with its worker) gives its
+//! unused units back.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use tokio::sync::mpsc;
 
 use crate::actors::ASK_TIMEOUT;
-use crate::actors::feed::{Change, Changed, NotApplied};
+use crate::actors::feed::{Change, ChangeFeed, Changed, NotApplied, Subscribe};
 use crate::actors::store::StoreActor;
-use crate::actors::store::quota::{CounterKind, LeaseUnits, Leased, SpendUnit, total_subject};
+use crate::actors::store::quota::{
+    CounterKind, LeaseUnits, Leased, ReturnUnits, SpendUnit, total_subject,
+};
 use crate::domain::now_ms;
 use crate::domain::quota::{
     CallerLimits, Demand, RateGauge, RateHeaders, SlidingWindow, lease_size,
@@ -130,11 +140,6 @@ pub struct Settle {
     pub micros: u64,
 }
 
-/// Give every unused lease back to the shared counters (graceful shutdown).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ReturnLeases;
-
 /// The caller's current rate limits, for `GET /v1/usage`.
 #[derive(Message)]
 #[rtype(result = "RateHeaders")]
@@ -220,6 +225,8 @@ impl Counter {
 pub struct QuotaActor {
     store: Addr<StoreActor>,
     counters: HashMap<String, Counter>,
+    /// Held until this actor's unused units are given back (see `QuotaShards::returned`).
+    alive: Option<mpsc::Sender<()>>,
 }
 
 impl QuotaActor {
@@ -227,7 +234,30 @@ impl QuotaActor {
         Self {
             store,
             counters: HashMap::new(),
+            alive: None,
         }
+    }
+
+    /// Every unused unit and every adjustment still owed, to go back to the shared
+    /// counters; the local counters keep nothing.
+    fn take_returns(&mut self) -> Vec<LeaseUnits> {
+        let now_ms = now_ms();
+        self.counters
+            .iter_mut()
+            .filter_map(|(subject, c)| {
+                c.pending -= std::mem::take(&mut c.allowance);
+                let adjust = std::mem::take(&mut c.pending);
+                (adjust != 0).then(|| LeaseUnits {
+                    subject: subject.clone(),
+                    kind: c.kind.clone(),
+                    limit: c.limit,
+                    need: 0,
+                    want: 0,
+                    adjust,
+                    now_ms,
+                })
+            })
+            .collect()
     }
 
     fn needs(msg: &Admit) -> Vec<Need> {
@@ -466,6 +496,68 @@ impl Actor for QuotaActor {
             act.housekeeping(Instant::now())
         });
     }
+
+    /// Stopping (with its worker at shutdown, or to be restarted): unused units go back
+    /// to the shared counters through the store, which outlives the workers.
+    fn stopped(&mut self, _: &mut Self::Context) {
+        let returns = self.take_returns();
+        let Some(done) = self.alive.clone() else {
+            return;
+        };
+        if !returns.is_empty() {
+            self.store.do_send(ReturnUnits { returns, done });
+        }
+    }
+}
+
+/// The quota actors of this instance, one per HTTP worker thread.
+pub struct QuotaShards {
+    store: Addr<StoreActor>,
+    feed: Addr<ChangeFeed>,
+    /// Cloned into every shard; `returned` waits until every clone is gone.
+    alive: Mutex<Option<mpsc::Sender<()>>>,
+    gone: tokio::sync::Mutex<mpsc::Receiver<()>>,
+}
+
+impl QuotaShards {
+    pub fn new(store: Addr<StoreActor>, feed: Addr<ChangeFeed>) -> Arc<Self> {
+        let (alive, gone) = mpsc::channel(1);
+        Arc::new(Self {
+            store,
+            feed,
+            alive: Mutex::new(Some(alive)),
+            gone: tokio::sync::Mutex::new(gone),
+        })
+    }
+
+    /// Starts a supervised quota actor on the current thread (an HTTP worker's, from the
+    /// app factory), subscribed to the change feed before it serves any request.
+    pub fn start_here(&self) -> Addr<QuotaActor> {
+        let alive = self.alive.lock().ok().and_then(|a| a.clone());
+        let store = self.store.clone();
+        let addr = Supervisor::start(move |_| QuotaActor {
+            alive,
+            ..QuotaActor::new(store)
+        });
+        self.feed.do_send(Subscribe {
+            name: "quota",
+            recipient: addr.clone().recipient(),
+        });
+        addr
+    }
+
+    /// After the workers stopped: waits (at most `within`) until every shard has given
+    /// back its unused units.
+    pub async fn returned(&self, within: Duration) {
+        if let Ok(mut alive) = self.alive.lock() {
+            alive.take();
+        }
+        let mut gone = self.gone.lock().await;
+        let all_gone = async { while gone.recv().await.is_some() {} };
+        if tokio::time::timeout(within, all_gone).await.is_err() {
+            tracing::warn!("quota: some unused units were not given back before shutdown");
+        }
+    }
 }
 
 /// Restarted by its supervisor, the actor starts with no local leases: what it held is
@@ -571,37 +663,6 @@ impl Handler<Changed> for QuotaActor {
             _ => {}
         }
         Ok(())
-    }
-}
-
-impl Handler<ReturnLeases> for QuotaActor {
-    type Result = ResponseFuture<()>;
-
-    fn handle(&mut self, _: ReturnLeases, _: &mut Self::Context) -> Self::Result {
-        let now_ms = now_ms();
-        let returns: Vec<LeaseUnits> = self
-            .counters
-            .iter_mut()
-            .filter_map(|(subject, c)| {
-                c.pending -= std::mem::take(&mut c.allowance);
-                let adjust = std::mem::take(&mut c.pending);
-                (adjust != 0).then(|| LeaseUnits {
-                    subject: subject.clone(),
-                    kind: c.kind.clone(),
-                    limit: c.limit,
-                    need: 0,
-                    want: 0,
-                    adjust,
-                    now_ms,
-                })
-            })
-            .collect();
-        let store = self.store.clone();
-        Box::pin(async move {
-            for lease in returns {
-                let _ = store.send(lease).timeout(ASK_TIMEOUT).await;
-            }
-        })
     }
 }
 

@@ -12,7 +12,7 @@ use crate::domain::canonical::{ChatRequest, ChatResponse};
 use crate::error::ApiError;
 use crate::http::extract::Caller;
 use crate::http::{AppState, read_body, request_info, served_headers, sse_response};
-use crate::relay::{ChatBody, Relayed};
+use crate::relay::{ChatBody, Relay, Relayed};
 
 /// An inbound chat dialect: how its requests parse and its answers encode.
 pub trait ChatDialect: 'static {
@@ -33,6 +33,7 @@ pub trait ChatDialect: 'static {
 
 pub async fn serve<D: ChatDialect>(
     state: web::Data<AppState>,
+    relay: web::Data<Relay>,
     caller: Caller,
     req: HttpRequest,
     payload: web::Payload,
@@ -42,7 +43,7 @@ pub async fn serve<D: ChatDialect>(
     let chat = std::sync::Arc::new(D::parse(&body)?);
     let info = request_info(&req, caller, chat.model.clone(), chat.stream, started);
     let created = info.created_at / 1000;
-    let reply = state.relay.chat(info, &chat).await?;
+    let reply = relay.chat(info, &chat).await?;
     let mut res = match reply.body {
         ChatBody::Complete {
             raw: Some(bytes), ..

@@ -36,14 +36,13 @@ use crate::actors::store::StoreActor;
 use crate::config::Settings;
 use crate::domain::quota::RateNote;
 use crate::error::{ApiError, ErrorKind};
-use crate::relay::{Relay, RequestInfo, ServedBy, UpstreamClock};
+use crate::relay::{RequestInfo, ServedBy, UpstreamClock};
 use crate::telemetry::metrics::{Metrics, method_label};
 
 /// What every handler can reach: actor addresses, the key cache and the auth throttle,
 /// immutable settings.
+/// (The request path to upstreams, `Relay`, is app data of its own: one per worker.)
 pub struct AppState {
-    /// The request path to upstreams, built once at startup.
-    pub relay: Relay,
     /// The global cap on requests handled at once (`server.max_concurrency`).
     pub downstream: Option<Arc<Semaphore>>,
     pub store: Addr<StoreActor>,

@@ -129,9 +129,11 @@ impl<A> Admitted<A> {
     }
 }
 
-/// The shared request path: built once at startup.
+/// The request path: one per HTTP worker, built by the app factory on the worker's thread
+/// (where its quota actor lives).
 pub struct Relay {
     pub store: Addr<StoreActor>,
+    /// This worker's quota actor (`QuotaShards`).
     pub quota: Addr<QuotaActor>,
     /// `[limits]`: defaults for users without limits of their own.
     pub limits: LimitSettings,
@@ -182,7 +184,7 @@ impl Relay {
     }
 
     /// Admission against the caller's limits: no message at all when none apply; else
-    /// one round trip to the `QuotaActor`, which reserves the call's worst case (tokens,
+    /// one round trip to this worker's `QuotaActor` (on this thread), which reserves the call's worst case (tokens,
     /// and their cost at the dearest candidate) until the usage row settles it.
     async fn admit<C: Call>(
         &self,

@@ -7,7 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_openai_error, spawn_app, user_message};
+use crate::helpers::{
+    Gateway, TestApp, assert_openai_error, fresh_database_url, spawn_app, spawn_binary, terminate,
+    user_message,
+};
 
 /// Creates `user_id` with these limits (fields of `POST /admin/users`) and a key for it;
 /// `key_fields` go into `POST /admin/keys`.
@@ -368,4 +371,92 @@ async fn a_key_limited_to_a_model_is_refused_others_and_does_not_see_them() {
         let error = assert_openai_error(app.chat(k, &body).await, 404).await;
         assert_eq!(error["code"], "model_not_found");
     }
+}
+
+/// Each HTTP worker admits through a quota actor of its own (a shard leasing from the
+/// shared counters like an instance): with two workers an RPM limit under 40 still admits
+/// exactly the limit, and at a graceful stop every shard gives back the units it leased
+/// and did not use, so the shared token counter holds exactly what the requests used.
+#[actix_web::test]
+async fn two_workers_admit_exactly_the_limit_and_give_back_unused_units_at_shutdown() {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = fresh_database_url(&dir).await;
+    let admin_key = lowart::crypto::generate_api_key().unwrap();
+    let Gateway {
+        mut child, address, ..
+    } = spawn_binary(
+        &dir,
+        &[
+            ("DATABASE_URL", db_url.as_str()),
+            ("LOWART_ADMIN_KEY", admin_key.as_str()),
+            ("LOWART_SERVER__WORKERS", "2"),
+        ],
+    )
+    .await;
+    let admin = reqwest::Client::new();
+    let res = admin
+        .post(format!("{address}/admin/users"))
+        .bearer_auth(&admin_key)
+        .json(&json!({"user_id": "shards", "rpm_limit": 6, "token_quota": 1_000_000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let res = admin
+        .post(format!("{address}/admin/keys"))
+        .bearer_auth(&admin_key)
+        .json(&json!({"user_id": "shards"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let key = res.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A client (and so a connection) per request: the connections spread over both workers.
+    let sent = (0..10).map(|_| {
+        let (address, key) = (address.clone(), key.clone());
+        async move {
+            reqwest::Client::new()
+                .post(format!("{address}/v1/chat/completions"))
+                .bearer_auth(&key)
+                .json(&mock_chat())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    let mut statuses = join_all(sent).await;
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 429, 429, 429, 429]);
+
+    assert!(
+        terminate(&mut child).await.success(),
+        "exit 0 after SIGTERM"
+    );
+    let db = sea_orm::Database::connect(&db_url).await.unwrap();
+    let used = lowart::entities::quota_counter::Entity::find_by_id("tokens:user:shards")
+        .one(&db)
+        .await
+        .unwrap()
+        .expect("the token counter exists")
+        .used;
+    let rows = lowart::entities::usage::Entity::find()
+        .filter(lowart::entities::usage::Column::UserId.eq("shards"))
+        .all(&db)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 10, "a usage row per request");
+    assert!(tokens_of(&rows) > 0);
+    assert_eq!(
+        used,
+        tokens_of(&rows),
+        "leases of 50,000 units went back: the counter holds what was used"
+    );
 }

@@ -183,6 +183,38 @@ impl Handler<LeaseUnits> for StoreActor {
     }
 }
 
+/// From a quota actor that stops: give these units back to the shared counters. `done`
+/// is dropped once they are written (or could not be), which is how shutdown knows.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReturnUnits {
+    pub returns: Vec<LeaseUnits>,
+    pub done: tokio::sync::mpsc::Sender<()>,
+}
+
+impl Handler<ReturnUnits> for StoreActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: ReturnUnits, _: &mut Self::Context) -> Self::Result {
+        let db = self.db.clone();
+        Box::pin(async move {
+            for units in &msg.returns {
+                let written = async {
+                    let txn = begin_write(&db).await?;
+                    lease(&txn, units).await?;
+                    txn.commit().await?;
+                    Ok::<_, StoreError>(())
+                };
+                if let Err(e) = written.await {
+                    tracing::warn!(error = %e, subject = %units.subject,
+                        "quota: unused units could not be given back");
+                }
+            }
+            drop(msg.done);
+        })
+    }
+}
+
 /// Deletes `user_id`'s total counters (inside a change's own transaction, or alone).
 pub(super) async fn reset_spend_counters(
     conn: &impl ConnectionTrait,

@@ -13,6 +13,7 @@ use crate::http::chat::{ChatDialect, serve};
 use crate::http::extract::Caller;
 use crate::http::openapi::schemas::AnthropicError;
 use crate::http::openapi::vendor::{MessagesRequest, MessagesResponse};
+use crate::relay::Relay;
 use crate::relay::Relayed;
 
 pub struct AnthropicMessages;
@@ -41,11 +42,12 @@ pub struct AnthropicMessages;
 )]
 pub async fn messages(
     state: web::Data<AppState>,
+    relay: web::Data<Relay>,
     caller: Caller,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    serve::<AnthropicMessages>(state, caller, req, payload).await
+    serve::<AnthropicMessages>(state, relay, caller, req, payload).await
 }
 
 impl ChatDialect for AnthropicMessages {

@@ -12,6 +12,7 @@ use crate::http::extract::Caller;
 use crate::http::openai::dialect::{self, StreamEncoder};
 use crate::http::openapi::responses::{ClientAuth, Upstream};
 use crate::http::openapi::vendor::{ChatCompletion, ChatCompletionRequest};
+use crate::relay::Relay;
 use crate::relay::Relayed;
 
 pub struct OpenAiChat;
@@ -32,11 +33,12 @@ pub struct OpenAiChat;
 )]
 pub async fn chat_completions(
     state: web::Data<AppState>,
+    relay: web::Data<Relay>,
     caller: Caller,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    serve::<OpenAiChat>(state, caller, req, payload).await
+    serve::<OpenAiChat>(state, relay, caller, req, payload).await
 }
 
 /// A stream's encoder, and whether the client asked for the usage chunk.

@@ -12,7 +12,7 @@ use crate::http::extract::Caller;
 use crate::http::openapi::responses::{ClientAuth, Upstream};
 use crate::http::openapi::vendor;
 use crate::http::{AppState, read_body, request_info, served_headers};
-use crate::relay::EmbeddingsRequest;
+use crate::relay::{EmbeddingsRequest, Relay};
 
 /// OpenAI embeddings, relayed to the model's OpenAI-compatible (or mock) deployments.
 #[utoipa::path(
@@ -28,6 +28,7 @@ use crate::relay::EmbeddingsRequest;
 )]
 pub async fn embeddings(
     state: web::Data<AppState>,
+    relay: web::Data<Relay>,
     caller: Caller,
     req: HttpRequest,
     payload: web::Payload,
@@ -36,7 +37,7 @@ pub async fn embeddings(
     let body = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
     let request = std::sync::Arc::new(parse(&body)?);
     let info = request_info(&req, caller, request.model.clone(), false, started);
-    let reply = state.relay.embeddings(info, &request).await?;
+    let reply = relay.embeddings(info, &request).await?;
     let mut res = HttpResponse::Ok()
         .content_type("application/json")
         .body(reply.body);

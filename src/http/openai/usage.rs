@@ -16,6 +16,7 @@ use crate::error::ApiError;
 use crate::http::AppState;
 use crate::http::extract::Caller;
 use crate::http::openapi::responses::ClientAuth;
+use crate::relay::Relay;
 
 /// The answer: the caller's usage, and what is left of each of its limits.
 #[derive(Debug, Serialize)]
@@ -87,6 +88,7 @@ struct Micros {
 )]
 pub async fn own_usage(
     state: web::Data<AppState>,
+    relay: web::Data<Relay>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let grant = caller.0;
@@ -103,7 +105,7 @@ pub async fn own_usage(
             key_id: grant.key_id.clone(),
             limits,
         };
-        state.relay.quota.send(peek).timeout(ASK_TIMEOUT).await?
+        relay.quota.send(peek).timeout(ASK_TIMEOUT).await?
     } else {
         RateHeaders::default()
     };
