@@ -1,5 +1,6 @@
 //! A byte-pair encoder that only counts, with tiktoken's vocabularies and tiktoken's
-//! results. The vocabulary (token bytes → rank) is read once out of `tiktoken-rs`; the text
+//! results. The vocabulary (token bytes → rank) is a table the build script read out of
+//! `tiktoken-rs` (`build.rs`), embedded and indexed on first use in place; the text
 //! is split into pieces by the encoding's own pattern, run by the `regex` crate (a DFA)
 //! instead of `fancy-regex` (a backtracking VM): the one look-ahead of the pattern,
 //! `\s+(?!\S)`, is done by hand. About eight times faster than `CoreBPE::encode_ordinary`,
@@ -52,33 +53,38 @@ pub(super) enum Vocabulary {
 
 pub(super) struct Bpe {
     pieces: Regex,
-    ranks: FxHashMap<Box<[u8]>, Rank>,
+    /// Token bytes (slices of the embedded table) → rank.
+    ranks: FxHashMap<&'static [u8], Rank>,
+}
+
+/// The build script's tables: ordinary tokens in rank order, `[length: u16 LE][bytes]`.
+static CL100K_TABLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cl100k_base.ranks"));
+static O200K_TABLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/o200k_base.ranks"));
+
+/// Indexes a table; `None` unless it holds exactly `ordinary` well-formed records.
+fn index(mut table: &'static [u8], ordinary: Rank) -> Option<FxHashMap<&'static [u8], Rank>> {
+    let mut ranks = FxHashMap::with_capacity_and_hasher(ordinary as usize, Default::default());
+    let mut rank: Rank = 0;
+    while let [low, high, rest @ ..] = table {
+        let (bytes, rest) =
+            rest.split_at_checked(usize::from(u16::from_le_bytes([*low, *high])))?;
+        ranks.insert(bytes, rank);
+        rank += 1;
+        table = rest;
+    }
+    (rank == ordinary && ranks.len() == ordinary as usize).then_some(ranks)
 }
 
 impl Bpe {
-    /// Reads the vocabulary out of tiktoken-rs (its embedded file, parsed once; the
-    /// `CoreBPE` is dropped afterwards, so only the rank table stays in memory).
+    /// Indexes the vocabulary's embedded table (the index is the only heap it takes).
     pub(super) fn load(vocabulary: Vocabulary) -> Option<Self> {
-        let (core, ordinary, pattern) = match vocabulary {
-            Vocabulary::Cl100k => (
-                tiktoken_rs::cl100k_base().ok()?,
-                CL100K_ORDINARY,
-                CL100K_PIECES,
-            ),
-            Vocabulary::O200k => (
-                tiktoken_rs::o200k_base().ok()?,
-                O200K_ORDINARY,
-                O200K_PIECES,
-            ),
+        let (table, ordinary, pattern) = match vocabulary {
+            Vocabulary::Cl100k => (CL100K_TABLE, CL100K_ORDINARY, CL100K_PIECES),
+            Vocabulary::O200k => (O200K_TABLE, O200K_ORDINARY, O200K_PIECES),
         };
-        let ranks = core
-            ._decode_native_and_split((0..ordinary).collect())
-            .zip(0..)
-            .map(|(bytes, rank)| (bytes.into_boxed_slice(), rank))
-            .collect();
         Some(Self {
             pieces: Regex::new(pattern).ok()?,
-            ranks,
+            ranks: index(table, ordinary)?,
         })
     }
 
