@@ -153,8 +153,12 @@ impl Application {
             metrics.clone(),
         )
         .with_upstream_hosts(upstream_hosts)
-        .with_change_feed(feed.clone().recipient())
-        .start();
+        .with_change_feed(feed.clone().recipient());
+        let (store, usage_inbox) = {
+            let context = Context::new();
+            let usage_inbox = store.usage_inbox(context.address());
+            (context.run(store), usage_inbox)
+        };
         // On PostgreSQL the copies below load once other instances' changes are heard.
         store
             .send(AwaitListening {
@@ -219,10 +223,10 @@ impl Application {
         });
         // Each worker builds its own relay, with a quota actor on the worker's thread.
         let worker_relay = {
-            let (store, quota, router) = (store.clone(), quota.clone(), router.clone());
+            let (quota, router) = (quota.clone(), router.clone());
             let (limits, routing) = (settings.limits, settings.routing);
             move || Relay {
-                store: store.clone(),
+                usage: usage_inbox.clone(),
                 quota: quota.start_here(),
                 limits,
                 router: router.clone(),

@@ -16,11 +16,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Addr;
-
 use crate::actors::quota::Reservation;
 use crate::actors::router::Route;
-use crate::actors::store::{RecordUsage, StoreActor};
+use crate::actors::store::UsageInbox;
 use crate::domain::canonical::{ChatEvent, ChatRequest, ChatResponse, FinishReason};
 use crate::domain::now_ms;
 use crate::domain::quota::RateNote;
@@ -110,7 +108,7 @@ enum End {
 }
 
 pub struct Accounting {
-    store: Addr<StoreActor>,
+    usage_inbox: UsageInbox,
     metrics: Arc<Metrics>,
     info: RequestInfo,
     /// The deployment of the current (last) attempt.
@@ -130,9 +128,9 @@ pub struct Accounting {
 }
 
 impl Accounting {
-    pub fn new(store: Addr<StoreActor>, metrics: Arc<Metrics>, info: RequestInfo) -> Self {
+    pub fn new(usage_inbox: UsageInbox, metrics: Arc<Metrics>, info: RequestInfo) -> Self {
         Self {
-            store,
+            usage_inbox,
             metrics,
             info,
             route: None,
@@ -351,7 +349,7 @@ impl Accounting {
         }
         let wait = (self.attempts > 0).then_some(self.upstream_wait);
         self.metrics.record_usage(&record, wait);
-        self.store.do_send(RecordUsage(record));
+        self.usage_inbox.record(record);
     }
 
     /// The request completed: `reported` when the upstream gave figures, else `counted`.

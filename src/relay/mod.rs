@@ -34,7 +34,7 @@ use crate::actors::quota::{Admit, QuotaActor, Reservation};
 use crate::actors::router::{
     Resolve, Route, RouteError, RouterActor, RoutingSnapshot, thread_random,
 };
-use crate::actors::store::StoreActor;
+use crate::actors::store::UsageInbox;
 use crate::config::{LimitSettings, RoutingSettings};
 use crate::domain::breaker::CallResult;
 use crate::domain::quota::{CallerLimits, Demand};
@@ -132,7 +132,8 @@ impl<A> Admitted<A> {
 /// The request path: one per HTTP worker, built by the app factory on the worker's thread
 /// (where its quota actor lives).
 pub struct Relay {
-    pub store: Addr<StoreActor>,
+    /// Where usage rows go (the store drains it in batches).
+    pub usage: UsageInbox,
     /// This worker's quota actor (`QuotaShards`).
     pub quota: Addr<QuotaActor>,
     /// `[limits]`: defaults for users without limits of their own.
@@ -154,7 +155,7 @@ impl Relay {
         info: RequestInfo,
         call: &C,
     ) -> Result<Admitted<C::Answer>, ApiError> {
-        let mut acc = Accounting::new(self.store.clone(), self.metrics.clone(), info);
+        let mut acc = Accounting::new(self.usage.clone(), self.metrics.clone(), info);
         acc.keep_prompt(call.prompt());
         let routes = match self
             .resolve(acc.info())

@@ -11,6 +11,7 @@ mod bootstrap;
 mod changes;
 mod deployments;
 mod fallbacks;
+mod inbox;
 mod keys;
 mod listener;
 pub mod messages;
@@ -43,6 +44,7 @@ use crate::telemetry::metrics::Metrics;
 use changes::{Announcer, PendingChanges};
 use spill::UsageSpill;
 
+pub use inbox::{DrainUsage, UsageInbox};
 pub use listener::APPLICATION_NAME as CHANGE_LISTENER_NAME;
 pub use messages::*;
 pub use secrets::sealed_key_ids;
@@ -118,6 +120,8 @@ pub struct StoreActor {
     /// Where deployments may point (`security.upstream_hosts`).
     upstream_hosts: Arc<UpstreamHosts>,
     usage_buffer: Vec<UsageRecord>,
+    /// Rows request tasks left without a message (`UsageInbox`).
+    inbox: inbox::Inbox,
     batch_size: usize,
     flush_every: Duration,
     spill_after: Duration,
@@ -147,6 +151,8 @@ impl StoreActor {
             master_key,
             upstream_hosts: Arc::default(),
             usage_buffer: Vec::with_capacity(usage.batch_size),
+            // Room for a few batches; a row that finds it full comes as a message.
+            inbox: inbox::Inbox::new(usage.batch_size.saturating_mul(4)),
             batch_size: usage.batch_size,
             flush_every: usage.flush_every,
             spill_after: usage.spill_after,
@@ -238,6 +244,22 @@ impl StoreActor {
         self.listening = Some(awaited);
     }
 
+    /// The inbox for request tasks of the store at `addr` (this actor, once started).
+    pub fn usage_inbox(&self, addr: Addr<StoreActor>) -> UsageInbox {
+        UsageInbox::new(&self.inbox, addr, self.batch_size)
+    }
+
+    /// Moves the rows waiting in the inbox into the buffer, a batch to the writer at a time.
+    fn drain_inbox(&mut self) {
+        self.inbox.drain.lower();
+        while let Ok(row) = self.inbox.rows.try_recv() {
+            self.usage_buffer.push(row);
+            if self.usage_buffer.len() >= self.batch_size {
+                self.flush_usage_buffer();
+            }
+        }
+    }
+
     /// Hands the buffered rows to the writer; when its queue is full, appends them to the
     /// spill file instead (one short synchronous write, only while the database lags).
     fn flush_usage_buffer(&mut self) {
@@ -279,11 +301,15 @@ impl Actor for StoreActor {
             );
             actix::spawn(writer.run(rx));
         }
-        ctx.run_interval(self.flush_every, |actor, _| actor.flush_usage_buffer());
+        ctx.run_interval(self.flush_every, |actor, _| {
+            actor.drain_inbox();
+            actor.flush_usage_buffer();
+        });
         self.start_listener();
     }
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        self.drain_inbox();
         self.flush_usage_buffer();
         Running::Stop
     }
@@ -293,6 +319,7 @@ impl Handler<RecordUsage> for StoreActor {
     type Result = ();
 
     fn handle(&mut self, msg: RecordUsage, _: &mut Self::Context) {
+        self.drain_inbox();
         self.usage_buffer.push(msg.0);
         if self.usage_buffer.len() >= self.batch_size {
             self.flush_usage_buffer();
@@ -300,10 +327,19 @@ impl Handler<RecordUsage> for StoreActor {
     }
 }
 
+impl Handler<DrainUsage> for StoreActor {
+    type Result = ();
+
+    fn handle(&mut self, _: DrainUsage, _: &mut Self::Context) {
+        self.drain_inbox();
+    }
+}
+
 impl Handler<FlushUsage> for StoreActor {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: FlushUsage, _: &mut Self::Context) -> Self::Result {
+        self.drain_inbox();
         self.flush_usage_buffer();
         let writer = self.writer.clone();
         Box::pin(async move {
