@@ -5,14 +5,18 @@
 //!
 //! While nothing can refuse a request (the breaker closed, no concurrency cap), the actor
 //! says so in its `Gate`, and requests admit themselves without a message round trip; the
-//! actor stays the only writer of the breaker, which every outcome still reaches. A request
+//! actor stays the only writer of the breaker, which every outcome still reaches. Such a
+//! request that succeeds sends no message either: it adds to the gate's count of
+//! successes, which the actor folds into the breaker before any other outcome (so a
+//! failure is weighed after the successes that came before it), before every view, and
+//! every `FOLD_EVERY` (successes only dilute failures; they never move the breaker). A request
 //! that read the gate just before the breaker opened is admitted as a call of the closed
 //! breaker, whose late outcome the breaker ignores (as for any call admitted before a
 //! transition).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -27,6 +31,8 @@ use crate::telemetry::metrics::Metrics;
 
 /// How long a request waits in a saturated deployment's queue before trying elsewhere.
 pub const QUEUE_WAIT: Duration = Duration::from_millis(100);
+/// How often the successes counted in the gate are folded into the breaker at least.
+const FOLD_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a deployment would not take a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +61,8 @@ pub struct Admit;
 pub struct RecordOutcome {
     pub ticket: Ticket,
     pub result: CallResult,
+    /// Admitted through the gate: the permit already released its in-flight count.
+    pub via_gate: bool,
 }
 
 /// From the router when the deployment was edited.
@@ -97,6 +105,8 @@ pub struct Gate {
     admits_freely: AtomicBool,
     /// Requests admitted and not yet finished (the actor's and the gate's admissions).
     inflight: AtomicUsize,
+    /// Successes of requests admitted through the gate, not yet in the breaker.
+    successes: AtomicU64,
 }
 
 impl Gate {
@@ -183,6 +193,15 @@ impl ProviderActor {
         self.gate.inflight.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Brings the successes counted in the gate into the breaker and the counters.
+    fn fold_successes(&mut self, now: Instant) {
+        let n = self.gate.successes.swap(0, Ordering::AcqRel);
+        if n > 0 {
+            self.successes += n;
+            self.breaker.on_successes(now, n);
+        }
+    }
+
     /// Publishes the gate, and the breaker state gauge when it changed.
     fn publish(&mut self, now: Instant) {
         let state = self.breaker.state(now);
@@ -235,8 +254,13 @@ impl ProviderActor {
 impl Actor for ProviderActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
         self.publish(Instant::now());
+        ctx.run_interval(FOLD_EVERY, |act, _| {
+            let now = Instant::now();
+            act.fold_successes(now);
+            act.publish(now);
+        });
     }
 }
 
@@ -279,7 +303,10 @@ impl Handler<RecordOutcome> for ProviderActor {
 
     fn handle(&mut self, msg: RecordOutcome, _: &mut Self::Context) {
         let now = Instant::now();
-        self.gate.finished();
+        self.fold_successes(now);
+        if !msg.via_gate {
+            self.gate.finished();
+        }
         match msg.result {
             CallResult::Success => self.successes += 1,
             CallResult::Failure => self.failures += 1,
@@ -308,6 +335,7 @@ impl Handler<ForceBreaker> for ProviderActor {
 
     fn handle(&mut self, msg: ForceBreaker, _: &mut Self::Context) -> Self::Result {
         let now = Instant::now();
+        self.fold_successes(now);
         match msg.0 {
             Some(state) => self.breaker.force(now, state),
             None => self.breaker.release(),
@@ -322,6 +350,7 @@ impl Handler<GetBreaker> for ProviderActor {
 
     fn handle(&mut self, _: GetBreaker, _: &mut Self::Context) -> Self::Result {
         let now = Instant::now();
+        self.fold_successes(now);
         self.publish(now);
         MessageResult(self.view(now))
     }
@@ -332,6 +361,8 @@ impl Handler<GetBreaker> for ProviderActor {
 pub struct AdmitPermit {
     provider: Addr<ProviderActor>,
     ticket: Ticket,
+    /// The gate that admitted it, when no message was needed to admit.
+    gate: Option<Arc<Gate>>,
     reported: bool,
 }
 
@@ -340,26 +371,43 @@ impl AdmitPermit {
         Self {
             provider,
             ticket,
+            gate: None,
             reported: false,
         }
     }
 
-    pub fn finish(mut self, result: CallResult) {
+    /// Through the gate, only a failure is a message: a success is counted in the gate,
+    /// and an ignored outcome changes nothing but the in-flight count.
+    fn report(&mut self, result: CallResult) {
+        self.reported = true;
+        let via_gate = self.gate.is_some();
+        if let Some(gate) = &self.gate {
+            gate.finished();
+            match result {
+                CallResult::Success => {
+                    gate.successes.fetch_add(1, Ordering::AcqRel);
+                    return;
+                }
+                CallResult::Ignored => return,
+                CallResult::Failure => {}
+            }
+        }
         self.provider.do_send(RecordOutcome {
             ticket: self.ticket,
             result,
+            via_gate,
         });
-        self.reported = true;
+    }
+
+    pub fn finish(mut self, result: CallResult) {
+        self.report(result);
     }
 }
 
 impl Drop for AdmitPermit {
     fn drop(&mut self) {
         if !self.reported {
-            self.provider.do_send(RecordOutcome {
-                ticket: self.ticket,
-                result: CallResult::Ignored,
-            });
+            self.report(CallResult::Ignored);
         }
     }
 }
@@ -370,7 +418,9 @@ pub async fn admit(handle: &ProviderHandle) -> Result<AdmitPermit, AdmitError> {
     let provider = &handle.addr;
     if handle.gate.admits_freely.load(Ordering::Acquire) {
         handle.gate.inflight.fetch_add(1, Ordering::AcqRel);
-        return Ok(AdmitPermit::new(provider.clone(), Ticket::Normal));
+        let mut permit = AdmitPermit::new(provider.clone(), Ticket::Normal);
+        permit.gate = Some(handle.gate.clone());
+        return Ok(permit);
     }
     let reply = provider
         .send(Admit)

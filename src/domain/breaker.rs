@@ -193,6 +193,22 @@ impl Breaker {
         }
     }
 
+    /// `n` calls of the closed breaker succeeded (reported together): they go into the
+    /// window as of `now` (a count-based window keeps at most its size of them).
+    pub fn on_successes(&mut self, now: Instant, n: u64) {
+        if self.forced || self.state != BreakerState::Closed {
+            return;
+        }
+        let keep = match self.config.window_ms {
+            0 => n.min(u64::from(self.config.window_size.max(1))),
+            _ => n,
+        };
+        for _ in 0..keep {
+            self.window.push_back((now, false));
+        }
+        self.trim(now);
+    }
+
     fn trim(&mut self, now: Instant) {
         if self.config.window_ms > 0 {
             let horizon = Duration::from_millis(self.config.window_ms);
@@ -295,6 +311,26 @@ mod tests {
         call(&mut b, t0, CallResult::Failure);
         assert_eq!(b.state(t0), BreakerState::Open);
         assert_eq!(b.try_acquire(t0), None);
+    }
+
+    #[test]
+    fn successes_reported_together_weigh_like_single_ones() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(config());
+        b.on_successes(t0, 1_000);
+        assert_eq!(b.snapshot(t0).window_calls, 10, "a window of 10 keeps 10");
+        for _ in 0..4 {
+            call(&mut b, t0, CallResult::Failure);
+        }
+        assert_eq!(b.state(t0), BreakerState::Closed, "4 of 10 failed");
+        call(&mut b, t0, CallResult::Failure);
+        assert_eq!(b.state(t0), BreakerState::Open, "5 of 10 failed");
+        b.on_successes(t0, 3);
+        assert_eq!(
+            b.state(t0),
+            BreakerState::Open,
+            "late successes move nothing"
+        );
     }
 
     #[test]
