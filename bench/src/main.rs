@@ -2,15 +2,16 @@
 //! upstream directly. Builds the release gateway, starts a mock upstream in-process,
 //! pins the gateway to CPU 0 and this process (mock + load) to the other CPUs, and
 //! measures latency at fixed rates, saturation throughput, SSE first-chunk delay, CPU
-//! per request, peak RSS and cold start. Prints a table, writes target/bench/results.json.
+//! per request, peak RSS and cold start. The requests through the gateway come from a user
+//! with RPM, TPM, token quota and budget limits that never trigger (every request is
+//! admitted by a quota actor and settles its reservation: all the accounting on). Prints
+//! a table against the targets, writes target/bench/results.json.
 //!
 //! `cargo run --release -p lowart-bench -- soak`: the memory soak instead (see `soak.rs`);
 //! writes target/bench/soak.json.
 //!
-//! `cargo run --release -p lowart-bench -- limits`: the same run as the default one, but
-//! the requests through the gateway come from a user with RPM, TPM, token quota and budget
-//! limits that never trigger (so every request is admitted by the quota actor and settles
-//! its reservation); writes target/bench/results-limits.json.
+//! `cargo run --release -p lowart-bench -- unlimited`: the same run, as a caller without
+//! limits (no admission at all); writes target/bench/results-unlimited.json.
 //!
 //! `cargo run --release -p lowart-bench -- usage`: usage summaries over 1,000,000 usage
 //! rows instead (see `usage.rs`); writes target/bench/usage.json.
@@ -50,17 +51,17 @@ fn main() -> ExitCode {
     let marker = std::env::var(PINNED_MARKER).ok();
     let mode = match std::env::args().nth(1).as_deref() {
         None => Mode::Overhead,
-        Some("limits") => Mode::Limits,
+        Some("unlimited") => Mode::Unlimited,
         Some("soak") => Mode::Soak,
         Some("usage") => Mode::Usage,
         Some(other) => {
-            eprintln!("bench: unknown mode `{other}` (none, `limits`, `soak` or `usage`)");
+            eprintln!("bench: unknown mode `{other}` (none, `unlimited`, `soak` or `usage`)");
             return ExitCode::FAILURE;
         }
     };
     if marker.is_none() {
         let built = gateway::build(&root);
-        if matches!(mode, Mode::Overhead | Mode::Limits) {
+        if matches!(mode, Mode::Overhead | Mode::Unlimited) {
             Loadgen::find(&root);
         }
         if let Err(e) = built {
@@ -102,8 +103,8 @@ fn main() -> ExitCode {
         .build();
     let result = match rt {
         Ok(rt) => match mode {
-            Mode::Overhead => rt.block_on(run(&root, pinned, false)),
-            Mode::Limits => rt.block_on(run(&root, pinned, true)),
+            Mode::Overhead => rt.block_on(run(&root, pinned, true)),
+            Mode::Unlimited => rt.block_on(run(&root, pinned, false)),
             Mode::Soak => rt.block_on(run_soak(&root, pinned)),
             Mode::Usage => rt.block_on(usage::run(&root, pinned)),
         },
@@ -122,8 +123,8 @@ fn main() -> ExitCode {
 enum Mode {
     /// The latency, throughput and memory table (no argument).
     Overhead,
-    /// The same, as a caller with limits that never trigger.
-    Limits,
+    /// The same, as a caller without limits.
+    Unlimited,
     Soak,
     Usage,
 }
@@ -359,9 +360,9 @@ async fn run(root: &Path, pinned: bool, limits: bool) -> Result<(), BoxError> {
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;
     let path = out.join(if limits {
-        "results-limits.json"
-    } else {
         "results.json"
+    } else {
+        "results-unlimited.json"
     });
     std::fs::write(&path, serde_json::to_string_pretty(&r.to_json())?)?;
     println!("results: {}", path.display());
