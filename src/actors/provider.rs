@@ -473,26 +473,10 @@ mod tests {
 
         provider
             .addr
-            .send(ForceBreaker(Some(BreakerState::Open)))
-            .await
-            .expect("answers");
-        assert_eq!(admit(&provider).await.err(), Some(AdmitError::Open));
-        provider
-            .addr
             .send(Configure {
                 max_concurrency: Some(1),
                 breaker: BreakerConfig::default(),
             })
-            .await
-            .expect("answers");
-        provider
-            .addr
-            .send(ForceBreaker(None))
-            .await
-            .expect("answers");
-        provider
-            .addr
-            .send(ForceBreaker(Some(BreakerState::Closed)))
             .await
             .expect("answers");
         let held = admit(&provider).await.expect("admitted");
