@@ -16,6 +16,7 @@
 //! `cargo run --release -p lowart-bench -- usage`: usage summaries over 1,000,000 usage
 //! rows instead (see `usage.rs`); writes target/bench/usage.json.
 
+mod floor;
 mod gateway;
 mod http;
 mod load;
@@ -49,6 +50,16 @@ fn main() -> ExitCode {
     let root = root.canonicalize().unwrap_or(root);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let marker = std::env::var(PINNED_MARKER).ok();
+    if std::env::args().nth(1).as_deref() == Some(floor::MODE) {
+        let upstream = std::env::args().nth(2).unwrap_or_default();
+        return match floor::serve(&upstream) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench: floor proxy: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mode = match std::env::args().nth(1).as_deref() {
         None => Mode::Overhead,
         Some("unlimited") => Mode::Unlimited,
@@ -328,6 +339,21 @@ async fn run(root: &Path, pinned: bool, limits: bool) -> Result<(), BoxError> {
         let g = loadgen.run(&via, Some(rate), s.rate_conns, s.secs).await?;
         r.rate_runs.push((rate, d, g));
     }
+    eprintln!("bench: the floor, a bare proxy on the gateway's CPU, at the same rates");
+    let proxy = floor::FloorProxy::start(mock, pinned).await?;
+    let bare = Target {
+        addr: proxy.addr,
+        auth: None,
+        body: BODY,
+    };
+    loadgen
+        .run(&bare, Some(s.rates[1]), s.rate_conns, s.warmup)
+        .await?;
+    for rate in s.rates {
+        let f = loadgen.run(&bare, Some(rate), s.rate_conns, s.secs).await?;
+        r.floor_runs.push((rate, f));
+    }
+    proxy.stop().await?;
     eprintln!(
         "bench: saturation, {} connections, {} s each",
         s.sat_conns, s.secs

@@ -12,6 +12,8 @@ pub struct Results {
     pub settings: serde_json::Value,
     pub header: String,
     pub rate_runs: Vec<(u32, Run, Run)>,
+    /// The bare proxy's runs at the same rates (`floor.rs`).
+    pub floor_runs: Vec<(u32, Run)>,
     pub sat_direct: Run,
     pub sat_gateway: Run,
     pub cpu_ms_per_req: f64,
@@ -57,6 +59,7 @@ impl Results {
                 s.secs, s.loadgen
             ),
             rate_runs: Vec::new(),
+            floor_runs: Vec::new(),
             sat_direct: Run::default(),
             sat_gateway: Run::default(),
             cpu_ms_per_req: f64::NAN,
@@ -124,6 +127,25 @@ impl Results {
                 &format!("  achieved @{rate}/s (req/s)"),
                 d.rps,
                 g.rps,
+                "",
+                None,
+            );
+        }
+        for (rate, f) in &self.floor_runs {
+            let Some((_, d, _)) = self.rate_runs.iter().find(|(r, _, _)| r == rate) else {
+                continue;
+            };
+            row(
+                &format!("floor: bare proxy @{rate}/s p50"),
+                d.p50,
+                f.p50,
+                "(no target: the hop itself)",
+                None,
+            );
+            row(
+                &format!("floor: bare proxy @{rate}/s p99"),
+                d.p99,
+                f.p99,
                 "",
                 None,
             );
@@ -230,9 +252,15 @@ impl Results {
                 "overhead_p99_ms": g.p99 - d.p99})
             })
             .collect();
+        let floor: Vec<_> = self
+            .floor_runs
+            .iter()
+            .map(|(rate, f)| json!({"rate": rate, "bare_proxy": f.to_json()}))
+            .collect();
         json!({
             "settings": self.settings,
             "fixed_rate": rates,
+            "floor": floor,
             "saturation": {"direct": self.sat_direct.to_json(), "gateway": self.sat_gateway.to_json()},
             "gateway_cpu_ms_per_request": self.cpu_ms_per_req,
             "sse": {"direct": self.sse_direct.to_json(), "gateway": self.sse_gateway.to_json()},
