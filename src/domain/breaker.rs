@@ -2,7 +2,8 @@
 //! clock (`Instant`s passed in), so it is tested with a fake clock and no sleeps.
 //!
 //! Closed: outcomes go into a sliding window (the last N calls, or the calls of the last
-//! D milliseconds). When the window holds at least `minimum_calls` and the failure rate
+//! D milliseconds, kept as 64 slices of D/64 each: a window of bounded size at any request
+//! rate, which forgets a slice's outcomes together). When the window holds at least `minimum_calls` and the failure rate
 //! reaches `failure_rate_threshold`, the breaker opens. Open: nothing is admitted until
 //! `open_ms` has passed; then it is half-open and admits up to `half_open_probes` probes.
 //! A probe's success closes it (with an empty window); a probe's failure re-opens it.
@@ -104,11 +105,58 @@ pub struct BreakerSnapshot {
     pub open_for: Option<Duration>,
 }
 
+/// Outcomes recorded at about one time: one call in a count-based window; in a time-based
+/// one, every outcome of one slice of it.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    at: Instant,
+    calls: u32,
+    failures: u32,
+}
+
+/// A time-based window is kept in this many slices at most (one more while it slides).
+const SLICES: u32 = 64;
+
+/// The sliding window's slots and their totals.
+#[derive(Debug, Clone, Default)]
+struct Window {
+    slots: VecDeque<Slot>,
+    calls: u32,
+    failures: u32,
+}
+
+impl Window {
+    /// Adds outcomes at `now`: into the last slot when it began less than `slice` ago.
+    fn add(&mut self, slice: Option<Duration>, now: Instant, calls: u32, failures: u32) {
+        self.calls = self.calls.saturating_add(calls);
+        self.failures = self.failures.saturating_add(failures);
+        if let (Some(slice), Some(last)) = (slice, self.slots.back_mut())
+            && now.saturating_duration_since(last.at) < slice
+        {
+            last.calls = last.calls.saturating_add(calls);
+            last.failures = last.failures.saturating_add(failures);
+            return;
+        }
+        self.slots.push_back(Slot {
+            at: now,
+            calls,
+            failures,
+        });
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(slot) = self.slots.pop_front() {
+            self.calls = self.calls.saturating_sub(slot.calls);
+            self.failures = self.failures.saturating_sub(slot.failures);
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Breaker {
     config: BreakerConfig,
     state: BreakerState,
-    window: VecDeque<(Instant, bool)>,
+    window: Window,
     opened_at: Option<Instant>,
     probes_in_flight: u32,
     /// Set by an operator: the state is held until released.
@@ -120,7 +168,7 @@ impl Breaker {
         Self {
             config,
             state: BreakerState::Closed,
-            window: VecDeque::new(),
+            window: Window::default(),
             opened_at: None,
             probes_in_flight: 0,
             forced: false,
@@ -179,7 +227,8 @@ impl Breaker {
             (BreakerState::HalfOpen, Ticket::Probe, CallResult::Success) => self.close(),
             (BreakerState::HalfOpen, Ticket::Probe, CallResult::Failure) => self.open(now),
             (BreakerState::Closed, Ticket::Normal, r) => {
-                self.window.push_back((now, r == CallResult::Failure));
+                let failed = u32::from(r == CallResult::Failure);
+                self.window.add(self.slice(), now, 1, failed);
                 self.trim(now);
                 let (calls, failures) = self.counts();
                 if calls >= self.config.minimum_calls.max(1)
@@ -199,14 +248,26 @@ impl Breaker {
         if self.forced || self.state != BreakerState::Closed {
             return;
         }
-        let keep = match self.config.window_ms {
-            0 => n.min(u64::from(self.config.window_size.max(1))),
-            _ => n,
-        };
-        for _ in 0..keep {
-            self.window.push_back((now, false));
+        match self.slice() {
+            Some(slice) => {
+                let n = u32::try_from(n).unwrap_or(u32::MAX);
+                self.window.add(Some(slice), now, n, 0);
+            }
+            None => {
+                for _ in 0..n.min(u64::from(self.config.window_size.max(1))) {
+                    self.window.add(None, now, 1, 0);
+                }
+            }
         }
         self.trim(now);
+    }
+
+    /// The slice of a time-based window; `None` for a count-based one (a slot per call).
+    fn slice(&self) -> Option<Duration> {
+        (self.config.window_ms > 0).then(|| {
+            Duration::from_millis(self.config.window_ms / u64::from(SLICES))
+                .max(Duration::from_millis(1))
+        })
     }
 
     fn trim(&mut self, now: Instant) {
@@ -214,22 +275,21 @@ impl Breaker {
             let horizon = Duration::from_millis(self.config.window_ms);
             while self
                 .window
+                .slots
                 .front()
-                .is_some_and(|(t, _)| now.saturating_duration_since(*t) > horizon)
+                .is_some_and(|s| now.saturating_duration_since(s.at) > horizon)
             {
                 self.window.pop_front();
             }
         } else {
-            while self.window.len() > self.config.window_size.max(1) as usize {
+            while self.window.calls > self.config.window_size.max(1) {
                 self.window.pop_front();
             }
         }
     }
 
     fn counts(&self) -> (u32, u32) {
-        let calls = self.window.len() as u32;
-        let failures = self.window.iter().filter(|(_, failed)| *failed).count() as u32;
-        (calls, failures)
+        (self.window.calls, self.window.failures)
     }
 
     fn open(&mut self, now: Instant) {
@@ -241,7 +301,7 @@ impl Breaker {
     fn close(&mut self) {
         self.state = BreakerState::Closed;
         self.opened_at = None;
-        self.window.clear();
+        self.window = Window::default();
     }
 
     /// An operator holds the breaker open or closed until `release`.
@@ -379,6 +439,39 @@ mod tests {
             0,
             "closing starts a fresh window"
         );
+    }
+
+    #[test]
+    fn a_time_window_stays_small_at_any_rate() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(BreakerConfig {
+            window_ms: 10_000,
+            ..config()
+        });
+        let last = t0 + Duration::from_micros(199_999 * 100);
+        // 20 seconds at 10,000 calls a second, one in ten failing.
+        for i in 0..200_000u64 {
+            let result = if i % 10 == 0 {
+                CallResult::Failure
+            } else {
+                CallResult::Success
+            };
+            call(&mut b, t0 + Duration::from_micros(i * 100), result);
+        }
+        assert!(
+            b.window.slots.len() <= SLICES as usize + 1,
+            "{}",
+            b.window.slots.len()
+        );
+        let s = b.snapshot(last);
+        // The last 10 s, less at most one slice (156 ms: 1,562 calls).
+        assert!(
+            (98_438..=100_000).contains(&s.window_calls),
+            "{}",
+            s.window_calls
+        );
+        assert!((s.failure_rate - 0.1).abs() < 0.001, "{}", s.failure_rate);
+        assert_eq!(s.state, BreakerState::Closed);
     }
 
     #[test]
