@@ -146,19 +146,15 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         // Subscribers join before they load their copies (router, key cache: below).
         let feed = ChangeFeed::default().start();
-        let store = StoreActor::new(
+        let (store, usage_inbox) = StoreActor::new(
             db,
             master_key,
             UsageOptions::from_settings(&settings.database),
             metrics.clone(),
         )
         .with_upstream_hosts(upstream_hosts)
-        .with_change_feed(feed.clone().recipient());
-        let (store, usage_inbox) = {
-            let context = Context::new();
-            let usage_inbox = store.usage_inbox(context.address());
-            (context.run(store), usage_inbox)
-        };
+        .with_change_feed(feed.clone().recipient())
+        .start_with_inbox();
         // On PostgreSQL the copies below load once other instances' changes are heard.
         store
             .send(AwaitListening {

@@ -355,7 +355,7 @@ impl QuotaActor {
     }
 
     /// Takes every need from the local allowances, or none of them.
-    fn take(&mut self, msg: &Admit, needs: &[Need], now_ms: i64) -> Result<Admission, Refusal> {
+    fn take(&mut self, needs: &[Need], now_ms: i64) -> Result<Admission, Refusal> {
         let now = Instant::now();
         let short = needs.iter().find(|n| {
             self.counters
@@ -363,7 +363,7 @@ impl QuotaActor {
                 .is_none_or(|c| c.available() < n.amount)
         });
         if let Some(need) = short {
-            return Err(self.refusal(msg, need, now_ms));
+            return Err(self.refusal(needs, need, now_ms));
         }
         let mut holds = Vec::with_capacity(needs.len());
         for need in needs {
@@ -379,12 +379,12 @@ impl QuotaActor {
         }
         Ok(Admission {
             holds,
-            headers: self.headers(msg, now_ms),
+            headers: self.headers(needs, now_ms),
         })
     }
 
-    fn refusal(&self, msg: &Admit, need: &Need, now_ms: i64) -> Refusal {
-        let headers = self.headers(msg, now_ms);
+    fn refusal(&self, needs: &[Need], need: &Need, now_ms: i64) -> Refusal {
+        let headers = self.headers(needs, now_ms);
         let counter = self.counters.get(&need.subject);
         let what = match need.unit {
             Unit::Requests => "requests per minute",
@@ -443,21 +443,27 @@ impl QuotaActor {
         }
     }
 
-    fn headers(&self, msg: &Admit, now_ms: i64) -> RateHeaders {
-        let l = &msg.limits;
-        let gauge = |subject: String| self.counters.get(&subject).map(|c| c.gauge(now_ms));
-        let full = |limit: u64| RateGauge {
-            limit,
-            remaining: limit,
-            reset_ms: 0,
+    /// The rate limits among `needs` as they stand (a counter not leased yet: all left).
+    fn headers(&self, needs: &[Need], now_ms: i64) -> RateHeaders {
+        let gauge = |need: &Need| {
+            self.counters.get(&need.subject).map_or_else(
+                || RateGauge {
+                    limit: need.limit,
+                    remaining: need.limit,
+                    reset_ms: 0,
+                },
+                |c| c.gauge(now_ms),
+            )
+        };
+        let per_minute = |unit: Unit| {
+            needs
+                .iter()
+                .find(|n| n.kind == CounterKind::PerMinute && n.unit == unit)
+                .map(gauge)
         };
         RateHeaders {
-            requests: l
-                .rpm
-                .map(|limit| gauge(msg.rpm_subject()).unwrap_or_else(|| full(limit))),
-            tokens: l
-                .tpm
-                .map(|limit| gauge(msg.tpm_subject()).unwrap_or_else(|| full(limit))),
+            requests: per_minute(Unit::Requests),
+            tokens: per_minute(Unit::Tokens),
         }
     }
 
@@ -577,7 +583,7 @@ impl Handler<Admit> for QuotaActor {
         let needs = Self::needs(&msg);
         let missing = self.prepare(&needs, now, now_ms);
         if missing.is_empty() {
-            let answer = self.take(&msg, &needs, now_ms);
+            let answer = self.take(&needs, now_ms);
             return AtomicResponse::new(Box::pin(fut::ready(answer)));
         }
         // Leasing waits for the database; the actor handles nothing else meanwhile, so
@@ -601,27 +607,27 @@ impl Handler<Admit> for QuotaActor {
                         Ok(Ok(leased)) => act.apply_lease(&subject, leased, now),
                         Ok(Err(e)) => {
                             tracing::warn!(error = %e, subject, "quota: could not lease");
-                            return Err(act.unavailable(&msg, now_ms));
+                            return Err(act.unavailable(&needs, now_ms));
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, subject, "quota: the store did not answer");
-                            return Err(act.unavailable(&msg, now_ms));
+                            return Err(act.unavailable(&needs, now_ms));
                         }
                     }
                 }
-                act.take(&msg, &needs, now_ms)
+                act.take(&needs, now_ms)
             },
         )))
     }
 }
 
 impl QuotaActor {
-    fn unavailable(&self, msg: &Admit, now_ms: i64) -> Refusal {
+    fn unavailable(&self, needs: &[Need], now_ms: i64) -> Refusal {
         Refusal {
             kind: RefusalKind::Unavailable,
             message: "limits cannot be checked right now; retry shortly".into(),
             retry_after_ms: 1_000,
-            headers: self.headers(msg, now_ms),
+            headers: self.headers(needs, now_ms),
         }
     }
 }
@@ -676,7 +682,7 @@ impl Handler<PeekRates> for QuotaActor {
             limits: msg.limits,
             demand: Demand::default(),
         };
-        MessageResult(self.headers(&admit, now_ms()))
+        MessageResult(self.headers(&Self::needs(&admit), now_ms()))
     }
 }
 

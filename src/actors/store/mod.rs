@@ -244,9 +244,11 @@ impl StoreActor {
         self.listening = Some(awaited);
     }
 
-    /// The inbox for request tasks of the store at `addr` (this actor, once started).
-    pub fn usage_inbox(&self, addr: Addr<StoreActor>) -> UsageInbox {
-        UsageInbox::new(&self.inbox, addr, self.batch_size)
+    /// Starts the actor; answers its address and the usage inbox for request tasks.
+    pub fn start_with_inbox(self) -> (Addr<StoreActor>, UsageInbox) {
+        let context = Context::new();
+        let inbox = UsageInbox::new(&self.inbox, context.address(), self.batch_size);
+        (context.run(self), inbox)
     }
 
     /// Moves the rows waiting in the inbox into the buffer, a batch to the writer at a time.

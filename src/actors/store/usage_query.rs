@@ -12,7 +12,7 @@ use sea_orm::{
     QueryOrder, QueryResult, QuerySelect,
 };
 
-use super::usage_rollup::{DAILY, HOURLY, RollupTable};
+use super::usage_rollup::{DAILY, HOURLY, RollupTable, TOTALS};
 use super::{GetCallerUsage, ListUsage, StoreActor, StoreError, SummarizeUsage};
 use crate::domain::usage_report::{
     CallerUsage, Cost, GroupBy, LatencyPercentiles, PeriodTotals, RollupFilter, StatusFilter,
@@ -113,16 +113,6 @@ async fn list(db: &impl ConnectionTrait, msg: ListUsage) -> Result<UsagePage, Db
     })
 }
 
-/// The summed figures of a rollup query, by alias, in `read_totals`' order.
-const SUMMED: [&str; 6] = [
-    "requests",
-    "errors",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cost_micros",
-];
-
 /// `SELECT <sums> FROM <table> WHERE <filter> AND <start in one of ranges>`; with
 /// `latency`, the histogram too.
 fn rollup_select(
@@ -134,7 +124,7 @@ fn rollup_select(
     let mut select = Query::select();
     select.from(Alias::new(table.name));
     let latency_columns = LATENCY_COLUMNS.iter().filter(|_| latency);
-    for name in SUMMED
+    for name in TOTALS
         .into_iter()
         .chain(latency_columns.map(|c| c.as_str()))
     {
@@ -190,7 +180,7 @@ fn read_totals(row: &QueryResult) -> Result<UsageTotals, DbErr> {
         completion_tokens,
         total_tokens,
         cost_micros,
-    ] = SUMMED.map(|name| row.try_get::<i64>("", name));
+    ] = TOTALS.map(|name| row.try_get::<i64>("", name));
     Ok(UsageTotals {
         requests: requests?,
         errors: errors?,

@@ -39,20 +39,23 @@ pub(super) const DAILY: RollupTable = RollupTable {
     period: Period::Day,
 };
 
+/// The summed totals of a rollup row, in `RollupDelta`'s order (what the usage API adds up).
+pub(super) const TOTALS: [&str; 6] = [
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost_micros",
+];
+
 /// The summed columns (both tables have them; the entities' test says so), in
-/// `RollupDelta`'s order, latency buckets last.
+/// `RollupDelta`'s order: the totals, the latency sum, the latency buckets.
 pub(super) fn summed_columns() -> impl Iterator<Item = &'static str> {
-    [
-        "requests",
-        "errors",
-        "prompt_tokens",
-        "completion_tokens",
-        "total_tokens",
-        "cost_micros",
-        "latency_ms_sum",
-    ]
-    .into_iter()
-    .chain(LATENCY_COLUMNS.iter().map(|c| c.as_str()))
+    TOTALS
+        .into_iter()
+        .chain(["latency_ms_sum"])
+        .chain(LATENCY_COLUMNS.iter().map(|c| c.as_str()))
 }
 
 fn figures(delta: &RollupDelta) -> impl Iterator<Item = i64> + '_ {
