@@ -5,6 +5,7 @@
 //! classifies a failure; the relay does the sending.
 
 pub mod anthropic;
+pub mod comfyui;
 pub mod mock;
 pub mod openai;
 

@@ -15,6 +15,7 @@ mod helpers;
 mod keys;
 mod listeners;
 mod metrics;
+mod mock_comfyui;
 mod mock_upstream;
 mod openapi;
 mod quota;
