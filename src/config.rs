@@ -58,7 +58,55 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub routing: RoutingSettings,
     pub limits: LimitSettings,
+    pub jobs: JobSettings,
     pub models: Vec<ModelSeed>,
+}
+
+/// `[jobs]`: async jobs (`"async": true`, images), their artifacts and webhooks.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobSettings {
+    /// Jobs this instance runs at once, in all.
+    pub max_running: usize,
+    /// Jobs of one model this instance runs at once; further ones wait in order.
+    pub max_running_per_model: usize,
+    /// A running job's claim; renewed every third of it while the job runs. An instance
+    /// that dies leaves its jobs to be claimed again once their lease has run out.
+    pub lease_ms: u64,
+    /// How often an instance looks for queued jobs it did not submit itself (and for
+    /// changes to jobs it watches for others).
+    pub poll_ms: u64,
+    /// Longest a job's generation may take (an image job's deadline, ComfyUI included).
+    pub timeout_ms: u64,
+    /// Largest artifact a job may produce; a larger one fails the job.
+    pub max_artifact_bytes: usize,
+    /// Artifacts up to this size are stored in the database; larger ones as files in
+    /// `artifact_dir`.
+    pub inline_artifact_bytes: usize,
+    pub artifact_dir: PathBuf,
+    /// Artifacts (and finished jobs' results) older than this are deleted; 0 keeps them.
+    pub retention_hours: u64,
+    /// Webhook deliveries per job before giving up (backoff doubling from a second).
+    pub webhook_attempts: u32,
+    pub webhook_timeout_ms: u64,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self {
+            max_running: 16,
+            max_running_per_model: 4,
+            lease_ms: 30_000,
+            poll_ms: 1_000,
+            timeout_ms: 600_000,
+            max_artifact_bytes: 64 * 1024 * 1024,
+            inline_artifact_bytes: 1024 * 1024,
+            artifact_dir: PathBuf::from("lowart-artifacts"),
+            retention_hours: 24 * 7,
+            webhook_attempts: 5,
+            webhook_timeout_ms: 10_000,
+        }
+    }
 }
 
 /// `[limits]`: defaults for users that set no limit of their own, and what a request
@@ -393,6 +441,19 @@ impl Settings {
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {
             return Err(bad("telemetry.otlp_endpoint", "expected an http(s) URL"));
+        }
+        for (key, value) in [
+            ("jobs.max_running", self.jobs.max_running as u64),
+            ("jobs.max_running_per_model", self.jobs.max_running_per_model as u64),
+            ("jobs.lease_ms", self.jobs.lease_ms),
+            ("jobs.poll_ms", self.jobs.poll_ms),
+            ("jobs.timeout_ms", self.jobs.timeout_ms),
+            ("jobs.max_artifact_bytes", self.jobs.max_artifact_bytes as u64),
+            ("jobs.webhook_attempts", u64::from(self.jobs.webhook_attempts)),
+        ] {
+            if value == 0 {
+                return Err(bad(key, "must be greater than 0"));
+            }
         }
         if self.routing.max_attempts == 0 {
             return Err(bad("routing.max_attempts", "must be at least 1"));

@@ -34,6 +34,9 @@ impl From<ring::error::Unspecified> for CryptoError {
 pub struct MasterKey {
     key: LessSafeKey,
     id: String,
+    /// Derived from the key (HMAC-SHA256 over a fixed label): the root of every API key's
+    /// webhook signing secret.
+    webhook_root: [u8; 32],
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -58,9 +61,15 @@ impl MasterKey {
         let unbound =
             UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| CryptoError::BadMasterKey)?;
         let id = hex_encode(&digest(&SHA256, &bytes).as_ref()[..4]);
+        let label = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes);
+        let mut webhook_root = [0u8; 32];
+        webhook_root.copy_from_slice(
+            ring::hmac::sign(&label, b"lowart webhook secrets v1").as_ref(),
+        );
         Ok(Self {
             key: LessSafeKey::new(unbound),
             id,
+            webhook_root,
         })
     }
 
@@ -94,6 +103,11 @@ impl MasterKey {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The root every key's webhook secret is derived from (`domain::jobs::webhook_secret`).
+    pub fn webhook_root(&self) -> [u8; 32] {
+        self.webhook_root
     }
 
     pub fn seal(&self, plaintext: &str) -> Result<Sealed, CryptoError> {

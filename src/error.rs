@@ -72,6 +72,38 @@ impl ErrorKind {
         }
     }
 
+    /// The kind whose `code` this is (a job's stored error, answered again).
+    pub fn parse(code: &str) -> Option<Self> {
+        const GATEWAY: [ErrorKind; 22] = [
+            ErrorKind::InvalidJson,
+            ErrorKind::InvalidRequest,
+            ErrorKind::MissingApiKey,
+            ErrorKind::InvalidApiKey,
+            ErrorKind::KeyExpired,
+            ErrorKind::ModelNotPermitted,
+            ErrorKind::AdminForbidden,
+            ErrorKind::NotFound,
+            ErrorKind::ModelNotFound,
+            ErrorKind::RouteNotFound,
+            ErrorKind::MethodNotAllowed,
+            ErrorKind::PayloadTooLarge,
+            ErrorKind::Conflict,
+            ErrorKind::RateLimited,
+            ErrorKind::InsufficientQuota,
+            ErrorKind::TooManyAuthFailures,
+            ErrorKind::NoHealthyDeployment,
+            ErrorKind::UpstreamConcurrencyExceeded,
+            ErrorKind::DownstreamConcurrencyExceeded,
+            ErrorKind::ServiceUnavailable,
+            ErrorKind::ShuttingDown,
+            ErrorKind::Internal,
+        ];
+        GATEWAY
+            .into_iter()
+            .chain(FailureClass::ALL.into_iter().map(ErrorKind::Upstream))
+            .find(|kind| kind.as_str() == code)
+    }
+
     pub fn status(self) -> StatusCode {
         match self {
             Self::InvalidJson | Self::InvalidRequest => StatusCode::BAD_REQUEST,

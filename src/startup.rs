@@ -16,6 +16,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
 use crate::actors::ASK_TIMEOUT;
 use crate::actors::feed::{ChangeFeed, Subscribe};
+use crate::actors::jobs::{JobActor, RelayFactory, StopJobs, Webhooks};
 use crate::actors::quota::QuotaShards;
 use crate::actors::router::{Reload, RouteError, RouterActor};
 use crate::actors::store::{
@@ -59,6 +60,9 @@ pub struct Application {
     uds: Option<PathBuf>,
     store: Addr<StoreActor>,
     quota: Arc<QuotaShards>,
+    jobs: Addr<JobActor>,
+    /// The job actor's thread (its relay's quota actor stops with it).
+    jobs_arbiter: Arbiter,
     generated_admin_key: Option<Secret>,
 }
 
@@ -138,10 +142,12 @@ impl Application {
         let settings = Arc::new(settings);
         let db = connect_and_migrate(&settings).await?;
         let master_key = Arc::new(master_key::open_for_serve(&settings, &db).await?);
+        let webhook_root = master_key.webhook_root();
         let upstream_hosts =
             UpstreamHosts::parse(&settings.security.upstream_hosts).map_err(|(i, message)| {
                 StartupError::Config(format!("security.upstream_hosts[{i}]: {message}"))
             })?;
+        let hosts = Arc::new(upstream_hosts.clone());
 
         let metrics = Arc::new(Metrics::new());
         // Subscribers join before they load their copies (router, key cache: below).
@@ -208,20 +214,13 @@ impl Application {
         let downstream = (settings.server.max_concurrency > 0)
             .then(|| Arc::new(tokio::sync::Semaphore::new(settings.server.max_concurrency)));
         let quota = QuotaShards::new(store.clone(), feed.clone());
-        let state = web::Data::new(AppState {
-            downstream,
-            store: store.clone(),
-            router: router.clone(),
-            keys,
-            auth_throttle,
-            settings: settings.clone(),
-            metrics: metrics.clone(),
-        });
-        // Each worker builds its own relay, with a quota actor on the worker's thread.
-        let worker_relay = {
+        // Each worker builds its own relay, with a quota actor on the worker's thread; so
+        // does the job actor, on its own.
+        let make_relay: RelayFactory = {
             let (quota, router) = (quota.clone(), router.clone());
             let (limits, routing) = (settings.limits, settings.routing);
-            move || Relay {
+            let metrics = metrics.clone();
+            Arc::new(move || Relay {
                 usage: usage_inbox.clone(),
                 quota: quota.start_here(),
                 limits,
@@ -230,8 +229,47 @@ impl Application {
                 metrics: metrics.clone(),
                 routing,
                 closing: closing.clone(),
-            }
+            })
         };
+        let jobs_arbiter = Arbiter::new();
+        let jobs = {
+            let webhooks = Webhooks {
+                client: reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .timeout(Duration::from_millis(settings.jobs.webhook_timeout_ms))
+                    .build()
+                    .map_err(|e| StartupError::Config(format!("webhook client: {e}")))?,
+                root: webhook_root,
+                attempts: settings.jobs.webhook_attempts,
+            };
+            let (settings, store, metrics, make_relay) = (
+                settings.jobs.clone(),
+                store.clone(),
+                metrics.clone(),
+                make_relay.clone(),
+            );
+            Supervisor::start_in_arbiter(&jobs_arbiter.handle(), move |_| {
+                JobActor::new(
+                    settings.clone(),
+                    store.clone(),
+                    make_relay.clone(),
+                    metrics.clone(),
+                    webhooks.clone(),
+                )
+            })
+        };
+        let state = web::Data::new(AppState {
+            downstream,
+            store: store.clone(),
+            router: router.clone(),
+            keys,
+            auth_throttle,
+            settings: settings.clone(),
+            metrics: metrics.clone(),
+            jobs: jobs.clone(),
+            webhook_root,
+            upstream_hosts: hosts,
+        });
 
         let tracing_export = settings
             .telemetry
@@ -241,7 +279,7 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .app_data(web::Data::new(worker_relay()))
+                .app_data(web::Data::new(make_relay()))
                 .app_data(http::path_config())
                 .app_data(http::query_config())
                 .wrap(from_fn(http::request_context))
@@ -298,6 +336,8 @@ impl Application {
             uds,
             store,
             quota,
+            jobs,
+            jobs_arbiter,
             generated_admin_key,
         })
     }
@@ -327,6 +367,12 @@ impl Application {
     /// row and stops listening for other instances' changes.
     pub async fn run_until_stopped(self) -> Result<(), StartupError> {
         let result = self.server.await;
+        // Running jobs go back to the queue, to be resumed by the next start (or by
+        // another instance); then the job thread stops, its quota actor with it.
+        if let Err(e) = self.jobs.send(StopJobs).timeout(Duration::from_secs(10)).await {
+            tracing::warn!(error = %e, "jobs could not be handed back; their leases will run out");
+        }
+        self.jobs_arbiter.stop();
         // Unused leases of token quotas and budgets go back to the shared counters.
         self.quota.returned(Duration::from_secs(5)).await;
         self.store.send(FlushUsage).await?;

@@ -15,6 +15,7 @@ mod m20261201_000009_deployment_config;
 mod m20261201_000010_usage_cache_tokens;
 mod m20261202_000011_usage_cost_micros_and_rollups;
 mod m20261202_000012_quota_counters;
+mod m20261203_000013_jobs;
 
 pub struct Migrator;
 
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000010_usage_cache_tokens::Migration),
             Box::new(m20261202_000011_usage_cost_micros_and_rollups::Migration),
             Box::new(m20261202_000012_quota_counters::Migration),
+            Box::new(m20261203_000013_jobs::Migration),
         ]
     }
 }

@@ -4,6 +4,7 @@
 //! `ChangeFeed` tells whoever holds a copy of stored data what the store changed.
 
 pub mod feed;
+pub mod jobs;
 pub mod provider;
 pub mod quota;
 pub mod router;

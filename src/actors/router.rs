@@ -34,6 +34,8 @@ pub struct Route {
     pub chat_url: Option<reqwest::Url>,
     /// The vendor's embeddings endpoint, for vendors that have one.
     pub embeddings_url: Option<reqwest::Url>,
+    /// The vendor's OpenAI images endpoint, for vendors that have one.
+    pub images_url: Option<reqwest::Url>,
     pub api_key: Option<Secret>,
     pub prices: Prices,
     pub request_timeout: Duration,
@@ -245,9 +247,14 @@ impl RouterActor {
             Some(Err(e)) => Err(e),
         };
         let base = config.base_url.as_deref();
-        let urls = parse(base.map(|b| vendor.chat_url(b)))
-            .and_then(|chat| Ok((chat, parse(base.and_then(|b| vendor.embeddings_url(b)))?)));
-        let (chat_url, embeddings_url) = match urls {
+        let urls = parse(base.and_then(|b| vendor.chat_url(b))).and_then(|chat| {
+            Ok((
+                chat,
+                parse(base.and_then(|b| vendor.embeddings_url(b)))?,
+                parse(base.and_then(|b| vendor.images_url(b)))?,
+            ))
+        });
+        let (chat_url, embeddings_url, images_url) = match urls {
             Ok(urls) => urls,
             Err(e) => {
                 tracing::error!(deployment = %dep.id, error = %e, "invalid base_url; deployment skipped");
@@ -257,6 +264,7 @@ impl RouterActor {
         Some(Arc::new(Route {
             chat_url,
             embeddings_url,
+            images_url,
             upstream_model: config
                 .upstream_model
                 .clone()

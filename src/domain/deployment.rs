@@ -57,6 +57,12 @@ pub struct DeploymentConfig {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub settings: Map<String, Value>,
+    /// ComfyUI: the workflow in API format, with placeholders (`{{prompt}}`,
+    /// `{{negative_prompt}}`, `{{width}}`, `{{height}}`, `{{seed}}`, `{{steps}}`). A PATCH
+    /// replaces it whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub workflow: Option<Value>,
 }
 
 fn default_weight() -> i32 {
@@ -83,6 +89,12 @@ impl DeploymentConfig {
         let mut target =
             serde_json::to_value(self).map_err(|e| ("body".to_string(), e.to_string()))?;
         merge_patch(&mut target, &Value::Object(patch.clone()));
+        // A workflow is one document: replaced, never merged node by node.
+        if let (Some(workflow), Value::Object(fields)) = (patch.get("workflow"), &mut target)
+            && !workflow.is_null()
+        {
+            fields.insert("workflow".into(), workflow.clone());
+        }
         read(target)
     }
 
@@ -129,6 +141,25 @@ impl DeploymentConfig {
                 return invalid(param, format!("`{param}` {INVALID_PRICE}"));
             }
         }
+        match (self.vendor_type, &self.workflow) {
+            (VendorType::ComfyUI, None) => {
+                return invalid(
+                    "workflow",
+                    "`workflow` (ComfyUI API-format JSON) is required for ComfyUI".into(),
+                );
+            }
+            (VendorType::ComfyUI, Some(workflow)) => {
+                crate::providers::comfyui::check_workflow(workflow)
+                    .map_err(|message| ("workflow".to_string(), message))?;
+            }
+            (_, Some(_)) => {
+                return invalid(
+                    "workflow",
+                    "`workflow` is only for ComfyUI deployments".into(),
+                );
+            }
+            (_, None) => {}
+        }
         if self.weight < 0 {
             return invalid("weight", "`weight` must not be negative".into());
         }
@@ -156,7 +187,7 @@ impl DeploymentConfig {
 
     /// The vendor with its `settings`, typed.
     pub fn vendor(&self) -> Result<Vendor, Invalid> {
-        Vendor::from_settings(self.vendor_type, &self.settings).map_err(|e| {
+        Vendor::from_settings(self.vendor_type, &self.settings, self.workflow.as_ref()).map_err(|e| {
             let message = e.to_string();
             let param = quoted_name(&message)
                 .map_or_else(|| "settings".to_string(), |f| format!("settings.{f}"));

@@ -6,6 +6,8 @@ pub mod canonical;
 pub mod change;
 pub mod deployment;
 pub mod fallbacks;
+pub mod images;
+pub mod jobs;
 pub mod quota;
 pub mod records;
 pub mod sse;

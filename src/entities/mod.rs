@@ -4,6 +4,8 @@
 pub mod api_key;
 pub mod audit_log;
 pub mod deployment;
+pub mod job;
+pub mod job_artifact;
 pub mod model_fallback;
 pub mod quota_counter;
 pub mod usage;

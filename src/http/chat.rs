@@ -11,11 +11,15 @@ use serde_json::Value;
 use crate::domain::canonical::{ChatRequest, ChatResponse};
 use crate::error::ApiError;
 use crate::http::extract::Caller;
+use crate::http::jobs::{self, JobFields, submit};
 use crate::http::{AppState, read_body, request_info, served_headers, sse_response};
 use crate::relay::{ChatBody, Relay, Relayed};
 
 /// An inbound chat dialect: how its requests parse and its answers encode.
 pub trait ChatDialect: 'static {
+    /// The kind of job this endpoint's `"async": true` makes.
+    const JOB: crate::domain::jobs::JobKind;
+
     /// Encodes one relayed stream, from its first event to its end or error.
     type Encoder: 'static;
 
@@ -40,7 +44,31 @@ pub async fn serve<D: ChatDialect>(
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let body = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
-    let chat = std::sync::Arc::new(D::parse(&body)?);
+    let mut chat = D::parse(&body)?;
+    // `async` and `webhook_url` are the gateway's: taken out before any vendor sees them.
+    if chat.native.body.contains_key("async") || chat.native.body.contains_key("webhook_url") {
+        let fields = JobFields::take(&mut chat.native.body)?;
+        if fields.is_async {
+            if chat.stream {
+                return Err(ApiError::invalid(
+                    "stream",
+                    "an async job does not stream; follow it with `GET /v1/jobs/{id}/events`",
+                ));
+            }
+            let job = submit(
+                &state,
+                &relay,
+                &caller.0,
+                D::JOB,
+                chat.model.clone(),
+                chat.native.body,
+                fields.webhook_url,
+            )
+            .await?;
+            return Ok(jobs::started(&job));
+        }
+    }
+    let chat = std::sync::Arc::new(chat);
     let info = request_info(&req, caller, chat.model.clone(), chat.stream, started);
     let created = info.created_at / 1000;
     let reply = relay.chat(info, &chat).await?;

@@ -73,9 +73,7 @@ async fn authenticate(
             let generation = state.keys.generation();
             let found = state
                 .store
-                .send(LookupKey {
-                    key_hash: hex_encode(&hash),
-                })
+                .send(LookupKey::Hash(hex_encode(&hash)))
                 .timeout(ASK_TIMEOUT)
                 .await??
                 .map(Arc::new);

@@ -8,6 +8,7 @@ pub mod chat;
 pub mod dto;
 pub mod extract;
 pub mod health;
+pub mod jobs;
 pub mod key_cache;
 pub mod metrics;
 pub mod openai;
@@ -51,6 +52,11 @@ pub struct AppState {
     pub auth_throttle: AuthThrottle,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
+    pub jobs: Addr<crate::actors::jobs::JobActor>,
+    /// The root of every key's webhook secret (from the master key).
+    pub webhook_root: [u8; 32],
+    /// `security.upstream_hosts`: where deployments and webhooks may point.
+    pub upstream_hosts: Arc<crate::domain::upstream_hosts::UpstreamHosts>,
 }
 
 /// The request id of the current request (inbound `x-request-id` if sane, else a UUIDv7).
@@ -87,6 +93,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 ))
                 .service(resource!("/models", get => openai::models::list_models))
                 .service(resource!("/embeddings", post => openai::embeddings::embeddings))
+                .service(resource!(
+                    "/images/generations",
+                    post => openai::images::generations,
+                ))
+                .service(resource!("/jobs", get => jobs::list_jobs))
+                .service(resource!(
+                    "/jobs/{id}",
+                    get => jobs::get_job,
+                    delete => jobs::cancel_job,
+                ))
+                .service(resource!("/jobs/{id}/events", get => jobs::job_events))
+                .service(resource!("/jobs/{id}/artifacts/{n}", get => jobs::job_artifact))
+                .service(resource!("/webhook_secret", get => jobs::own_webhook_secret))
                 .service(resource!("/usage", get => openai::usage::own_usage))
                 .service(resource!(
                     "/messages",

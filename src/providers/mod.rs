@@ -18,19 +18,23 @@ pub enum VendorType {
     OpenAI,
     /// Anthropic's Messages API (`base_url` + `/v1/messages`).
     Anthropic,
+    /// ComfyUI: the deployment's `workflow` filled from an image request, submitted to
+    /// `base_url` + `/prompt`, its outputs fetched from `/view`.
+    ComfyUI,
     /// Deterministic, in-process: echoes the last user message; no network.
     Mock,
 }
 
 impl VendorType {
     pub const SUPPORTED: &'static str =
-        "OpenAI (also any OpenAI-compatible server), Anthropic, Mock";
+        "OpenAI (also any OpenAI-compatible server), Anthropic, ComfyUI, Mock";
 
     /// Case-insensitive; `openai_compatible` is accepted as a synonym of `OpenAI`.
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().replace('-', "_").as_str() {
             "openai" | "openai_compatible" => Some(Self::OpenAI),
             "anthropic" => Some(Self::Anthropic),
+            "comfyui" => Some(Self::ComfyUI),
             "mock" => Some(Self::Mock),
             _ => None,
         }
@@ -41,6 +45,7 @@ impl VendorType {
         match self {
             Self::OpenAI => "OpenAI",
             Self::Anthropic => "Anthropic",
+            Self::ComfyUI => "ComfyUI",
             Self::Mock => "Mock",
         }
     }
@@ -50,6 +55,7 @@ impl VendorType {
         match self {
             Self::OpenAI => "openai",
             Self::Anthropic => "anthropic",
+            Self::ComfyUI => "comfyui",
             Self::Mock => "mock",
         }
     }
@@ -81,6 +87,8 @@ pub enum Vendor {
     OpenAI,
     /// Anthropic's Messages API (`{base_url}/v1/messages`).
     Anthropic(anthropic::AnthropicSettings),
+    /// ComfyUI with its workflow template: serves image requests only.
+    ComfyUI(std::sync::Arc<comfyui::ComfyUiSettings>),
     /// In-process: answers in the OpenAI wire format without a network.
     Mock,
 }
@@ -90,6 +98,7 @@ impl Vendor {
         match self {
             Self::OpenAI => VendorType::OpenAI,
             Self::Anthropic(_) => VendorType::Anthropic,
+            Self::ComfyUI(_) => VendorType::ComfyUI,
             Self::Mock => VendorType::Mock,
         }
     }
@@ -98,16 +107,46 @@ impl Vendor {
     /// as the vendor sent it.
     pub fn dialect(&self) -> Dialect {
         match self {
-            Self::OpenAI | Self::Mock => Dialect::OpenAI,
+            Self::OpenAI | Self::Mock | Self::ComfyUI(_) => Dialect::OpenAI,
             Self::Anthropic(_) => Dialect::Anthropic,
         }
     }
 
-    /// The chat endpoint under `base_url`.
-    pub fn chat_url(&self, base_url: &str) -> String {
+    /// The chat endpoint under `base_url`, for vendors that chat.
+    pub fn chat_url(&self, base_url: &str) -> Option<String> {
         match self {
-            Self::OpenAI | Self::Mock => openai::chat_url(base_url),
-            Self::Anthropic(_) => anthropic::messages_url(base_url),
+            Self::OpenAI | Self::Mock => Some(openai::chat_url(base_url)),
+            Self::Anthropic(_) => Some(anthropic::messages_url(base_url)),
+            Self::ComfyUI(_) => None,
+        }
+    }
+
+    /// Whether the vendor answers chat (every vendor but ComfyUI).
+    pub fn serves_chat(&self) -> bool {
+        !matches!(self, Self::ComfyUI(_))
+    }
+
+    /// Whether the vendor generates images (over HTTP or in-process).
+    pub fn serves_images(&self) -> bool {
+        matches!(self, Self::OpenAI | Self::Mock | Self::ComfyUI(_))
+    }
+
+    /// The OpenAI images endpoint under `base_url` (OpenAI-compatible vendors).
+    pub fn images_url(&self, base_url: &str) -> Option<String> {
+        match self {
+            Self::OpenAI => Some(openai::images_url(base_url)),
+            Self::Anthropic(_) | Self::ComfyUI(_) | Self::Mock => None,
+        }
+    }
+
+    /// Images made in-process (`None`: call the vendor).
+    pub fn local_images(
+        &self,
+        req: &crate::domain::images::ImageRequest,
+    ) -> Option<Vec<crate::domain::images::VendorImage>> {
+        match self {
+            Self::Mock => Some(mock::images(req)),
+            Self::OpenAI | Self::Anthropic(_) | Self::ComfyUI(_) => None,
         }
     }
 
@@ -115,7 +154,7 @@ impl Vendor {
     pub fn embeddings_url(&self, base_url: &str) -> Option<String> {
         match self {
             Self::OpenAI => Some(openai::embeddings_url(base_url)),
-            Self::Anthropic(_) | Self::Mock => None,
+            Self::Anthropic(_) | Self::ComfyUI(_) | Self::Mock => None,
         }
     }
 
@@ -132,7 +171,7 @@ impl Vendor {
             Self::Mock => Some(LocalAnswer::Complete(
                 mock::complete(req, &id(), created).to_string().into_bytes(),
             )),
-            Self::OpenAI | Self::Anthropic(_) => None,
+            Self::OpenAI | Self::Anthropic(_) | Self::ComfyUI(_) => None,
         }
     }
 
@@ -145,7 +184,7 @@ impl Vendor {
     ) -> Option<Vec<u8>> {
         match self {
             Self::Mock => Some(mock::embeddings(body, model).to_string().into_bytes()),
-            Self::OpenAI | Self::Anthropic(_) => None,
+            Self::OpenAI | Self::Anthropic(_) | Self::ComfyUI(_) => None,
         }
     }
 
@@ -158,9 +197,9 @@ impl Vendor {
     ) -> Result<UpstreamRequest, UpstreamFailure> {
         match self {
             Self::OpenAI | Self::Mock => openai::embeddings_request(url, target, body),
-            Self::Anthropic(_) => Err(UpstreamFailure::new(
+            Self::Anthropic(_) | Self::ComfyUI(_) => Err(UpstreamFailure::new(
                 FailureClass::InvalidRequest,
-                "Anthropic has no embeddings",
+                format!("{} has no embeddings", self.kind().as_str()),
             )),
         }
     }
@@ -188,19 +227,25 @@ impl Vendor {
         match self {
             Self::OpenAI | Self::Mock => openai::chat_request(url, target, req),
             Self::Anthropic(settings) => anthropic::chat_request(url, target, settings, req),
+            Self::ComfyUI(_) => Err(UpstreamFailure::new(
+                FailureClass::InvalidRequest,
+                "ComfyUI does not chat",
+            )),
         }
     }
 
     pub fn decode_answer(&self, bytes: &[u8]) -> Result<ChatResponse, UpstreamFailure> {
         match self {
-            Self::OpenAI | Self::Mock => openai::decode_answer(bytes),
+            Self::OpenAI | Self::Mock | Self::ComfyUI(_) => openai::decode_answer(bytes),
             Self::Anthropic(_) => anthropic::decode_answer(bytes),
         }
     }
 
     pub fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
         match self {
-            Self::OpenAI | Self::Mock => Box::<openai::OpenAiDecoder>::default(),
+            Self::OpenAI | Self::Mock | Self::ComfyUI(_) => {
+                Box::<openai::OpenAiDecoder>::default()
+            }
             Self::Anthropic(_) => Box::<anthropic::AnthropicDecoder>::default(),
         }
     }
@@ -210,6 +255,7 @@ impl Vendor {
         match self {
             Self::OpenAI | Self::Mock => openai::classify(status, body),
             Self::Anthropic(_) => anthropic::classify(status, body),
+            Self::ComfyUI(_) => comfyui::classify(status, body),
         }
     }
 
@@ -219,6 +265,7 @@ impl Vendor {
     pub fn from_settings(
         kind: VendorType,
         raw: &serde_json::Map<String, serde_json::Value>,
+        workflow: Option<&serde_json::Value>,
     ) -> Result<Self, serde_json::Error> {
         fn typed<T: serde::de::DeserializeOwned>(
             raw: &serde_json::Map<String, serde_json::Value>,
@@ -233,6 +280,12 @@ impl Vendor {
             VendorType::OpenAI => typed::<NoSettings>(raw).map(|_| Self::OpenAI),
             VendorType::Mock => typed::<NoSettings>(raw).map(|_| Self::Mock),
             VendorType::Anthropic => typed(raw).map(Self::Anthropic),
+            VendorType::ComfyUI => typed::<comfyui::ComfyUiOptions>(raw).map(|options| {
+                Self::ComfyUI(std::sync::Arc::new(comfyui::ComfyUiSettings {
+                    options,
+                    workflow: workflow.cloned().unwrap_or(serde_json::Value::Null),
+                }))
+            }),
         }
     }
 }
@@ -262,6 +315,20 @@ pub enum FailureClass {
 }
 
 impl FailureClass {
+    pub const ALL: [FailureClass; 11] = [
+        FailureClass::RateLimited,
+        FailureClass::Overloaded,
+        FailureClass::Auth,
+        FailureClass::Billing,
+        FailureClass::ContextOverflow,
+        FailureClass::ContentPolicy,
+        FailureClass::InvalidRequest,
+        FailureClass::Timeout,
+        FailureClass::Connect,
+        FailureClass::Upstream5xx,
+        FailureClass::MalformedResponse,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::RateLimited => "rate_limited",

@@ -25,6 +25,81 @@ pub fn embeddings_url(base_url: &str) -> String {
     format!("{}/embeddings", base_url.trim_end_matches('/'))
 }
 
+pub fn images_url(base_url: &str) -> String {
+    format!("{}/images/generations", base_url.trim_end_matches('/'))
+}
+
+/// The upstream call for an image request: the client's body with the deployment's model,
+/// without `response_format` (newer models refuse it; the answer is read either way).
+pub fn images_request(
+    url: &reqwest::Url,
+    target: Target<'_>,
+    body: &Map<String, Value>,
+) -> Result<UpstreamRequest, UpstreamFailure> {
+    let mut body = body.clone();
+    body.remove("response_format");
+    body.insert(
+        "model".into(),
+        Value::String(target.upstream_model.to_string()),
+    );
+    Ok(UpstreamRequest {
+        url: url.clone(),
+        headers: headers(target, false)?,
+        body: to_bytes(&body)?,
+    })
+}
+
+/// An images answer: `data[]` of `b64_json` or `url` (with `revised_prompt`), and the
+/// `usage` newer image models report.
+pub fn decode_images(
+    bytes: &[u8],
+) -> Result<(Vec<crate::domain::images::VendorImage>, Option<TokenUsage>), UpstreamFailure> {
+    use crate::domain::images::{ImageData, VendorImage};
+    use base64::Engine;
+    let answer: Value =
+        serde_json::from_slice(bytes).map_err(|_| malformed("answer is not JSON"))?;
+    let data = answer
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| malformed("images answer has no `data` array"))?;
+    let mut images = Vec::with_capacity(data.len());
+    for item in data {
+        let revised_prompt = item
+            .get("revised_prompt")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let data = if let Some(b64) = item.get("b64_json").and_then(Value::as_str) {
+            ImageData::Bytes(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|_| malformed("`b64_json` is not base64"))?,
+            )
+        } else if let Some(url) = item.get("url").and_then(Value::as_str) {
+            ImageData::Url(url.to_string())
+        } else {
+            return Err(malformed("an image has neither `b64_json` nor `url`"));
+        };
+        images.push(VendorImage {
+            data,
+            revised_prompt,
+        });
+    }
+    if images.is_empty() {
+        return Err(malformed("images answer has no image"));
+    }
+    let usage = answer.get("usage").and_then(|u| {
+        let prompt = u.get("input_tokens")?.as_i64()?;
+        let completion = u.get("output_tokens").and_then(Value::as_i64).unwrap_or(0);
+        Some(TokenUsage {
+            prompt,
+            completion,
+            total: prompt.saturating_add(completion),
+            ..TokenUsage::default()
+        })
+    });
+    Ok((images, usage))
+}
+
 /// Headers of every call: JSON, the deployment's key as a bearer token.
 fn headers(target: Target<'_>, stream: bool) -> Result<HeaderMap, UpstreamFailure> {
     let mut headers = HeaderMap::new();

@@ -87,6 +87,8 @@ impl RequestInfo {
 pub enum Prompt {
     Chat(Arc<ChatRequest>),
     Embeddings(Arc<EmbeddingsRequest>),
+    /// An image request: its tokens are the vendor's to report, never counted.
+    Image,
 }
 
 /// The gateway's count of what was answered, for when the vendor reports no usage.
@@ -275,6 +277,7 @@ impl Accounting {
                 .body
                 .get("input")
                 .map_or(0, |input| encoding.embeddings_tokens(input)),
+            Prompt::Image => return (None, UsageSource::Missing),
         };
         let completion = match &self.answered {
             Answered::Nothing => 0,

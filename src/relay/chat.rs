@@ -67,8 +67,8 @@ struct ChatCall<'a> {
 impl Call for ChatCall<'_> {
     type Answer = ChatAnswer;
 
-    fn serves(&self, _: &Route) -> bool {
-        true
+    fn serves(&self, route: &Route) -> bool {
+        route.vendor.serves_chat()
     }
 
     fn demand_tokens(&self, route: &Route, reserve_completion: u64) -> (u64, u64) {

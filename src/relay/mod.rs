@@ -11,6 +11,7 @@
 mod accounting;
 mod chat;
 mod embeddings;
+mod images;
 mod stream;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use accounting::{Accounting, Prompt};
 pub use accounting::{CLIENT_CLOSED, RequestInfo, UpstreamClock};
 pub use chat::{ChatBody, Relayed};
 pub use embeddings::EmbeddingsRequest;
+pub use images::{ImageCall, ImageEvent, interrupt as interrupt_comfyui};
 
 use crate::actors::ASK_TIMEOUT;
 use crate::actors::provider::{AdmitError, AdmitPermit, admit};
@@ -99,6 +101,11 @@ trait Call {
 
     /// The client's input, for the gateway to count if no vendor reports usage.
     fn prompt(&self) -> Prompt;
+
+    /// The longest the call may take, retries included.
+    fn deadline(&self, routing: &RoutingSettings) -> Duration {
+        Duration::from_millis(routing.deadline_ms)
+    }
 
     async fn attempt(
         &self,
@@ -263,7 +270,7 @@ impl Relay {
         routes: &[Arc<Route>],
         call: &C,
     ) -> Result<Admitted<C::Answer>, ApiError> {
-        let deadline = acc.info().started + Duration::from_millis(self.routing.deadline_ms);
+        let deadline = acc.info().started + call.deadline(&self.routing);
         let max_attempts = self.routing.max_attempts.max(1);
         let mut tried: Vec<(String, Option<Duration>)> = Vec::new();
         let mut last_failure: Option<UpstreamFailure> = None;

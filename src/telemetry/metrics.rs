@@ -47,6 +47,11 @@ pub struct SourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeploymentLabels {
     pub deployment: String,
 }
@@ -111,6 +116,7 @@ pub struct Metrics {
     ttft: Family<ModelLabels, Histogram>,
     overhead: Histogram,
     breaker_state: Family<DeploymentLabels, Gauge>,
+    jobs: Family<StatusLabels, Gauge>,
     retries: Family<ModelLabels, Counter>,
     usage_rows_spilled: Counter,
     usage_rows_replayed: Counter,
@@ -202,6 +208,12 @@ impl Metrics {
             Unit::Seconds,
             overhead.clone(),
         );
+        let jobs = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "gateway_jobs",
+            "Async jobs in the database by status (all instances)",
+            jobs.clone(),
+        );
         let breaker_state = Family::<DeploymentLabels, Gauge>::default();
         registry.register(
             "gateway_breaker_state",
@@ -237,6 +249,7 @@ impl Metrics {
             usage_rows_replayed,
             usage_rows_dropped,
             breaker_state,
+            jobs,
             retries,
             registry,
             http_requests,
@@ -289,6 +302,18 @@ impl Metrics {
                 method,
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// `gateway_jobs{status}`: every status, zeros included.
+    pub fn set_jobs(&self, counts: &[(crate::domain::jobs::JobStatus, i64)]) {
+        for status in crate::domain::jobs::JobStatus::ALL {
+            let n = counts.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);
+            self.jobs
+                .get_or_create(&StatusLabels {
+                    status: status.as_str(),
+                })
+                .set(n);
+        }
     }
 
     pub fn set_breaker_state(&self, deployment: &str, state: crate::domain::breaker::BreakerState) {

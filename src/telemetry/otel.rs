@@ -28,6 +28,22 @@ pub fn inject_trace_context(span: &tracing::Span, headers: &mut HeaderMap) {
     });
 }
 
+/// The INTERNAL span of one run of an async job (its upstream calls are its children).
+pub fn job_span(job_id: &str, kind: &str, model: &str, attempt: i32) -> tracing::Span {
+    tracing::info_span!(
+        "job",
+        otel.name = %format_args!("job {kind} {model}"),
+        otel.kind = "internal",
+        otel.status_code = Empty,
+        gen_ai.request.model = model,
+        error.type = Empty,
+        lowart.job.id = job_id,
+        lowart.job.kind = kind,
+        lowart.job.attempt = attempt,
+        lowart.job.status = Empty,
+    )
+}
+
 /// The CLIENT span of one upstream chat call, with the GenAI attributes known up front;
 /// usage, response model, finish reasons and `error.type` are recorded when known.
 pub fn chat_span(

@@ -156,11 +156,14 @@ impl Handler<LookupKey> for StoreActor {
 
     fn handle(&mut self, msg: LookupKey, _: &mut Self::Context) -> Self::Result {
         self.run(move |db, _| async move {
-            let found = api_key::Entity::find()
-                .filter(api_key::Column::KeyHash.eq(msg.key_hash))
-                .filter(api_key::Column::RevokedAt.is_null())
-                .one(&db)
-                .await?;
+            let found = match msg {
+                LookupKey::Hash(hash) => api_key::Entity::find()
+                    .filter(api_key::Column::KeyHash.eq(hash)),
+                LookupKey::Id(id) => api_key::Entity::find_by_id(id),
+            }
+            .filter(api_key::Column::RevokedAt.is_null())
+            .one(&db)
+            .await?;
             let Some(key) = found else {
                 return Ok(None);
             };

@@ -8,6 +8,7 @@ use crate::domain::deployment::DeploymentPatch;
 use crate::domain::records::{
     Actor, ApiKeyInfo, AuditEntry, Deployment, DeploymentWithSecret, KeyGrant, Role, User,
 };
+use crate::domain::jobs::JobRecord;
 use crate::domain::usage::UsageRecord;
 use crate::domain::usage_report::{
     CallerUsage, GroupBy, RollupFilter, SummaryRow, UsageCursor, UsageFilter, UsagePage, UserSpend,
@@ -52,8 +53,11 @@ pub struct Ping;
 /// or `None` for an unknown or revoked key.
 #[derive(Message)]
 #[rtype(result = "Result<Option<KeyGrant>, StoreError>")]
-pub struct LookupKey {
-    pub key_hash: String,
+pub enum LookupKey {
+    /// By the hex SHA-256 of the key (a request's key).
+    Hash(String),
+    /// By the key's id (a job running for the key that submitted it).
+    Id(String),
 }
 
 /// At startup: make sure the bootstrap admin key exists and revoke the bootstrap keys it
@@ -255,3 +259,158 @@ pub struct GetCallerUsage {
     pub key_id: String,
     pub now: i64,
 }
+
+// ---- Async jobs (`jobs.rs`) ----
+
+/// A job to persist as `queued`.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub user_id: String,
+    pub key_id: String,
+    pub kind: crate::domain::jobs::JobKind,
+    pub model: String,
+    pub request: serde_json::Value,
+    pub webhook_url: Option<String>,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<JobRecord, StoreError>")]
+pub struct CreateJob(pub NewJob);
+
+/// Claims the oldest job this instance may run (queued and due, or running under a lease
+/// that ran out) for `owner`, under a lease of `lease_ms`; jobs of `saturated` models are
+/// left for later. On PostgreSQL the row is taken with `FOR UPDATE SKIP LOCKED`.
+#[derive(Message)]
+#[rtype(result = "Result<Option<JobRecord>, StoreError>")]
+pub struct ClaimJob {
+    pub owner: String,
+    pub lease_ms: u64,
+    pub saturated: Vec<String>,
+}
+
+/// At start on SQLite (one instance per database file): jobs left `running` by a process
+/// that is gone may be claimed at once.
+#[derive(Message)]
+#[rtype(result = "Result<u64, StoreError>")]
+pub struct ReleaseOrphanJobs;
+
+/// Extends `owner`'s leases of `ids`; answers the jobs still held, each with whether its
+/// cancellation was asked for.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(String, bool)>, StoreError>")]
+pub struct RenewJobLeases {
+    pub owner: String,
+    pub ids: Vec<String>,
+    pub lease_ms: u64,
+}
+
+/// Progress of a running job (and where it was submitted), if `owner` still holds it.
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct UpdateJob {
+    pub id: String,
+    pub owner: String,
+    pub progress: Option<f64>,
+    pub submitted: Option<crate::domain::jobs::Submitted>,
+}
+
+/// An artifact to store with a finished job.
+pub struct NewArtifact {
+    pub content_type: String,
+    pub bytes: actix_web::web::Bytes,
+}
+
+/// Where artifacts go: the database up to `inline_limit` bytes, else files in `dir`.
+#[derive(Debug, Clone)]
+pub struct ArtifactStorage {
+    pub inline_limit: usize,
+    pub dir: std::path::PathBuf,
+}
+
+/// A job's final state, with its artifacts, if `owner` still holds it (answers whether it
+/// did: a job another instance took over is not finished twice).
+#[derive(Message)]
+#[rtype(result = "Result<Option<JobRecord>, StoreError>")]
+pub struct FinishJob {
+    pub id: String,
+    pub owner: String,
+    pub status: crate::domain::jobs::JobStatus,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<crate::domain::jobs::JobError>,
+    pub artifacts: Vec<NewArtifact>,
+    pub storage: ArtifactStorage,
+}
+
+/// Puts a job `owner` holds back in the queue, due at `run_after` (a graceful stop, a
+/// rate limit to wait out).
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct RequeueJob {
+    pub id: String,
+    pub owner: String,
+    pub run_after: i64,
+}
+
+/// One job; with `user_id`, only that user's.
+#[derive(Message)]
+#[rtype(result = "Result<Option<JobRecord>, StoreError>")]
+pub struct GetJob {
+    pub id: String,
+    pub user_id: Option<String>,
+}
+
+/// Jobs, newest first; filters optional; `before` is the last id of the previous page.
+#[derive(Message, Default)]
+#[rtype(result = "Result<Vec<JobRecord>, StoreError>")]
+pub struct ListJobs {
+    pub user_id: Option<String>,
+    pub status: Option<crate::domain::jobs::JobStatus>,
+    pub model: Option<String>,
+    pub kind: Option<crate::domain::jobs::JobKind>,
+    pub before: Option<String>,
+    pub limit: u64,
+}
+
+/// A stored artifact's bytes (read from the database or its file).
+pub struct Artifact {
+    pub content_type: String,
+    pub bytes: actix_web::web::Bytes,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Option<Artifact>, StoreError>")]
+pub struct GetArtifact {
+    pub job_id: String,
+    pub index: i32,
+    pub user_id: Option<String>,
+}
+
+/// Cancels a job: a queued one at once; a running one is marked for its instance to
+/// stop. Answers the job after the change (`None`: no such job of this user).
+#[derive(Message)]
+#[rtype(result = "Result<Option<JobRecord>, StoreError>")]
+pub struct CancelJob {
+    pub id: String,
+    pub user_id: Option<String>,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct SetWebhookStatus {
+    pub id: String,
+    pub status: &'static str,
+}
+
+/// Deletes finished jobs (and their artifacts, files included) finished before
+/// `finished_before`; answers how many jobs went.
+#[derive(Message)]
+#[rtype(result = "Result<u64, StoreError>")]
+pub struct PurgeJobs {
+    pub finished_before: i64,
+}
+
+/// Jobs per status, for `gateway_jobs{status}`.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(crate::domain::jobs::JobStatus, i64)>, StoreError>")]
+pub struct CountJobs;

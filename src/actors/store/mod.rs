@@ -12,6 +12,7 @@ mod changes;
 mod deployments;
 mod fallbacks;
 mod inbox;
+mod jobs;
 mod keys;
 mod listener;
 pub mod messages;

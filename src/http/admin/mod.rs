@@ -43,5 +43,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource!("/breakers/{deployment_id}", put => resilience::override_breaker))
         .service(resource!("/audit", get => audit::list_audit))
         .service(resource!("/usage", get => usage::list_usage))
-        .service(resource!("/usage/summary", get => usage::usage_summary));
+        .service(resource!("/usage/summary", get => usage::usage_summary))
+        .service(resource!("/jobs", get => crate::http::jobs::admin_list_jobs));
 }

@@ -53,7 +53,7 @@ pub struct SummaryQuery {
 }
 
 /// The query string as `T`: 400 naming the parameter on an unknown or repeated one.
-fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
+pub(crate) fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
     web::Query::<T>::from_query(req.query_string())
         .map(web::Query::into_inner)
         .map_err(|e| {

@@ -51,6 +51,8 @@ pub async fn messages(
 }
 
 impl ChatDialect for AnthropicMessages {
+    const JOB: crate::domain::jobs::JobKind = crate::domain::jobs::JobKind::Message;
+
     type Encoder = StreamEncoder;
 
     fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {

@@ -48,6 +48,8 @@ pub struct Encoder {
 }
 
 impl ChatDialect for OpenAiChat {
+    const JOB: crate::domain::jobs::JobKind = crate::domain::jobs::JobKind::ChatCompletion;
+
     type Encoder = Encoder;
 
     fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
