@@ -163,6 +163,14 @@ impl JobRecord {
             "artifacts": artifacts,
             "attempts": self.attempts,
             "cancel_requested": self.cancel_requested,
+            "upstream": self.submitted.as_ref().map(|s| json!({
+                "deployment_id": s.deployment_id,
+                "prompt_id": s.prompt_id,
+            })),
+            "webhook": self.webhook_url.as_ref().map(|url| json!({
+                "url": url,
+                "status": self.webhook_status,
+            })),
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,

@@ -12,6 +12,7 @@ mod embeddings;
 mod errors;
 mod hardening;
 mod helpers;
+mod jobs;
 mod keys;
 mod listeners;
 mod metrics;

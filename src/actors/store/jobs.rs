@@ -294,7 +294,11 @@ impl Handler<FinishJob> for StoreActor {
                 });
             }
             let txn = begin_write(&db).await?;
-            let finished = job::Entity::update_many()
+            let mut finish = job::Entity::update_many();
+            if msg.status == JobStatus::Succeeded {
+                finish = finish.col_expr(job::Column::Progress, Expr::value(1.0f64));
+            }
+            let finished = finish
                 .col_expr(job::Column::Status, Expr::value(msg.status.as_str()))
                 .col_expr(
                     job::Column::Result,
