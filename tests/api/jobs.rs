@@ -517,3 +517,103 @@ async fn jobs_running_at_sigterm_and_at_sigkill_finish_after_a_restart() {
     }
     drop_test_database(&db_url);
 }
+
+/// The model `sd` on a mock ComfyUI, registered through `on`.
+async fn pair_comfy(pair: &crate::scale_out::Pair, comfy: &MockComfy) {
+    let body = comfy_deployment("sd", &comfy.base_url, json!({"poll_interval_ms": 100}));
+    pair.admin(&pair.a, reqwest::Method::POST, "/admin/models", Some(&body), 201).await;
+}
+
+const PAIR_ENV: [(&str, &str); 3] = [
+    ("LOWART_JOBS__LEASE_MS", "1500"),
+    ("LOWART_JOBS__POLL_MS", "100"),
+    ("LOWART_JOBS__MAX_RUNNING_PER_MODEL", "8"),
+];
+
+#[actix_web::test]
+async fn two_instances_run_a_hundred_jobs_each_exactly_once() {
+    let Some(pair) = crate::scale_out::spawn_pair(&PAIR_ENV).await else {
+        return;
+    };
+    let comfy = MockComfy::start().await;
+    pair_comfy(&pair, &comfy).await;
+    // Submitted to both, alternately: each instance also claims what the other queued.
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let on = if i % 2 == 0 { &pair.a } else { &pair.b };
+        let body = json!({"model": "sd", "prompt": format!("image {i}"), "seed": i, "async": true});
+        ids.push(submit(&pair.client, &on.address, "/v1/images/generations", &pair.admin_key, body).await);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let on = if i % 3 == 0 { &pair.b } else { &pair.a };
+        let events = follow(&pair.client, &on.address, &pair.admin_key, id).await;
+        let job = &events.last().unwrap().1;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert_eq!(job["attempts"], 1, "claimed once: {job}");
+    }
+    // Each prompt reached ComfyUI once: 100 submissions, 100 distinct seeds.
+    assert_eq!(comfy.executions(), 100);
+    let mut seeds: Vec<u64> = comfy
+        .submissions()
+        .iter()
+        .map(|w| w["3"]["inputs"]["seed"].as_u64().unwrap())
+        .collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    assert_eq!(seeds.len(), 100);
+}
+
+#[actix_web::test]
+async fn a_job_of_an_instance_that_dies_is_taken_over_after_its_lease() {
+    let Some(mut pair) = crate::scale_out::spawn_pair(&PAIR_ENV).await else {
+        return;
+    };
+    let comfy = MockComfy::start().await;
+    pair_comfy(&pair, &comfy).await;
+    comfy.script(Behaviour::Held { steps: 2, bytes: b"survived".to_vec() });
+    let body = json!({"model": "sd", "prompt": "hold on", "async": true});
+    let id = submit(&pair.client, &pair.a.address, "/v1/images/generations", &pair.admin_key, body).await;
+    comfy.wait_running(1).await;
+    let mut job = get_job(&pair.client, &pair.b.address, &pair.admin_key, &id).await;
+    while job["upstream"]["prompt_id"].as_str().is_none() {
+        tokio::task::yield_now().await;
+        job = get_job(&pair.client, &pair.b.address, &pair.admin_key, &id).await;
+    }
+    // Whoever runs it says so in its log; that instance dies.
+    let runs_on_a = {
+        let mut found = None;
+        while found.is_none() {
+            tokio::select! {
+                Some(line) = pair.a.logs.recv() => {
+                    if line.contains("job started") && line.contains(&id) { found = Some(true) }
+                }
+                Some(line) = pair.b.logs.recv() => {
+                    if line.contains("job started") && line.contains(&id) { found = Some(false) }
+                }
+            }
+        }
+        found == Some(true)
+    };
+    let (dead, alive) = if runs_on_a {
+        (&mut pair.a, &pair.b.address)
+    } else {
+        (&mut pair.b, &pair.a.address)
+    };
+    kill_hard(dead).await;
+    let alive = alive.clone();
+    let events = open_events(&pair.client, &alive, &pair.admin_key, &id).await;
+    comfy.release();
+    let events = read_events(events).await;
+    let job = &events.last().unwrap().1;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 2, "claimed again after the lease: {job}");
+    assert_eq!(comfy.executions(), 1, "followed, not submitted again");
+    let res = pair
+        .client
+        .get(format!("{alive}/v1/jobs/{id}/artifacts/0"))
+        .bearer_auth(&pair.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.bytes().await.unwrap().to_vec(), b"survived");
+}
