@@ -5,6 +5,7 @@ Exits non-zero on the first mismatch.
 """
 
 import json
+import base64
 import os
 import sys
 import urllib.request
@@ -106,4 +107,36 @@ except openai.RateLimitError as e:
     assert e.code == "insufficient_quota", e.body
     assert e.type == "insufficient_quota", e.body
 
-print(f"openai {openai.__version__} SDK check: 9 checks passed against {base}")
+# Images: the SDK's images.generate against the mock's PNG, as base64 and as a URL on the
+# gateway (fetched with the same key).
+image = client.images.generate(model="mock", prompt="a lighthouse", response_format="b64_json")
+png = base64.b64decode(image.data[0].b64_json)
+assert png[:8] == b"\x89PNG\r\n\x1a\n", png[:8]
+image = client.images.generate(model="mock", prompt="a lighthouse", n=2)
+assert len(image.data) == 2 and image.data[1].url.startswith(base.removesuffix("/v1")), image
+fetched = urllib.request.Request(
+    image.data[1].url, headers={"Authorization": f"Bearer {os.environ['LOWART_KEY']}"}
+)
+with urllib.request.urlopen(fetched) as answer:
+    assert answer.headers["content-type"] == "image/png" and answer.read() == png
+
+# An async chat job through the SDK (the job fields go in `extra_body`), then its result.
+raw = client.chat.completions.with_raw_response.create(
+    model="mock", messages=[{"role": "user", "content": "later, please"}],
+    extra_body={"async": True},
+)
+assert raw.http_response.status_code == 202, raw.http_response.status_code
+job_id = raw.http_response.json()["job_id"]
+# Its events stream ends with the job's final state.
+events = urllib.request.Request(
+    f"{base}/jobs/{job_id}/events",
+    headers={"Authorization": f"Bearer {os.environ['LOWART_KEY']}"},
+)
+with urllib.request.urlopen(events, timeout=30) as answer:
+    text = answer.read().decode()
+assert "event: done" in text, text
+job = client.get(f"/jobs/{job_id}", cast_to=object)
+assert job["status"] == "succeeded", job
+assert job["result"]["choices"][0]["message"]["content"] == "later, please", job
+
+print(f"openai {openai.__version__} SDK check: 11 checks passed against {base}")

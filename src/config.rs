@@ -444,12 +444,21 @@ impl Settings {
         }
         for (key, value) in [
             ("jobs.max_running", self.jobs.max_running as u64),
-            ("jobs.max_running_per_model", self.jobs.max_running_per_model as u64),
+            (
+                "jobs.max_running_per_model",
+                self.jobs.max_running_per_model as u64,
+            ),
             ("jobs.lease_ms", self.jobs.lease_ms),
             ("jobs.poll_ms", self.jobs.poll_ms),
             ("jobs.timeout_ms", self.jobs.timeout_ms),
-            ("jobs.max_artifact_bytes", self.jobs.max_artifact_bytes as u64),
-            ("jobs.webhook_attempts", u64::from(self.jobs.webhook_attempts)),
+            (
+                "jobs.max_artifact_bytes",
+                self.jobs.max_artifact_bytes as u64,
+            ),
+            (
+                "jobs.webhook_attempts",
+                u64::from(self.jobs.webhook_attempts),
+            ),
         ] {
             if value == 0 {
                 return Err(bad(key, "must be greater than 0"));

@@ -63,9 +63,8 @@ impl MasterKey {
         let id = hex_encode(&digest(&SHA256, &bytes).as_ref()[..4]);
         let label = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes);
         let mut webhook_root = [0u8; 32];
-        webhook_root.copy_from_slice(
-            ring::hmac::sign(&label, b"lowart webhook secrets v1").as_ref(),
-        );
+        webhook_root
+            .copy_from_slice(ring::hmac::sign(&label, b"lowart webhook secrets v1").as_ref());
         Ok(Self {
             key: LessSafeKey::new(unbound),
             id,

@@ -369,7 +369,12 @@ impl Application {
         let result = self.server.await;
         // Running jobs go back to the queue, to be resumed by the next start (or by
         // another instance); then the job thread stops, its quota actor with it.
-        if let Err(e) = self.jobs.send(StopJobs).timeout(Duration::from_secs(10)).await {
+        if let Err(e) = self
+            .jobs
+            .send(StopJobs)
+            .timeout(Duration::from_secs(10))
+            .await
+        {
             tracing::warn!(error = %e, "jobs could not be handed back; their leases will run out");
         }
         self.jobs_arbiter.stop();

@@ -187,18 +187,20 @@ impl DeploymentConfig {
 
     /// The vendor with its `settings`, typed.
     pub fn vendor(&self) -> Result<Vendor, Invalid> {
-        Vendor::from_settings(self.vendor_type, &self.settings, self.workflow.as_ref()).map_err(|e| {
-            let message = e.to_string();
-            let param = quoted_name(&message)
-                .map_or_else(|| "settings".to_string(), |f| format!("settings.{f}"));
-            (
-                param,
-                format!(
-                    "invalid `settings` for {}: {message}",
-                    self.vendor_type.as_str()
-                ),
-            )
-        })
+        Vendor::from_settings(self.vendor_type, &self.settings, self.workflow.as_ref()).map_err(
+            |e| {
+                let message = e.to_string();
+                let param = quoted_name(&message)
+                    .map_or_else(|| "settings".to_string(), |f| format!("settings.{f}"));
+                (
+                    param,
+                    format!(
+                        "invalid `settings` for {}: {message}",
+                        self.vendor_type.as_str()
+                    ),
+                )
+            },
+        )
     }
 
     pub fn prices(&self) -> Prices {

@@ -42,29 +42,31 @@ impl ImageRequest {
             match body.get(name) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(_) => Err(ApiError::invalid(name, format!("`{name}` must be a string"))),
+                Some(_) => Err(ApiError::invalid(
+                    name,
+                    format!("`{name}` must be a string"),
+                )),
             }
         };
         let whole = |name: &str, max: u64| -> Result<Option<u64>, ApiError> {
             match body.get(name) {
                 None | Some(Value::Null) => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .filter(|n| *n <= max)
-                    .map(Some)
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            name,
-                            format!("`{name}` must be a whole number from 0 to {max}"),
-                        )
-                    }),
+                Some(v) => v.as_u64().filter(|n| *n <= max).map(Some).ok_or_else(|| {
+                    ApiError::invalid(
+                        name,
+                        format!("`{name}` must be a whole number from 0 to {max}"),
+                    )
+                }),
             }
         };
         let model = text("model")?
             .filter(|m| !m.is_empty())
             .ok_or_else(|| ApiError::invalid("model", "`model` is required"))?;
         if model.len() > 256 {
-            return Err(ApiError::invalid("model", "`model` is longer than 256 bytes"));
+            return Err(ApiError::invalid(
+                "model",
+                "`model` is longer than 256 bytes",
+            ));
         }
         let prompt = text("prompt")?
             .filter(|p| !p.trim().is_empty())
@@ -76,7 +78,10 @@ impl ImageRequest {
         let size = match text("size")?.as_deref() {
             None | Some("auto") => None,
             Some(s) => Some(parse_size(s).ok_or_else(|| {
-                ApiError::invalid("size", "`size` must be `WIDTHxHEIGHT` (e.g. `1024x1024`) or `auto`")
+                ApiError::invalid(
+                    "size",
+                    "`size` must be `WIDTHxHEIGHT` (e.g. `1024x1024`) or `auto`",
+                )
             })?),
         };
         let response_format = match text("response_format")?.as_deref() {
@@ -92,7 +97,10 @@ impl ImageRequest {
         let seed = whole("seed", u64::MAX)?;
         let steps = whole("steps", 10_000)?.map(|s| s as u32);
         let negative_prompt = text("negative_prompt")?;
-        if body.get("stream").is_some_and(|v| v.as_bool() == Some(true)) {
+        if body
+            .get("stream")
+            .is_some_and(|v| v.as_bool() == Some(true))
+        {
             return Err(ApiError::invalid(
                 "stream",
                 "image generations do not stream; follow a job with `GET /v1/jobs/{id}/events`",
@@ -140,7 +148,21 @@ pub fn sniff_content_type(bytes: &[u8]) -> &'static str {
     match bytes {
         [0x89, b'P', b'N', b'G', ..] => "image/png",
         [0xFF, 0xD8, 0xFF, ..] => "image/jpeg",
-        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => "image/webp",
+        [
+            b'R',
+            b'I',
+            b'F',
+            b'F',
+            _,
+            _,
+            _,
+            _,
+            b'W',
+            b'E',
+            b'B',
+            b'P',
+            ..,
+        ] => "image/webp",
         [b'G', b'I', b'F', b'8', ..] => "image/gif",
         _ => "image/png",
     }
@@ -149,7 +171,12 @@ pub fn sniff_content_type(bytes: &[u8]) -> &'static str {
 /// `1024x768` → (1024, 768); each side from 1 to 16384.
 fn parse_size(s: &str) -> Option<(u32, u32)> {
     let (w, h) = s.split_once(['x', 'X'])?;
-    let side = |v: &str| v.trim().parse::<u32>().ok().filter(|n| (1..=16_384).contains(n));
+    let side = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=16_384).contains(n))
+    };
     Some((side(w)?, side(h)?))
 }
 
@@ -167,11 +194,16 @@ mod tests {
 
     #[test]
     fn a_full_request_reads_every_field() {
-        let req = parse(json!({"model": "sd", "prompt": "a cat", "n": 2, "size": "512x768",
+        let req = parse(
+            json!({"model": "sd", "prompt": "a cat", "n": 2, "size": "512x768",
             "response_format": "b64_json", "seed": 42, "negative_prompt": "dogs", "steps": 20,
-            "async": true, "webhook_url": "http://h/x"}))
+            "async": true, "webhook_url": "http://h/x"}),
+        )
         .unwrap();
-        assert_eq!((req.n, req.size, req.seed, req.steps), (2, Some((512, 768)), Some(42), Some(20)));
+        assert_eq!(
+            (req.n, req.size, req.seed, req.steps),
+            (2, Some((512, 768)), Some(42), Some(20))
+        );
         assert_eq!(req.response_format, ImageFormat::B64Json);
         assert_eq!(req.negative_prompt.as_deref(), Some("dogs"));
         assert!(!req.body.contains_key("async") && !req.body.contains_key("webhook_url"));
@@ -186,9 +218,15 @@ mod tests {
             (json!({"model": "m", "prompt": "x", "n": 11}), "n"),
             (json!({"model": "m", "prompt": "x", "size": "big"}), "size"),
             (json!({"model": "m", "prompt": "x", "size": "0x10"}), "size"),
-            (json!({"model": "m", "prompt": "x", "response_format": "png"}), "response_format"),
+            (
+                json!({"model": "m", "prompt": "x", "response_format": "png"}),
+                "response_format",
+            ),
             (json!({"model": "m", "prompt": "x", "seed": -1}), "seed"),
-            (json!({"model": "m", "prompt": "x", "stream": true}), "stream"),
+            (
+                json!({"model": "m", "prompt": "x", "stream": true}),
+                "stream",
+            ),
         ] {
             let error = parse(body).err().unwrap();
             assert_eq!(error.param.as_deref(), Some(param));

@@ -79,7 +79,10 @@ pub async fn submit(
             .upstream_hosts
             .check_base_url(url)
             .map_err(|message| {
-                ApiError::invalid("webhook_url", message.replace("`base_url`", "`webhook_url`"))
+                ApiError::invalid(
+                    "webhook_url",
+                    message.replace("`base_url`", "`webhook_url`"),
+                )
             })?;
     }
     let known = relay.routing_table.borrow().routes.contains_key(&model);
@@ -210,7 +213,9 @@ async fn list(state: &AppState, mut list: ListJobs) -> Result<HttpResponse, ApiE
     let mut jobs = state.store.send(list).timeout(ASK_TIMEOUT).await??;
     let has_more = jobs.len() as u64 > limit;
     jobs.truncate(limit as usize);
-    let next = has_more.then(|| jobs.last().map(|j| j.id.clone())).flatten();
+    let next = has_more
+        .then(|| jobs.last().map(|j| j.id.clone()))
+        .flatten();
     Ok(HttpResponse::Ok().json(json!({
         "object": "list",
         "data": jobs.iter().map(JobRecord::to_json).collect::<Vec<_>>(),
@@ -239,6 +244,8 @@ pub async fn list_jobs(
 
 /// Every job, with filters (`user_id`, `status`, `model`, `kind`).
 #[utoipa::path(get, path = "/admin/jobs", tag = "Admin", params(JobsQuery),
+    description = "Every user's jobs, newest first, filtered by `user_id`, `status`, `model`, `kind`; \
+        `limit` (at most 100) and `before` (the `next_before` of the previous page). Role: admin, operator or viewer.",
     responses((status = 200, description = "`{object: list, data, has_more, next_before}`", body = Object), AdminAuth))]
 pub async fn admin_list_jobs(
     state: web::Data<AppState>,
@@ -310,7 +317,11 @@ pub async fn cancel_job(
         .send(Watch { id: id.clone() })
         .timeout(ASK_TIMEOUT)
         .await?;
-    let here = state.jobs.send(Cancel { id: id.clone() }).timeout(ASK_TIMEOUT).await?;
+    let here = state
+        .jobs
+        .send(Cancel { id: id.clone() })
+        .timeout(ASK_TIMEOUT)
+        .await?;
     if here {
         // It runs here: answer once it has stopped (the upstream told first).
         let _ = tokio::time::timeout(ASK_TIMEOUT, async {

@@ -243,9 +243,7 @@ impl Vendor {
 
     pub fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
         match self {
-            Self::OpenAI | Self::Mock | Self::ComfyUI(_) => {
-                Box::<openai::OpenAiDecoder>::default()
-            }
+            Self::OpenAI | Self::Mock | Self::ComfyUI(_) => Box::<openai::OpenAiDecoder>::default(),
             Self::Anthropic(_) => Box::<anthropic::AnthropicDecoder>::default(),
         }
     }

@@ -22,7 +22,9 @@ use super::{
 };
 use crate::actors::router::Route;
 use crate::domain::breaker::CallResult;
-use crate::domain::images::{GeneratedImage, ImageData, ImageRequest, VendorImage, sniff_content_type};
+use crate::domain::images::{
+    GeneratedImage, ImageData, ImageRequest, VendorImage, sniff_content_type,
+};
 use crate::domain::jobs::Submitted;
 use crate::error::ApiError;
 use crate::providers::comfyui::{self, HistoryState, OutputFile, WsEvent};
@@ -132,7 +134,10 @@ impl ImageCall<'_> {
                 }
                 ImageData::Url(url) => {
                     let url = reqwest::Url::parse(&url).map_err(|_| {
-                        UpstreamFailure::new(FailureClass::MalformedResponse, "an image URL does not parse")
+                        UpstreamFailure::new(
+                            FailureClass::MalformedResponse,
+                            "an image URL does not parse",
+                        )
                     })?;
                     // The vendor's own storage: no key is sent there.
                     fetch(acc, &route.client, url, deadline, self.max_bytes).await?
@@ -163,7 +168,9 @@ impl ImageCall<'_> {
             // A failure to submit ran nothing upstream: another deployment may be tried.
             None => self.submit(acc, route, settings, &base, deadline).await?,
         };
-        Ok(self.finish(acc, route, settings, &base, &submitted, deadline).await)
+        Ok(self
+            .finish(acc, route, settings, &base, &submitted, deadline)
+            .await)
     }
 
     /// Follows a submitted prompt and fetches its outputs; any failure is final.
@@ -261,8 +268,12 @@ fn placeholders(req: &ImageRequest) -> Map<String, Value> {
     let (width, height) = req.size.unwrap_or((1024, 1024));
     let seed = req.seed.unwrap_or_else(|| {
         // ComfyUI's seeds are at most 2^53 in its UI: keep random ones JSON-safe.
-        u64::from_le_bytes(*uuid::Uuid::new_v4().as_bytes().first_chunk().unwrap_or(&[0; 8]))
-            >> 11
+        u64::from_le_bytes(
+            *uuid::Uuid::new_v4()
+                .as_bytes()
+                .first_chunk()
+                .unwrap_or(&[0; 8]),
+        ) >> 11
     });
     let mut values = Map::new();
     values.insert("prompt".into(), Value::String(req.prompt.clone()));
@@ -291,8 +302,11 @@ async fn follow(
     let prompt_id = submitted.prompt_id.as_str();
     let mut socket = match comfyui::ws_url(base, &submitted.client_id) {
         Some(url) => {
-            match tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(url))
-                .await
+            match tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio_tungstenite::connect_async(url),
+            )
+            .await
             {
                 Ok(Ok((socket, _))) => Some(socket),
                 Ok(Err(e)) => {
@@ -416,9 +430,15 @@ async fn fetch(
     limit: usize,
 ) -> Result<(Bytes, String), UpstreamFailure> {
     let started = Instant::now();
-    let remaining = deadline.saturating_duration_since(started).max(Duration::from_millis(1));
+    let remaining = deadline
+        .saturating_duration_since(started)
+        .max(Duration::from_millis(1));
     let fetched = tokio::time::timeout(remaining, async {
-        let response = client.get(url).send().await.map_err(|e| transport_failure(&e))?;
+        let response = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| transport_failure(&e))?;
         let status = response.status();
         if !status.is_success() {
             return Err(UpstreamFailure {

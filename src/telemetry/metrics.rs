@@ -307,7 +307,10 @@ impl Metrics {
     /// `gateway_jobs{status}`: every status, zeros included.
     pub fn set_jobs(&self, counts: &[(crate::domain::jobs::JobStatus, i64)]) {
         for status in crate::domain::jobs::JobStatus::ALL {
-            let n = counts.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);
+            let n = counts
+                .iter()
+                .find(|(s, _)| *s == status)
+                .map_or(0, |(_, n)| *n);
             self.jobs
                 .get_or_create(&StatusLabels {
                     status: status.as_str(),

@@ -45,7 +45,13 @@ async fn add_comfy(app: &TestApp, model: &str, comfy: &MockComfy, settings: Valu
 }
 
 /// Submits `body` to `path` as a job; answers its id.
-async fn submit(client: &reqwest::Client, address: &str, path: &str, key: &str, body: Value) -> String {
+async fn submit(
+    client: &reqwest::Client,
+    address: &str,
+    path: &str,
+    key: &str,
+    body: Value,
+) -> String {
     let res = client
         .post(format!("{address}{path}"))
         .bearer_auth(key)
@@ -64,7 +70,14 @@ async fn submit(client: &reqwest::Client, address: &str, path: &str, key: &str, 
 }
 
 async fn image_job(app: &TestApp, key: &str, body: Value) -> String {
-    submit(&app.client, &app.address, "/v1/images/generations", key, body).await
+    submit(
+        &app.client,
+        &app.address,
+        "/v1/images/generations",
+        key,
+        body,
+    )
+    .await
 }
 
 async fn get_job(client: &reqwest::Client, address: &str, key: &str, id: &str) -> Value {
@@ -79,7 +92,12 @@ async fn get_job(client: &reqwest::Client, address: &str, key: &str, id: &str) -
 }
 
 /// A job's events, open: every change from here on reaches it.
-async fn open_events(client: &reqwest::Client, address: &str, key: &str, id: &str) -> reqwest::Response {
+async fn open_events(
+    client: &reqwest::Client,
+    address: &str,
+    key: &str,
+    id: &str,
+) -> reqwest::Response {
     let res = client
         .get(format!("{address}/v1/jobs/{id}/events"))
         .bearer_auth(key)
@@ -87,12 +105,22 @@ async fn open_events(client: &reqwest::Client, address: &str, key: &str, id: &st
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     res
 }
 
 /// The job's events from now to its end: `(event, data)`, the last one `done`.
-async fn follow(client: &reqwest::Client, address: &str, key: &str, id: &str) -> Vec<(String, Value)> {
+async fn follow(
+    client: &reqwest::Client,
+    address: &str,
+    key: &str,
+    id: &str,
+) -> Vec<(String, Value)> {
     read_events(open_events(client, address, key, id).await).await
 }
 
@@ -102,7 +130,11 @@ async fn read_events(res: reqwest::Response) -> Vec<(String, Value)> {
         .expect("the events end with the job")
         .unwrap();
     let events = crate::helpers::sse_events(&body);
-    assert_eq!(events.last().map(|(e, _)| e.as_str()), Some("done"), "{body}");
+    assert_eq!(
+        events.last().map(|(e, _)| e.as_str()),
+        Some("done"),
+        "{body}"
+    );
     events
 }
 
@@ -121,37 +153,76 @@ async fn an_async_chat_job_runs_through_the_relay_and_is_billed_once() {
         prompt_tokens: 11,
         completion_tokens: 3,
     });
-    let body = json!({"model": "gpt-jobs", "messages": user_message("write slowly"), "async": true});
-    let id = submit(&app.client, &app.address, "/v1/chat/completions", &app.admin_key, body).await;
+    let body =
+        json!({"model": "gpt-jobs", "messages": user_message("write slowly"), "async": true});
+    let id = submit(
+        &app.client,
+        &app.address,
+        "/v1/chat/completions",
+        &app.admin_key,
+        body,
+    )
+    .await;
     let job = finished(&app, &app.admin_key, &id).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["kind"], "chat_completion");
     assert_eq!(job["progress"], 1.0);
     assert_eq!(job["result"]["object"], "chat.completion");
-    assert_eq!(job["result"]["choices"][0]["message"]["content"], "done later");
+    assert_eq!(
+        job["result"]["choices"][0]["message"]["content"],
+        "done later"
+    );
     // The vendor never sees the gateway's job fields.
     let received = app.upstream.received();
     assert_eq!(received.len(), 1);
-    assert!(received[0].body.get("async").is_none(), "{:?}", received[0].body);
+    assert!(
+        received[0].body.get("async").is_none(),
+        "{:?}",
+        received[0].body
+    );
     // One usage row, under the job's id, with the vendor's figures.
-    app.store.send(lowart::actors::store::FlushUsage).await.unwrap();
+    app.store
+        .send(lowart::actors::store::FlushUsage)
+        .await
+        .unwrap();
     let rows = app.usage_rows().await;
-    let row = rows.iter().find(|r| r.request_id == id).expect("a usage row for the job");
-    assert_eq!((row.prompt_tokens, row.completion_tokens), (Some(11), Some(3)));
+    let row = rows
+        .iter()
+        .find(|r| r.request_id == id)
+        .expect("a usage row for the job");
+    assert_eq!(
+        (row.prompt_tokens, row.completion_tokens),
+        (Some(11), Some(3))
+    );
     assert_eq!(row.status, 200);
     // Anthropic's endpoint makes Anthropic-shaped results.
     let body = json!({"model": "mock", "max_tokens": 50, "messages": user_message("hello"), "async": true});
-    let id = submit(&app.client, &app.address, "/v1/messages", &app.admin_key, body).await;
+    let id = submit(
+        &app.client,
+        &app.address,
+        "/v1/messages",
+        &app.admin_key,
+        body,
+    )
+    .await;
     let job = finished(&app, &app.admin_key, &id).await;
     assert_eq!(job["kind"], "message");
     assert_eq!(job["result"]["type"], "message", "{job}");
     // An async job does not stream.
-    let body = json!({"model": "mock", "messages": user_message("x"), "async": true, "stream": true});
-    let res = app.post_json("/v1/chat/completions", &app.admin_key, &body).await;
+    let body =
+        json!({"model": "mock", "messages": user_message("x"), "async": true, "stream": true});
+    let res = app
+        .post_json("/v1/chat/completions", &app.admin_key, &body)
+        .await;
     let error = crate::helpers::assert_openai_error(res, 400).await;
     assert_eq!(error["param"], "stream");
     // Jobs list, newest first.
-    let list: Value = app.get("/v1/jobs?limit=1", &app.admin_key).await.json().await.unwrap();
+    let list: Value = app
+        .get("/v1/jobs?limit=1", &app.admin_key)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["data"][0]["id"], id);
     assert_eq!(list["has_more"], true);
     let next = list["next_before"].as_str().unwrap();
@@ -172,13 +243,29 @@ async fn a_comfyui_job_waits_its_turn_reports_progress_and_stores_the_image() {
     add_comfy(&app, "sd", &comfy, json!({"poll_interval_ms": 100})).await;
     let first_png: Vec<u8> = default_png().into_iter().chain(*b"first").collect();
     let second_png: Vec<u8> = default_png().into_iter().chain(*b"second").collect();
-    comfy.script(Behaviour::Held { steps: 4, bytes: first_png.clone() });
-    comfy.script(Behaviour::Image { steps: 4, bytes: second_png.clone() });
-    let first = image_job(&app, &app.admin_key, json!({"model": "sd", "prompt": "a red fox",
-        "size": "512x768", "seed": 1234, "steps": 12, "negative_prompt": "blurry", "async": true})).await;
+    comfy.script(Behaviour::Held {
+        steps: 4,
+        bytes: first_png.clone(),
+    });
+    comfy.script(Behaviour::Image {
+        steps: 4,
+        bytes: second_png.clone(),
+    });
+    let first = image_job(
+        &app,
+        &app.admin_key,
+        json!({"model": "sd", "prompt": "a red fox",
+        "size": "512x768", "seed": 1234, "steps": 12, "negative_prompt": "blurry", "async": true}),
+    )
+    .await;
     comfy.wait_running(1).await;
     // One job of `sd` at a time: the second waits, queued.
-    let second = image_job(&app, &app.admin_key, json!({"model": "sd", "prompt": "a cat", "async": true})).await;
+    let second = image_job(
+        &app,
+        &app.admin_key,
+        json!({"model": "sd", "prompt": "a cat", "async": true}),
+    )
+    .await;
     let queued = get_job(&app.client, &app.address, &app.admin_key, &second).await;
     assert_eq!(queued["status"], "queued");
     let running = get_job(&app.client, &app.address, &app.admin_key, &first).await;
@@ -198,27 +285,49 @@ async fn a_comfyui_job_waits_its_turn_reports_progress_and_stores_the_image() {
         .filter(|(e, _)| e == "status")
         .filter_map(|(_, d)| d["progress"].as_f64())
         .collect();
-    assert!(progress.contains(&0.5) && progress.contains(&1.0), "{progress:?}");
+    assert!(
+        progress.contains(&0.5) && progress.contains(&1.0),
+        "{progress:?}"
+    );
     assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
     // The artifact is the mock's bytes, served with its content type.
     assert_eq!(job["artifacts"][0]["content_type"], "image/png");
-    assert_eq!(job["result"]["data"][0]["url"], format!("/v1/jobs/{first}/artifacts/0"));
-    let res = app.get(&format!("/v1/jobs/{first}/artifacts/0"), &app.admin_key).await;
+    assert_eq!(
+        job["result"]["data"][0]["url"],
+        format!("/v1/jobs/{first}/artifacts/0")
+    );
+    let res = app
+        .get(&format!("/v1/jobs/{first}/artifacts/0"), &app.admin_key)
+        .await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "image/png");
     assert_eq!(res.bytes().await.unwrap().to_vec(), first_png);
-    let missing = app.get(&format!("/v1/jobs/{first}/artifacts/1"), &app.admin_key).await;
+    let missing = app
+        .get(&format!("/v1/jobs/{first}/artifacts/1"), &app.admin_key)
+        .await;
     assert_eq!(missing.status(), 404);
     // The second ran once the first was done: queued, running, succeeded.
     let second_events = watching.await.unwrap();
     let statuses: Vec<&str> = second_events
         .iter()
-        .map(|(e, d)| if e == "done" { "done" } else { d["status"].as_str().unwrap() })
+        .map(|(e, d)| {
+            if e == "done" {
+                "done"
+            } else {
+                d["status"].as_str().unwrap()
+            }
+        })
         .collect();
     assert_eq!(statuses.first(), Some(&"queued"), "{statuses:?}");
     assert!(statuses.contains(&"running"), "{statuses:?}");
-    assert_eq!(&statuses[statuses.len() - 2..], ["succeeded", "done"], "{statuses:?}");
-    let res = app.get(&format!("/v1/jobs/{second}/artifacts/0"), &app.admin_key).await;
+    assert_eq!(
+        &statuses[statuses.len() - 2..],
+        ["succeeded", "done"],
+        "{statuses:?}"
+    );
+    let res = app
+        .get(&format!("/v1/jobs/{second}/artifacts/0"), &app.admin_key)
+        .await;
     assert_eq!(res.bytes().await.unwrap().to_vec(), second_png);
     // Placeholders filled with their JSON types; text keeps its words around them.
     let submitted = comfy.submissions();
@@ -231,11 +340,16 @@ async fn a_comfyui_job_waits_its_turn_reports_progress_and_stores_the_image() {
     assert_eq!(w["6"]["inputs"]["text"], json!("masterpiece, a red fox"));
     assert_eq!(w["7"]["inputs"]["text"], json!("blurry"));
     assert_eq!(w["3"]["inputs"]["cfg"], json!(7));
-    assert!(submitted[1]["3"]["inputs"]["seed"].is_u64(), "a random seed is still a number");
+    assert!(
+        submitted[1]["3"]["inputs"]["seed"].is_u64(),
+        "a random seed is still a number"
+    );
     assert_eq!(comfy.executions(), 2);
     // A ComfyUI model does not chat.
     let chat = json!({"model": "sd", "messages": user_message("hi")});
-    let res = app.post_json("/v1/chat/completions", &app.admin_key, &chat).await;
+    let res = app
+        .post_json("/v1/chat/completions", &app.admin_key, &chat)
+        .await;
     crate::helpers::assert_openai_error(res, 400).await;
 }
 
@@ -243,38 +357,71 @@ async fn a_comfyui_job_waits_its_turn_reports_progress_and_stores_the_image() {
 async fn synchronous_images_answer_urls_or_base64_of_the_stored_artifacts() {
     let app = spawn_app().await;
     let res = app
-        .post_json("/v1/images/generations", &app.admin_key, &json!({"model": "mock", "prompt": "a boat", "n": 2}))
+        .post_json(
+            "/v1/images/generations",
+            &app.admin_key,
+            &json!({"model": "mock", "prompt": "a boat", "n": 2}),
+        )
         .await;
     assert_eq!(res.status(), 200);
-    let job_id = res.headers()["x-lowart-job-id"].to_str().unwrap().to_string();
+    let job_id = res.headers()["x-lowart-job-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let answer: Value = res.json().await.unwrap();
     let data = answer["data"].as_array().unwrap();
     assert_eq!(data.len(), 2);
     let url = data[1]["url"].as_str().unwrap();
     assert_eq!(url, format!("{}/v1/jobs/{job_id}/artifacts/1", app.address));
-    let bytes = app.client.get(url).bearer_auth(&app.admin_key).send().await.unwrap().bytes().await.unwrap();
+    let bytes = app
+        .client
+        .get(url)
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(&bytes[..4], b"\x89PNG");
     let res = app
-        .post_json("/v1/images/generations", &app.admin_key,
-            &json!({"model": "mock", "prompt": "a boat", "response_format": "b64_json"}))
+        .post_json(
+            "/v1/images/generations",
+            &app.admin_key,
+            &json!({"model": "mock", "prompt": "a boat", "response_format": "b64_json"}),
+        )
         .await;
     let answer: Value = res.json().await.unwrap();
     let b64 = answer["data"][0]["b64_json"].as_str().unwrap();
-    let png = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
     assert_eq!(png, bytes.to_vec());
     // Bad requests name their parameter; unknown models are 404.
     for (body, param) in [
         (json!({"model": "mock"}), "prompt"),
         (json!({"model": "mock", "prompt": "x", "n": 0}), "n"),
-        (json!({"model": "mock", "prompt": "x", "size": "huge"}), "size"),
-        (json!({"model": "mock", "prompt": "x", "webhook_url": "http://127.0.0.1:1/"}), "webhook_url"),
+        (
+            json!({"model": "mock", "prompt": "x", "size": "huge"}),
+            "size",
+        ),
+        (
+            json!({"model": "mock", "prompt": "x", "webhook_url": "http://127.0.0.1:1/"}),
+            "webhook_url",
+        ),
     ] {
-        let res = app.post_json("/v1/images/generations", &app.admin_key, &body).await;
+        let res = app
+            .post_json("/v1/images/generations", &app.admin_key, &body)
+            .await;
         let error = crate::helpers::assert_openai_error(res, 400).await;
         assert_eq!(error["param"], param);
     }
     let res = app
-        .post_json("/v1/images/generations", &app.admin_key, &json!({"model": "nope", "prompt": "x"}))
+        .post_json(
+            "/v1/images/generations",
+            &app.admin_key,
+            &json!({"model": "nope", "prompt": "x"}),
+        )
         .await;
     crate::helpers::assert_openai_error(res, 404).await;
     // Another user's job, its artifacts and its events are not there for them; admins list all.
@@ -291,7 +438,12 @@ async fn synchronous_images_answer_urls_or_base64_of_the_stored_artifacts() {
     crate::helpers::assert_openai_error(res, 404).await;
     let theirs: Value = app.get("/v1/jobs", &other).await.json().await.unwrap();
     assert_eq!(theirs["data"], json!([]));
-    let all: Value = app.get("/admin/jobs?kind=image&status=succeeded", &app.admin_key).await.json().await.unwrap();
+    let all: Value = app
+        .get("/admin/jobs?kind=image&status=succeeded", &app.admin_key)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(all["data"].as_array().unwrap().len(), 2);
     let res = app.get("/admin/jobs", &other).await;
     crate::helpers::assert_openai_error(res, 403).await;
@@ -299,15 +451,18 @@ async fn synchronous_images_answer_urls_or_base64_of_the_stored_artifacts() {
     crate::helpers::assert_openai_error(res, 400).await;
 }
 
+/// One request a receiver got: its headers and body.
+type Delivery = (Vec<(String, String)>, String);
+
 /// A webhook receiver: records each request's headers and body; answers 200.
 struct Receiver {
     url: String,
-    got: Arc<Mutex<Vec<(Vec<(String, String)>, String)>>>,
+    got: Arc<Mutex<Vec<Delivery>>>,
     arrived: Arc<tokio::sync::Notify>,
 }
 
 async fn receiver() -> Receiver {
-    let got: Arc<Mutex<Vec<(Vec<(String, String)>, String)>>> = Arc::default();
+    let got: Arc<Mutex<Vec<Delivery>>> = Arc::default();
     let arrived = Arc::new(tokio::sync::Notify::new());
     let (g, a) = (got.clone(), arrived.clone());
     let server = HttpServer::new(move || {
@@ -340,9 +495,16 @@ async fn a_webhook_arrives_once_with_a_standard_webhooks_signature() {
     let app = spawn_app().await;
     let hook = receiver().await;
     let key = app.user_key("hooked", "user", None).await;
-    let id = image_job(&app, &key, json!({"model": "mock", "prompt": "x", "async": true,
-        "webhook_url": hook.url})).await;
-    tokio::time::timeout(Duration::from_secs(30), hook.arrived.notified()).await.expect("the webhook arrives");
+    let id = image_job(
+        &app,
+        &key,
+        json!({"model": "mock", "prompt": "x", "async": true,
+        "webhook_url": hook.url}),
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(30), hook.arrived.notified())
+        .await
+        .expect("the webhook arrives");
     // Delivered and recorded as such; never sent again.
     let job = finished(&app, &key, &id).await;
     let mut status = job["webhook"]["status"].clone();
@@ -354,16 +516,39 @@ async fn a_webhook_arrives_once_with_a_standard_webhooks_signature() {
     let got = hook.got.lock().unwrap().clone();
     assert_eq!(got.len(), 1);
     let (headers, body) = &got[0];
-    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
     let payload: Value = serde_json::from_str(body).unwrap();
     assert_eq!(payload["type"], "job.succeeded");
     assert_eq!(payload["data"]["id"], id);
     assert_eq!(payload["data"]["status"], "succeeded");
     // Verified as a receiver would: the key's secret, `{id}.{timestamp}.{body}`, HMAC-SHA256.
-    let secret: Value = app.get("/v1/webhook_secret", &key).await.json().await.unwrap();
-    let secret = secret["secret"].as_str().unwrap().strip_prefix("whsec_").unwrap().to_string();
-    let secret = base64::engine::general_purpose::STANDARD.decode(secret).unwrap();
-    let signed = format!("{}.{}.{}", header("webhook-id"), header("webhook-timestamp"), body);
+    let secret: Value = app
+        .get("/v1/webhook_secret", &key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let secret = secret["secret"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("whsec_")
+        .unwrap()
+        .to_string();
+    let secret = base64::engine::general_purpose::STANDARD
+        .decode(secret)
+        .unwrap();
+    let signed = format!(
+        "{}.{}.{}",
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        body
+    );
     let signature = header("webhook-signature");
     let tag = base64::engine::general_purpose::STANDARD
         .decode(signature.strip_prefix("v1,").unwrap())
@@ -373,9 +558,20 @@ async fn a_webhook_arrives_once_with_a_standard_webhooks_signature() {
     let age = chrono::Utc::now().timestamp() - header("webhook-timestamp").parse::<i64>().unwrap();
     assert!((0..60).contains(&age));
     // Another key has another secret.
-    let other: Value = app.get("/v1/webhook_secret", &app.admin_key).await.json().await.unwrap();
-    assert_ne!(other["secret"].as_str().unwrap().strip_prefix("whsec_").unwrap(),
-        base64::engine::general_purpose::STANDARD.encode(&secret));
+    let other: Value = app
+        .get("/v1/webhook_secret", &app.admin_key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(
+        other["secret"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("whsec_")
+            .unwrap(),
+        base64::engine::general_purpose::STANDARD.encode(&secret)
+    );
 }
 
 #[actix_web::test]
@@ -383,17 +579,34 @@ async fn cancelling_a_running_comfyui_job_interrupts_it_and_a_queued_one_never_r
     let app = spawn_app_with(|s| s.jobs.max_running_per_model = 1).await;
     let comfy = MockComfy::start().await;
     add_comfy(&app, "sd", &comfy, json!({})).await;
-    comfy.script(Behaviour::Held { steps: 4, bytes: default_png() });
-    let running = image_job(&app, &app.admin_key, json!({"model": "sd", "prompt": "x", "async": true})).await;
+    comfy.script(Behaviour::Held {
+        steps: 4,
+        bytes: default_png(),
+    });
+    let running = image_job(
+        &app,
+        &app.admin_key,
+        json!({"model": "sd", "prompt": "x", "async": true}),
+    )
+    .await;
     comfy.wait_running(1).await;
-    let queued = image_job(&app, &app.admin_key, json!({"model": "sd", "prompt": "y", "async": true})).await;
+    let queued = image_job(
+        &app,
+        &app.admin_key,
+        json!({"model": "sd", "prompt": "y", "async": true}),
+    )
+    .await;
     // The queued one is cancelled at once.
-    let res = app.delete(&format!("/v1/jobs/{queued}"), &app.admin_key).await;
+    let res = app
+        .delete(&format!("/v1/jobs/{queued}"), &app.admin_key)
+        .await;
     assert_eq!(res.status(), 200);
     let job: Value = res.json().await.unwrap();
     assert_eq!(job["status"], "cancelled");
     // The running one: ComfyUI is told to stop it, then it ends cancelled.
-    let res = app.delete(&format!("/v1/jobs/{running}"), &app.admin_key).await;
+    let res = app
+        .delete(&format!("/v1/jobs/{running}"), &app.admin_key)
+        .await;
     assert_eq!(res.status(), 200);
     let job: Value = res.json().await.unwrap();
     assert_eq!(job["status"], "cancelled", "{job}");
@@ -404,10 +617,36 @@ async fn cancelling_a_running_comfyui_job_interrupts_it_and_a_queued_one_never_r
     assert_eq!(interrupts.len(), 1, "{interrupts:?}");
     assert!(!interrupts[0].is_empty(), "the interrupt names the prompt");
     // A finished job stays as it was.
-    let res = app.delete(&format!("/v1/jobs/{running}"), &app.admin_key).await;
+    let res = app
+        .delete(&format!("/v1/jobs/{running}"), &app.admin_key)
+        .await;
     let again: Value = res.json().await.unwrap();
     assert_eq!(again["status"], "cancelled");
     assert_eq!(again["finished_at"], job["finished_at"]);
+    // A job whose prompt still waits in ComfyUI's own queue is taken out of it.
+    comfy.script(Behaviour::Queued);
+    let waiting = image_job(
+        &app,
+        &app.admin_key,
+        json!({"model": "sd", "prompt": "z", "async": true}),
+    )
+    .await;
+    let mut job = get_job(&app.client, &app.address, &app.admin_key, &waiting).await;
+    while job["upstream"]["prompt_id"].as_str().is_none() {
+        tokio::task::yield_now().await;
+        job = get_job(&app.client, &app.address, &app.admin_key, &waiting).await;
+    }
+    let prompt_id = job["upstream"]["prompt_id"].as_str().unwrap().to_string();
+    let res = app
+        .delete(&format!("/v1/jobs/{waiting}"), &app.admin_key)
+        .await;
+    let job: Value = res.json().await.unwrap();
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert!(
+        comfy.queue_deletes().contains(&prompt_id),
+        "{:?}",
+        comfy.queue_deletes()
+    );
 }
 
 #[actix_web::test]
@@ -418,23 +657,52 @@ async fn comfyui_failures_end_the_job_failed_with_a_clear_error() {
     })
     .await;
     let comfy = MockComfy::start().await;
-    add_comfy(&app, "sd", &comfy, json!({"timeout_ms": 1500, "poll_interval_ms": 100})).await;
+    add_comfy(
+        &app,
+        "sd",
+        &comfy,
+        json!({"timeout_ms": 1500, "poll_interval_ms": 100}),
+    )
+    .await;
     let cases = [
         (Behaviour::MalformedSubmit, "malformed_response", ""),
         (Behaviour::NodeErrors, "invalid_request", ""),
         (Behaviour::MalformedHistory, "malformed_response", ""),
-        (Behaviour::Failing("CUDA out of memory".into()), "upstream_5xx", "CUDA out of memory"),
-        (Behaviour::NeverFinishes, "upstream_timeout", "did not finish"),
-        (Behaviour::Image { steps: 1, bytes: vec![7; 5000] }, "malformed_response", "max_artifact_bytes"),
+        (
+            Behaviour::Failing("CUDA out of memory".into()),
+            "upstream_5xx",
+            "CUDA out of memory",
+        ),
+        (
+            Behaviour::NeverFinishes,
+            "upstream_timeout",
+            "did not finish",
+        ),
+        (
+            Behaviour::Image {
+                steps: 1,
+                bytes: vec![7; 5000],
+            },
+            "malformed_response",
+            "max_artifact_bytes",
+        ),
     ];
     for (behaviour, code, words) in cases {
         comfy.script(behaviour.clone());
-        let id = image_job(&app, &app.admin_key, json!({"model": "sd", "prompt": "x", "async": true})).await;
+        let id = image_job(
+            &app,
+            &app.admin_key,
+            json!({"model": "sd", "prompt": "x", "async": true}),
+        )
+        .await;
         let job = finished(&app, &app.admin_key, &id).await;
         assert_eq!(job["status"], "failed", "{behaviour:?}: {job}");
         assert_eq!(job["error"]["code"], code, "{behaviour:?}: {job}");
         let message = job["error"]["message"].as_str().unwrap();
-        assert!(!message.is_empty() && message.contains(words), "{behaviour:?}: {message}");
+        assert!(
+            !message.is_empty() && message.contains(words),
+            "{behaviour:?}: {message}"
+        );
         assert!(job["finished_at"].is_i64());
         assert_eq!(job["artifacts"], json!([]));
     }
@@ -470,22 +738,39 @@ async fn jobs_running_at_sigterm_and_at_sigkill_finish_after_a_restart() {
     let admin_key = lowart::crypto::generate_api_key().unwrap();
     let client = reqwest::Client::new();
     let comfy = MockComfy::start().await;
-    for (signal, bytes) in [("SIGTERM", b"after term".to_vec()), ("SIGKILL", b"after kill".to_vec())] {
+    for (signal, bytes) in [
+        ("SIGTERM", b"after term".to_vec()),
+        ("SIGKILL", b"after kill".to_vec()),
+    ] {
         let mut gw = gateway(&dir, &db_url, &admin_key).await;
         if signal == "SIGTERM" {
             let res = client
                 .post(format!("{}/admin/models", gw.address))
                 .bearer_auth(&admin_key)
-                .json(&comfy_deployment("sd", &comfy.base_url, json!({"poll_interval_ms": 100})))
+                .json(&comfy_deployment(
+                    "sd",
+                    &comfy.base_url,
+                    json!({"poll_interval_ms": 100}),
+                ))
                 .send()
                 .await
                 .unwrap();
             assert_eq!(res.status(), 201);
         }
-        comfy.script(Behaviour::Held { steps: 2, bytes: bytes.clone() });
+        comfy.script(Behaviour::Held {
+            steps: 2,
+            bytes: bytes.clone(),
+        });
         let before = comfy.executions();
         let body = json!({"model": "sd", "prompt": signal, "async": true});
-        let id = submit(&client, &gw.address, "/v1/images/generations", &admin_key, body).await;
+        let id = submit(
+            &client,
+            &gw.address,
+            "/v1/images/generations",
+            &admin_key,
+            body,
+        )
+        .await;
         comfy.wait_running(before + 1).await;
         // Stopped once the job has saved its prompt id (it does so as ComfyUI takes it).
         let mut job = get_job(&client, &gw.address, &admin_key, &id).await;
@@ -521,7 +806,14 @@ async fn jobs_running_at_sigterm_and_at_sigkill_finish_after_a_restart() {
 /// The model `sd` on a mock ComfyUI, registered through `on`.
 async fn pair_comfy(pair: &crate::scale_out::Pair, comfy: &MockComfy) {
     let body = comfy_deployment("sd", &comfy.base_url, json!({"poll_interval_ms": 100}));
-    pair.admin(&pair.a, reqwest::Method::POST, "/admin/models", Some(&body), 201).await;
+    pair.admin(
+        &pair.a,
+        reqwest::Method::POST,
+        "/admin/models",
+        Some(&body),
+        201,
+    )
+    .await;
 }
 
 const PAIR_ENV: [(&str, &str); 3] = [
@@ -542,7 +834,16 @@ async fn two_instances_run_a_hundred_jobs_each_exactly_once() {
     for i in 0..100 {
         let on = if i % 2 == 0 { &pair.a } else { &pair.b };
         let body = json!({"model": "sd", "prompt": format!("image {i}"), "seed": i, "async": true});
-        ids.push(submit(&pair.client, &on.address, "/v1/images/generations", &pair.admin_key, body).await);
+        ids.push(
+            submit(
+                &pair.client,
+                &on.address,
+                "/v1/images/generations",
+                &pair.admin_key,
+                body,
+            )
+            .await,
+        );
     }
     for (i, id) in ids.iter().enumerate() {
         let on = if i % 3 == 0 { &pair.b } else { &pair.a };
@@ -570,9 +871,19 @@ async fn a_job_of_an_instance_that_dies_is_taken_over_after_its_lease() {
     };
     let comfy = MockComfy::start().await;
     pair_comfy(&pair, &comfy).await;
-    comfy.script(Behaviour::Held { steps: 2, bytes: b"survived".to_vec() });
+    comfy.script(Behaviour::Held {
+        steps: 2,
+        bytes: b"survived".to_vec(),
+    });
     let body = json!({"model": "sd", "prompt": "hold on", "async": true});
-    let id = submit(&pair.client, &pair.a.address, "/v1/images/generations", &pair.admin_key, body).await;
+    let id = submit(
+        &pair.client,
+        &pair.a.address,
+        "/v1/images/generations",
+        &pair.admin_key,
+        body,
+    )
+    .await;
     comfy.wait_running(1).await;
     let mut job = get_job(&pair.client, &pair.b.address, &pair.admin_key, &id).await;
     while job["upstream"]["prompt_id"].as_str().is_none() {

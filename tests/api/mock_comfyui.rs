@@ -11,11 +11,6 @@
 //! id, then sends the live ones: a socket opened late (or by a restarted gateway) sees the
 //! whole run.
 
-#![allow(
-    dead_code,
-    reason = "the ComfyUI integration tests drive the behaviours and accessors the self-test does not"
-)]
-
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -362,7 +362,10 @@ impl Actor for JobActor {
                     if let Ok(Ok(n)) = released
                         && n > 0
                     {
-                        tracing::info!(jobs = n, "jobs left running by the last process are resumed");
+                        tracing::info!(
+                            jobs = n,
+                            "jobs left running by the last process are resumed"
+                        );
                     }
                 }),
         );

@@ -131,9 +131,7 @@ async fn chat<D: ChatDialect>(relay: &Relay, info: RequestInfo, job: &JobRecord)
     let created = info.created_at / 1000;
     match relay.chat(info, &req).await {
         Ok(reply) => match reply.body {
-            ChatBody::Complete {
-                raw: Some(raw), ..
-            } => match serde_json::from_slice(&raw) {
+            ChatBody::Complete { raw: Some(raw), .. } => match serde_json::from_slice(&raw) {
                 Ok(value) => Outcome::succeeded(value, Vec::new()),
                 Err(_) => Outcome::failed("malformed_response", "the upstream answer is not JSON"),
             },

@@ -51,7 +51,9 @@ impl Webhooks {
                 Ok(res) => {
                     tracing::info!(job = %job.id, attempt, status = res.status().as_u16(), "webhook refused")
                 }
-                Err(e) => tracing::info!(job = %job.id, attempt, error = %e, "webhook not delivered"),
+                Err(e) => {
+                    tracing::info!(job = %job.id, attempt, error = %e, "webhook not delivered")
+                }
             }
             if attempt < self.attempts {
                 tokio::time::sleep(pause).await;

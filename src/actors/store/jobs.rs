@@ -9,14 +9,14 @@ use actix::prelude::*;
 use actix_web::web::Bytes;
 use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, DbBackend, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, Condition, DbBackend, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, TransactionTrait,
 };
 
 use super::{
-    Artifact, CancelJob, ClaimJob, CountJobs, CreateJob, FinishJob, GetArtifact, GetJob,
-    ListJobs, PurgeJobs, ReleaseOrphanJobs, RenewJobLeases, RequeueJob, SetWebhookStatus,
-    StoreActor, StoreError, UpdateJob, begin_write,
+    Artifact, CancelJob, ClaimJob, CountJobs, CreateJob, FinishJob, GetArtifact, GetJob, ListJobs,
+    PurgeJobs, ReleaseOrphanJobs, RenewJobLeases, RequeueJob, SetWebhookStatus, StoreActor,
+    StoreError, UpdateJob, begin_write,
 };
 use crate::domain::jobs::{ArtifactMeta, JobError, JobKind, JobRecord, JobStatus, Submitted};
 use crate::domain::now_ms;
@@ -169,7 +169,10 @@ impl Handler<ClaimJob> for StoreActor {
             }
             let txn = begin_write(&db).await?;
             let claimed = job::Entity::update_many()
-                .col_expr(job::Column::Status, Expr::value(JobStatus::Running.as_str()))
+                .col_expr(
+                    job::Column::Status,
+                    Expr::value(JobStatus::Running.as_str()),
+                )
                 .col_expr(job::Column::LeaseOwner, Expr::value(msg.owner))
                 .col_expr(
                     job::Column::LeaseUntil,
@@ -477,14 +480,19 @@ impl Handler<CancelJob> for StoreActor {
                 JobStatus::Queued => {
                     let error = JobError::new("cancelled", "cancelled before it started");
                     update
-                        .col_expr(job::Column::Status, Expr::value(JobStatus::Cancelled.as_str()))
+                        .col_expr(
+                            job::Column::Status,
+                            Expr::value(JobStatus::Cancelled.as_str()),
+                        )
                         .col_expr(
                             job::Column::Error,
                             Expr::value(serde_json::to_string(&error).ok()),
                         )
                         .col_expr(job::Column::FinishedAt, Expr::value(now))
                 }
-                JobStatus::Running => update.col_expr(job::Column::CancelRequested, Expr::value(true)),
+                JobStatus::Running => {
+                    update.col_expr(job::Column::CancelRequested, Expr::value(true))
+                }
                 _ => {
                     txn.rollback().await?;
                     return Ok(Some(record(&db, found).await?));

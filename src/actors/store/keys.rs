@@ -157,8 +157,9 @@ impl Handler<LookupKey> for StoreActor {
     fn handle(&mut self, msg: LookupKey, _: &mut Self::Context) -> Self::Result {
         self.run(move |db, _| async move {
             let found = match msg {
-                LookupKey::Hash(hash) => api_key::Entity::find()
-                    .filter(api_key::Column::KeyHash.eq(hash)),
+                LookupKey::Hash(hash) => {
+                    api_key::Entity::find().filter(api_key::Column::KeyHash.eq(hash))
+                }
                 LookupKey::Id(id) => api_key::Entity::find_by_id(id),
             }
             .filter(api_key::Column::RevokedAt.is_null())

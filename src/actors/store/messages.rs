@@ -5,10 +5,10 @@ use actix::Message;
 use super::StoreError;
 use crate::config::{ModelSeed, Secret};
 use crate::domain::deployment::DeploymentPatch;
+use crate::domain::jobs::JobRecord;
 use crate::domain::records::{
     Actor, ApiKeyInfo, AuditEntry, Deployment, DeploymentWithSecret, KeyGrant, Role, User,
 };
-use crate::domain::jobs::JobRecord;
 use crate::domain::usage::UsageRecord;
 use crate::domain::usage_report::{
     CallerUsage, GroupBy, RollupFilter, SummaryRow, UsageCursor, UsageFilter, UsagePage, UserSpend,

@@ -67,7 +67,12 @@ async fn answer(
     if job.status != JobStatus::Succeeded {
         let error = job.error.clone();
         let (code, message) = error.map_or_else(
-            || ("internal_error".to_string(), "the job ended without a result".to_string()),
+            || {
+                (
+                    "internal_error".to_string(),
+                    "the job ended without a result".to_string(),
+                )
+            },
             |e| (e.code, e.message),
         );
         let kind = ErrorKind::parse(&code).unwrap_or(ErrorKind::Internal);
@@ -86,8 +91,10 @@ async fn answer(
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let info = req.connection_info();
-    let origin = format!("{}://{}", info.scheme(), info.host());
+    let origin = {
+        let info = req.connection_info();
+        format!("{}://{}", info.scheme(), info.host())
+    };
     let mut data = Vec::with_capacity(items.len());
     for (index, mut item) in items.into_iter().enumerate() {
         let path = item.get("url").and_then(Value::as_str).map(str::to_string);
