@@ -79,6 +79,7 @@ pub fn test_settings(dir: &TempDir, db_url: &str, admin_key: &str) -> Settings {
     s.security.master_key_file = dir.path().join("lowart.key");
     s.security.admin_key = Some(Secret::new(admin_key));
     s.database.usage_spill_file = usage_spill_file(dir);
+    s.jobs.artifact_dir = dir.path().join("artifacts");
     s
 }
 

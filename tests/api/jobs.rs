@@ -928,3 +928,57 @@ async fn a_job_of_an_instance_that_dies_is_taken_over_after_its_lease() {
         .unwrap();
     assert_eq!(res.bytes().await.unwrap().to_vec(), b"survived");
 }
+
+#[actix_web::test]
+async fn large_artifacts_are_files_and_old_jobs_go_with_their_files() {
+    let app = spawn_app_with(|s| s.jobs.inline_artifact_bytes = 16).await;
+    let comfy = MockComfy::start().await;
+    add_comfy(&app, "sd", &comfy, json!({"poll_interval_ms": 100})).await;
+    let big: Vec<u8> = default_png().into_iter().chain(vec![42; 4096]).collect();
+    comfy.script(Behaviour::Image {
+        steps: 1,
+        bytes: big.clone(),
+    });
+    let id = image_job(
+        &app,
+        &app.admin_key,
+        json!({"model": "sd", "prompt": "x", "async": true}),
+    )
+    .await;
+    assert_eq!(
+        finished(&app, &app.admin_key, &id).await["status"],
+        "succeeded"
+    );
+    // Above the inline size: a file in jobs.artifact_dir, served as the bytes.
+    let file = app.dir.path().join("artifacts").join(format!("{id}-0"));
+    assert_eq!(std::fs::read(&file).unwrap(), big);
+    let res = app
+        .get(&format!("/v1/jobs/{id}/artifacts/0"), &app.admin_key)
+        .await;
+    assert_eq!(res.bytes().await.unwrap().to_vec(), big);
+    // Retention: finished jobs older than the cut go, their files with them; others stay.
+    let young = image_job(
+        &app,
+        &app.admin_key,
+        json!({"model": "mock", "prompt": "y", "async": true}),
+    )
+    .await;
+    let young_job = finished(&app, &app.admin_key, &young).await;
+    let cut = young_job["finished_at"].as_i64().unwrap();
+    let purged = app
+        .store
+        .send(lowart::actors::store::PurgeJobs {
+            finished_before: cut,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(purged, 1);
+    assert!(!file.exists());
+    let res = app.get(&format!("/v1/jobs/{id}"), &app.admin_key).await;
+    assert_eq!(res.status(), 404);
+    let res = app
+        .get(&format!("/v1/jobs/{young}/artifacts/0"), &app.admin_key)
+        .await;
+    assert_eq!(res.status(), 200);
+}

@@ -240,6 +240,8 @@ impl JobActor {
     }
 
     fn renew(&mut self, ctx: &mut Context<Self>) {
+        // Watchers of jobs that never changed here (they run elsewhere) and have gone.
+        self.watchers.retain(|_, tx| tx.receiver_count() > 0);
         let ids: Vec<String> = self.running.keys().cloned().collect();
         if ids.is_empty() {
             return;
@@ -339,9 +341,15 @@ impl JobActor {
                     finished_before: before,
                 })
                 .into_actor(self)
-                .map(|purged, _, _| match purged {
+                .map(|purged, act, ctx| match purged {
                     Ok(Ok(0)) => {}
-                    Ok(Ok(n)) => tracing::info!(jobs = n, "old jobs and their artifacts deleted"),
+                    Ok(Ok(n)) => {
+                        tracing::info!(jobs = n, "old jobs and their artifacts deleted");
+                        // A full batch: there may be more.
+                        if n >= crate::actors::store::PURGE_BATCH {
+                            act.purge(ctx);
+                        }
+                    }
                     _ => tracing::warn!("could not delete old jobs"),
                 }),
         );

@@ -463,48 +463,48 @@ impl Handler<CancelJob> for StoreActor {
     fn handle(&mut self, msg: CancelJob, _: &mut Self::Context) -> Self::Result {
         self.run(move |db, _| async move {
             let now = now_ms();
-            let txn = begin_write(&db).await?;
-            let mut query = job::Entity::find_by_id(msg.id.clone());
-            if let Some(user) = &msg.user_id {
-                query = query.filter(job::Column::UserId.eq(user.clone()));
+            // Each change holds only if the job is still in the state it was read in (a
+            // claim may move a queued job to running in between): then read it again.
+            for _ in 0..3 {
+                let mut query = job::Entity::find_by_id(msg.id.clone());
+                if let Some(user) = &msg.user_id {
+                    query = query.filter(job::Column::UserId.eq(user.clone()));
+                }
+                let Some(found) = query.one(&db).await? else {
+                    return Ok(None);
+                };
+                let status = JobStatus::parse(&found.status).unwrap_or(JobStatus::Failed);
+                let update = job::Entity::update_many()
+                    .col_expr(job::Column::UpdatedAt, Expr::value(now))
+                    .filter(job::Column::Id.eq(msg.id.clone()))
+                    .filter(job::Column::Status.eq(status.as_str()));
+                let update = match status {
+                    JobStatus::Queued => {
+                        let error = JobError::new("cancelled", "cancelled before it started");
+                        update
+                            .col_expr(
+                                job::Column::Status,
+                                Expr::value(JobStatus::Cancelled.as_str()),
+                            )
+                            .col_expr(
+                                job::Column::Error,
+                                Expr::value(serde_json::to_string(&error).ok()),
+                            )
+                            .col_expr(job::Column::FinishedAt, Expr::value(now))
+                    }
+                    JobStatus::Running => {
+                        update.col_expr(job::Column::CancelRequested, Expr::value(true))
+                    }
+                    _ => return Ok(Some(record(&db, found).await?)),
+                };
+                if let Some(changed) = update.exec_with_returning(&db).await?.into_iter().next() {
+                    return Ok(Some(record(&db, changed).await?));
+                }
             }
-            let Some(found) = query.one(&txn).await? else {
-                txn.rollback().await?;
-                return Ok(None);
-            };
-            let status = JobStatus::parse(&found.status).unwrap_or(JobStatus::Failed);
-            let update = job::Entity::update_many()
-                .col_expr(job::Column::UpdatedAt, Expr::value(now))
-                .filter(job::Column::Id.eq(msg.id.clone()));
-            let update = match status {
-                JobStatus::Queued => {
-                    let error = JobError::new("cancelled", "cancelled before it started");
-                    update
-                        .col_expr(
-                            job::Column::Status,
-                            Expr::value(JobStatus::Cancelled.as_str()),
-                        )
-                        .col_expr(
-                            job::Column::Error,
-                            Expr::value(serde_json::to_string(&error).ok()),
-                        )
-                        .col_expr(job::Column::FinishedAt, Expr::value(now))
-                }
-                JobStatus::Running => {
-                    update.col_expr(job::Column::CancelRequested, Expr::value(true))
-                }
-                _ => {
-                    txn.rollback().await?;
-                    return Ok(Some(record(&db, found).await?));
-                }
-            };
-            let changed = update.exec_with_returning(&txn).await?;
-            let found = match changed.into_iter().next() {
-                Some(m) => record(&txn, m).await?,
-                None => record(&txn, found).await?,
-            };
-            txn.commit().await?;
-            Ok(Some(found))
+            Err(StoreError::Conflict(format!(
+                "job `{}` changed while it was being cancelled; try again",
+                msg.id
+            )))
         })
     }
 }
@@ -533,7 +533,7 @@ impl Handler<PurgeJobs> for StoreActor {
                 .select_only()
                 .column(job::Column::Id)
                 .filter(job::Column::FinishedAt.lt(msg.finished_before))
-                .limit(1000)
+                .limit(super::PURGE_BATCH)
                 .into_tuple()
                 .all(&db)
                 .await?;

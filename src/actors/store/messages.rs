@@ -402,8 +402,11 @@ pub struct SetWebhookStatus {
     pub status: &'static str,
 }
 
+/// Jobs deleted by one `PurgeJobs` at most.
+pub const PURGE_BATCH: u64 = 1000;
+
 /// Deletes finished jobs (and their artifacts, files included) finished before
-/// `finished_before`; answers how many jobs went.
+/// `finished_before`, at most `PURGE_BATCH`; answers how many jobs went.
 #[derive(Message)]
 #[rtype(result = "Result<u64, StoreError>")]
 pub struct PurgeJobs {
