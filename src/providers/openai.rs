@@ -38,6 +38,15 @@ pub fn images_request(
 ) -> Result<UpstreamRequest, UpstreamFailure> {
     let mut body = body.clone();
     body.remove("response_format");
+    as_sent(url, target, body)
+}
+
+/// The client's body as it sent it, to the deployment's model.
+fn as_sent(
+    url: &reqwest::Url,
+    target: Target<'_>,
+    mut body: Map<String, Value>,
+) -> Result<UpstreamRequest, UpstreamFailure> {
     body.insert(
         "model".into(),
         Value::String(target.upstream_model.to_string()),
@@ -164,16 +173,7 @@ pub fn embeddings_request(
     target: Target<'_>,
     body: &Map<String, Value>,
 ) -> Result<UpstreamRequest, UpstreamFailure> {
-    let mut body = body.clone();
-    body.insert(
-        "model".into(),
-        Value::String(target.upstream_model.to_string()),
-    );
-    Ok(UpstreamRequest {
-        url: url.clone(),
-        headers: headers(target, false)?,
-        body: to_bytes(&body)?,
-    })
+    as_sent(url, target, body.clone())
 }
 
 /// A canonical request as an OpenAI chat-completion body (the model is set by the caller).
@@ -616,5 +616,58 @@ mod tests {
         assert_eq!(classify(503, b"").class, FailureClass::Overloaded);
         assert_eq!(classify(500, b"oops").class, FailureClass::Upstream5xx);
         assert_eq!(classify(422, b"{}").class, FailureClass::InvalidRequest);
+    }
+
+    #[test]
+    fn images_answers_decode_bytes_urls_and_usage() {
+        use crate::domain::images::ImageData;
+        let answer = json!({"created": 1, "data": [
+            {"b64_json": "iVBORw==", "revised_prompt": "a cat, photo"},
+            {"url": "https://files.example/img.png"}],
+            "usage": {"input_tokens": 12, "output_tokens": 4160, "total_tokens": 4172}});
+        let (images, usage) = decode_images(answer.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            images[0].data,
+            ImageData::Bytes(vec![0x89, b'P', b'N', b'G'])
+        );
+        assert_eq!(images[0].revised_prompt.as_deref(), Some("a cat, photo"));
+        assert_eq!(
+            images[1].data,
+            ImageData::Url("https://files.example/img.png".into())
+        );
+        let usage = usage.unwrap();
+        assert_eq!(
+            (usage.prompt, usage.completion, usage.total),
+            (12, 4160, 4172)
+        );
+        for bad in [
+            json!({}),
+            json!({"data": []}),
+            json!({"data": [{"b64_json": "%%"}]}),
+            json!({"data": [{"revised_prompt": "x"}]}),
+        ] {
+            let failure = decode_images(bad.to_string().as_bytes()).unwrap_err();
+            assert_eq!(failure.class, FailureClass::MalformedResponse, "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_images_request_keeps_the_body_but_the_format_and_model() {
+        let url = reqwest::Url::parse("https://api.example/v1/images/generations").unwrap();
+        let target = Target {
+            upstream_model: "gpt-image-1",
+            api_key: Some("sk-x"),
+        };
+        let body =
+            json!({"model": "img", "prompt": "p", "response_format": "url", "size": "1024x1024"});
+        let Value::Object(body) = body else {
+            unreachable!()
+        };
+        let request = images_request(&url, target, &body).unwrap();
+        let sent: Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(
+            sent,
+            json!({"model": "gpt-image-1", "prompt": "p", "size": "1024x1024"})
+        );
     }
 }

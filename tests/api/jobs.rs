@@ -982,3 +982,62 @@ async fn large_artifacts_are_files_and_old_jobs_go_with_their_files() {
         .await;
     assert_eq!(res.status(), 200);
 }
+
+#[actix_web::test]
+async fn an_openai_images_deployment_gets_the_body_and_its_image_is_stored() {
+    let app = spawn_app().await;
+    app.add_openai_model("img", json!({})).await;
+    let png: Vec<u8> = default_png().into_iter().chain(*b"from openai").collect();
+    app.upstream.push(Reply::Json(json!({
+        "created": 1_700_000_000,
+        "data": [{"b64_json": base64::engine::general_purpose::STANDARD.encode(&png),
+            "revised_prompt": "a tidy desk"}],
+        "usage": {"input_tokens": 9, "output_tokens": 272, "total_tokens": 281},
+    })));
+    let body =
+        json!({"model": "img", "prompt": "a desk", "size": "1024x1024", "response_format": "url"});
+    let res = app
+        .post_json("/v1/images/generations", &app.admin_key, &body)
+        .await;
+    assert_eq!(res.status(), 200);
+    let job_id = res.headers()["x-lowart-job-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(answer["data"][0]["revised_prompt"], "a tidy desk");
+    let url = answer["data"][0]["url"].as_str().unwrap();
+    let bytes = app
+        .client
+        .get(url)
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(bytes.to_vec(), png);
+    // The vendor got the client's body with its own model and without response_format.
+    let received = app.upstream.received();
+    assert!(
+        received[0].path.ends_with("/v1/images/generations"),
+        "{}",
+        received[0].path
+    );
+    assert_eq!(
+        received[0].body,
+        json!({"model": "img-upstream", "prompt": "a desk", "size": "1024x1024"})
+    );
+    // Billed from the vendor's usage, under the job's id.
+    app.store
+        .send(lowart::actors::store::FlushUsage)
+        .await
+        .unwrap();
+    let rows = app.usage_rows().await;
+    let row = rows.iter().find(|r| r.request_id == job_id).unwrap();
+    assert_eq!(
+        (row.prompt_tokens, row.completion_tokens),
+        (Some(9), Some(272))
+    );
+}
