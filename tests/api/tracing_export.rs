@@ -222,3 +222,49 @@ async fn an_unreachable_collector_does_not_fail_requests() {
     );
     assert!(terminate(&mut child).await.success());
 }
+
+#[actix_web::test]
+async fn an_async_job_is_a_span_with_its_upstream_call_inside() {
+    let (collector, spans) = otlp_receiver().await;
+    let (mut gateway, _upstream, admin_key, _dir) = gateway_exporting_to(&collector).await;
+    let client = reqwest::Client::new();
+    let res = client
+        .post(format!("{}/v1/images/generations", gateway.address))
+        .bearer_auth(&admin_key)
+        .json(&json!({"model": "mock", "prompt": "x", "async": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let id = res.json::<serde_json::Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let events = client
+        .get(format!("{}/v1/jobs/{id}/events", gateway.address))
+        .bearer_auth(&admin_key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(events.contains("event: done"), "{events}");
+    assert!(terminate(&mut gateway.child).await.success());
+    let spans = spans.lock().unwrap().clone();
+    let job = spans
+        .iter()
+        .find(|s| attr(s, "lowart.job.id") == Some(AnyValue::StringValue(id.clone())))
+        .expect("a span for the job");
+    assert_eq!(job.name, "job image mock");
+    assert_eq!(
+        attr(job, "lowart.job.status"),
+        Some(AnyValue::StringValue("succeeded".into()))
+    );
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.parent_span_id == job.span_id && s.trace_id == job.trace_id),
+        "the upstream call is inside the job's span"
+    );
+}
