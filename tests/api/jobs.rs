@@ -461,7 +461,8 @@ struct Receiver {
     arrived: Arc<tokio::sync::Notify>,
 }
 
-async fn receiver() -> Receiver {
+/// A receiver that answers 503 to its first `refuse` requests.
+async fn receiver(refuse: usize) -> Receiver {
     let got: Arc<Mutex<Vec<Delivery>>> = Arc::default();
     let arrived = Arc::new(tokio::sync::Notify::new());
     let (g, a) = (got.clone(), arrived.clone());
@@ -475,7 +476,14 @@ async fn receiver() -> Receiver {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
                     .collect();
-                g.lock().unwrap().push((headers, body));
+                let count = {
+                    let mut got = g.lock().unwrap();
+                    got.push((headers, body));
+                    got.len()
+                };
+                if count <= refuse {
+                    return HttpResponse::ServiceUnavailable().finish();
+                }
                 a.notify_one();
                 HttpResponse::Ok().finish()
             }
@@ -493,7 +501,7 @@ async fn receiver() -> Receiver {
 #[actix_web::test]
 async fn a_webhook_arrives_once_with_a_standard_webhooks_signature() {
     let app = spawn_app().await;
-    let hook = receiver().await;
+    let hook = receiver(0).await;
     let key = app.user_key("hooked", "user", None).await;
     let id = image_job(
         &app,
@@ -557,6 +565,25 @@ async fn a_webhook_arrives_once_with_a_standard_webhooks_signature() {
     ring::hmac::verify(&key_ring, signed.as_bytes(), &tag).expect("the signature verifies");
     let age = chrono::Utc::now().timestamp() - header("webhook-timestamp").parse::<i64>().unwrap();
     assert!((0..60).contains(&age));
+    // A refused delivery is retried (after a second) with the same id, then delivered.
+    let flaky = receiver(1).await;
+    let id = image_job(
+        &app,
+        &key,
+        json!({"model": "mock", "prompt": "y", "async": true,
+        "webhook_url": flaky.url}),
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(30), flaky.arrived.notified())
+        .await
+        .expect("delivered on a retry");
+    let got = flaky.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 2);
+    let ids: Vec<String> = got
+        .iter()
+        .map(|(h, _)| h.iter().find(|(k, _)| k == "webhook-id").unwrap().1.clone())
+        .collect();
+    assert_eq!(ids, [format!("msg_{id}"), format!("msg_{id}")]);
     // Another key has another secret.
     let other: Value = app
         .get("/v1/webhook_secret", &app.admin_key)
