@@ -146,7 +146,21 @@ async fn finished(app: &TestApp, key: &str, id: &str) -> Value {
 
 #[actix_web::test]
 async fn an_async_chat_job_runs_through_the_relay_and_is_billed_once() {
-    let app = spawn_app().await;
+    // One job at a time: a held image job keeps the chat job queued until it is released.
+    let app = spawn_app_with(|s| s.jobs.max_running = 1).await;
+    let comfy = MockComfy::start().await;
+    add_comfy(&app, "sd", &comfy, json!({})).await;
+    comfy.script(Behaviour::Held {
+        steps: 2,
+        bytes: default_png(),
+    });
+    image_job(
+        &app,
+        &app.admin_key,
+        json!({"model": "sd", "prompt": "first", "async": true}),
+    )
+    .await;
+    comfy.wait_running(1).await;
     app.add_openai_model("gpt-jobs", json!({})).await;
     app.upstream.push(Reply::Text {
         content: "done later".into(),
@@ -163,7 +177,21 @@ async fn an_async_chat_job_runs_through_the_relay_and_is_billed_once() {
         body,
     )
     .await;
-    let job = finished(&app, &app.admin_key, &id).await;
+    let events = open_events(&app.client, &app.address, &app.admin_key, &id).await;
+    comfy.release();
+    let events = read_events(events).await;
+    let statuses: Vec<&str> = events
+        .iter()
+        .map(|(e, d)| {
+            if e == "done" {
+                "done"
+            } else {
+                d["status"].as_str().unwrap()
+            }
+        })
+        .collect();
+    assert_eq!(statuses, ["queued", "running", "succeeded", "done"]);
+    let job = events.last().unwrap().1.clone();
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["kind"], "chat_completion");
     assert_eq!(job["progress"], 1.0);
@@ -232,7 +260,14 @@ async fn an_async_chat_job_runs_through_the_relay_and_is_billed_once() {
         .json()
         .await
         .unwrap();
-    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    // The chat job, then the image job that went first.
+    let kinds: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["chat_completion", "image"]);
     assert_eq!(page["has_more"], false);
 }
 
