@@ -1,8 +1,10 @@
 //! Async jobs and their artifacts. A job is claimed by one instance under a lease
 //! (`lease_owner`, `lease_until`) renewed while it runs; a job whose lease ran out is
 //! claimed again. `upstream` remembers where a job was submitted (a ComfyUI prompt id) so
-//! a restarted instance can re-attach to it. An artifact's bytes are in `data` up to
-//! `jobs.inline_artifact_bytes`, else in the file at `path`.
+//! a restarted instance can re-attach to it. A finished job's webhook is an outbox entry:
+//! `webhook_status` `pending`, due at `webhook_next_at`, claimed by one instance at a
+//! time. An artifact's bytes are in `data` up to `jobs.inline_artifact_bytes`, else in
+//! the file at `path`.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -29,6 +31,8 @@ impl MigrationTrait for Migration {
                     .col(text_null(Jobs::Error))
                     .col(text_null(Jobs::WebhookUrl))
                     .col(string_null(Jobs::WebhookStatus))
+                    .col(integer(Jobs::WebhookAttempts).default(0))
+                    .col(big_integer_null(Jobs::WebhookNextAt))
                     .col(text_null(Jobs::Upstream))
                     .col(integer(Jobs::Attempts).default(0))
                     .col(boolean(Jobs::CancelRequested).default(false))
@@ -59,6 +63,16 @@ impl MigrationTrait for Migration {
                     .table(Jobs::Table)
                     .col(Jobs::UserId)
                     .col(Jobs::CreatedAt)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_jobs_webhook_due")
+                    .table(Jobs::Table)
+                    .col(Jobs::WebhookStatus)
+                    .col(Jobs::WebhookNextAt)
                     .to_owned(),
             )
             .await?;
@@ -118,6 +132,8 @@ enum Jobs {
     Error,
     WebhookUrl,
     WebhookStatus,
+    WebhookAttempts,
+    WebhookNextAt,
     Upstream,
     Attempts,
     CancelRequested,

@@ -125,6 +125,8 @@ pub struct JobRecord {
     pub error: Option<JobError>,
     pub webhook_url: Option<String>,
     pub webhook_status: Option<String>,
+    /// Deliveries of the webhook tried so far.
+    pub webhook_attempts: i32,
     pub submitted: Option<Submitted>,
     /// Times the job was started (a job taken over after a restart starts again).
     pub attempts: i32,
@@ -170,6 +172,7 @@ impl JobRecord {
             "webhook": self.webhook_url.as_ref().map(|url| json!({
                 "url": url,
                 "status": self.webhook_status,
+                "attempts": self.webhook_attempts,
             })),
             "created_at": self.created_at,
             "started_at": self.started_at,

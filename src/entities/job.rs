@@ -20,6 +20,8 @@ pub struct Model {
     #[sea_orm(column_type = "Text", nullable)]
     pub webhook_url: Option<String>,
     pub webhook_status: Option<String>,
+    pub webhook_attempts: i32,
+    pub webhook_next_at: Option<i64>,
     #[sea_orm(column_type = "Text", nullable)]
     pub upstream: Option<String>,
     pub attempts: i32,

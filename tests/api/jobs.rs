@@ -494,17 +494,27 @@ struct Receiver {
     url: String,
     got: Arc<Mutex<Vec<Delivery>>>,
     arrived: Arc<tokio::sync::Notify>,
+    /// How many requests are refused before the first is taken.
+    refuse: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Receiver {
+    /// Takes every request from now on.
+    fn accept(&self) {
+        self.refuse.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// A receiver that answers 503 to its first `refuse` requests.
 async fn receiver(refuse: usize) -> Receiver {
     let got: Arc<Mutex<Vec<Delivery>>> = Arc::default();
     let arrived = Arc::new(tokio::sync::Notify::new());
-    let (g, a) = (got.clone(), arrived.clone());
+    let refuse = Arc::new(std::sync::atomic::AtomicUsize::new(refuse));
+    let (g, a, r) = (got.clone(), arrived.clone(), refuse.clone());
     let server = HttpServer::new(move || {
-        let (g, a) = (g.clone(), a.clone());
+        let (g, a, r) = (g.clone(), a.clone(), r.clone());
         App::new().default_service(web::to(move |req: HttpRequest, body: String| {
-            let (g, a) = (g.clone(), a.clone());
+            let (g, a, r) = (g.clone(), a.clone(), r.clone());
             async move {
                 let headers = req
                     .headers()
@@ -516,7 +526,7 @@ async fn receiver(refuse: usize) -> Receiver {
                     got.push((headers, body));
                     got.len()
                 };
-                if count <= refuse {
+                if count <= r.load(std::sync::atomic::Ordering::SeqCst) {
                     return HttpResponse::ServiceUnavailable().finish();
                 }
                 a.notify_one();
@@ -530,7 +540,12 @@ async fn receiver(refuse: usize) -> Receiver {
     .unwrap();
     let url = format!("http://{}/hooks/lowart", server.addrs()[0]);
     actix_web::rt::spawn(server.run());
-    Receiver { url, got, arrived }
+    Receiver {
+        url,
+        got,
+        arrived,
+        refuse,
+    }
 }
 
 #[actix_web::test]
@@ -782,6 +797,7 @@ async fn gateway(dir: &tempfile::TempDir, db_url: &str, admin_key: &str) -> Gate
             ("LOWART_ADMIN_KEY", admin_key),
             ("LOWART_JOBS__LEASE_MS", "1500"),
             ("LOWART_JOBS__POLL_MS", "100"),
+            ("LOWART_JOBS__WEBHOOK_TIMEOUT_MS", "1000"),
         ],
     )
     .await
@@ -1102,4 +1118,45 @@ async fn an_openai_images_deployment_gets_the_body_and_its_image_is_stored() {
         (row.prompt_tokens, row.completion_tokens),
         (Some(9), Some(272))
     );
+}
+
+#[actix_web::test]
+async fn a_webhook_still_refused_when_the_gateway_dies_is_delivered_after_the_restart() {
+    crate::helpers::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = fresh_database_url(&dir).await;
+    let admin_key = lowart::crypto::generate_api_key().unwrap();
+    let client = reqwest::Client::new();
+    let hook = receiver(usize::MAX).await;
+    let mut gw = gateway(&dir, &db_url, &admin_key).await;
+    let body = json!({"model": "mock", "prompt": "x", "async": true, "webhook_url": hook.url});
+    let id = submit(
+        &client,
+        &gw.address,
+        "/v1/images/generations",
+        &admin_key,
+        body,
+    )
+    .await;
+    // Refused once: the delivery is due again after a second.
+    let mut job = get_job(&client, &gw.address, &admin_key, &id).await;
+    while job["webhook"]["attempts"].as_i64() < Some(1) || job["webhook"]["status"] != "pending" {
+        tokio::task::yield_now().await;
+        job = get_job(&client, &gw.address, &admin_key, &id).await;
+    }
+    kill_hard(&mut gw).await;
+    hook.accept();
+    let mut gw = gateway(&dir, &db_url, &admin_key).await;
+    tokio::time::timeout(Duration::from_secs(30), hook.arrived.notified())
+        .await
+        .expect("delivered by the restarted gateway");
+    let mut job = get_job(&client, &gw.address, &admin_key, &id).await;
+    while job["webhook"]["status"] == "pending" {
+        tokio::task::yield_now().await;
+        job = get_job(&client, &gw.address, &admin_key, &id).await;
+    }
+    assert_eq!(job["webhook"]["status"], "delivered", "{job}");
+    assert!(job["webhook"]["attempts"].as_i64().unwrap() >= 2, "{job}");
+    assert!(terminate(&mut gw.child).await.success());
+    drop_test_database(&db_url);
 }

@@ -22,8 +22,8 @@ use actix::prelude::*;
 use tokio::sync::broadcast;
 
 use crate::actors::store::{
-    ArtifactStorage, CountJobs, FinishJob, PurgeJobs, ReleaseOrphanJobs, RenewJobLeases,
-    RequeueJob, SetWebhookStatus, StoreActor, UpdateJob,
+    ArtifactStorage, ClaimWebhook, CountJobs, FinishJob, PurgeJobs, ReleaseOrphanJobs,
+    RenewJobLeases, RequeueJob, StoreActor, UpdateJob, WebhookAttempted, WebhookOutcome,
 };
 use crate::config::JobSettings;
 use crate::domain::jobs::{JobError, JobRecord, JobState, JobStatus, Submitted};
@@ -36,6 +36,9 @@ pub use webhook::Webhooks;
 
 /// Builds the actor's relay on its own thread (with a quota actor of its own).
 pub type RelayFactory = Arc<dyn Fn() -> Relay + Send + Sync>;
+
+/// Webhook deliveries one instance makes at once.
+const MAX_DELIVERIES: usize = 4;
 
 /// Progress is written to the database at most this often per job (watchers on this
 /// instance see every step).
@@ -64,6 +67,8 @@ pub struct JobActor {
     /// Something may have become claimable while a claim was under way.
     again: bool,
     stopping: bool,
+    /// Webhook deliveries under way (claimed, not yet recorded).
+    delivering: usize,
 }
 
 impl JobActor {
@@ -87,6 +92,7 @@ impl JobActor {
             claiming: false,
             again: false,
             stopping: false,
+            delivering: 0,
         }
     }
 
@@ -204,7 +210,6 @@ impl JobActor {
     /// sends the webhook.
     fn finish(&mut self, id: String, finish: FinishJob, ctx: &mut Context<Self>) {
         let store = self.store.clone();
-        let webhooks = self.webhooks.clone();
         ctx.spawn(store.send(finish).into_actor(self).map(move |done, act, ctx| {
             match done {
                 Ok(Ok(Some(job))) => {
@@ -216,17 +221,7 @@ impl JobActor {
                     act.publish(&id, state);
                     act.watchers.remove(&id);
                     if job.webhook_url.is_some() {
-                        let store = act.store.clone();
-                        actix::spawn(async move {
-                            let delivered = webhooks.deliver(&job).await;
-                            let status = if delivered { "delivered" } else { "failed" };
-                            let _ = store
-                                .send(SetWebhookStatus {
-                                    id: job.id.clone(),
-                                    status,
-                                })
-                                .await;
-                        });
+                        act.deliver_webhooks(ctx);
                     }
                 }
                 Ok(Ok(None)) => {
@@ -236,6 +231,52 @@ impl JobActor {
                 Err(e) => tracing::error!(job = %id, error = %e, "could not finish a job"),
             }
             act.claim(ctx);
+        }));
+    }
+
+    /// Sends the webhooks that are due (of jobs finished here or anywhere), a few at a
+    /// time; each attempt is claimed in the database first.
+    fn deliver_webhooks(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping || self.delivering >= MAX_DELIVERIES {
+            return;
+        }
+        self.delivering += 1;
+        let claim = self.store.send(ClaimWebhook {
+            lease_ms: self.settings.webhook_timeout_ms + 1_000,
+        });
+        ctx.spawn(claim.into_actor(self).map(|claimed, act, ctx| {
+            let job = match claimed {
+                Ok(Ok(Some(job))) => job,
+                Ok(Ok(None)) => {
+                    act.delivering -= 1;
+                    return;
+                }
+                _ => {
+                    act.delivering -= 1;
+                    tracing::warn!("could not claim a webhook delivery");
+                    return;
+                }
+            };
+            let (webhooks, store) = (act.webhooks.clone(), act.store.clone());
+            let delivery = async move {
+                let outcome = if webhooks.deliver(&job).await {
+                    WebhookOutcome::Delivered
+                } else {
+                    webhooks.after_failure(job.webhook_attempts, now_ms())
+                };
+                let _ = store
+                    .send(WebhookAttempted {
+                        id: job.id.clone(),
+                        outcome,
+                    })
+                    .await;
+            };
+            ctx.spawn(delivery.into_actor(act).map(|(), act, ctx| {
+                act.delivering -= 1;
+                act.deliver_webhooks(ctx);
+            }));
+            // Room for more: claim the next one beside it.
+            act.deliver_webhooks(ctx);
         }));
     }
 
@@ -378,7 +419,10 @@ impl Actor for JobActor {
                 }),
         );
         let poll = Duration::from_millis(self.settings.poll_ms.max(10));
-        ctx.run_interval(poll, |act, ctx| act.claim(ctx));
+        ctx.run_interval(poll, |act, ctx| {
+            act.claim(ctx);
+            act.deliver_webhooks(ctx);
+        });
         let renew = Duration::from_millis((self.settings.lease_ms / 3).max(10));
         ctx.run_interval(renew, |act, ctx| act.renew(ctx));
         ctx.run_interval(Duration::from_secs(5), |act, ctx| act.refresh_counts(ctx));
@@ -386,6 +430,7 @@ impl Actor for JobActor {
         self.purge(ctx);
         self.refresh_counts(ctx);
         self.claim(ctx);
+        self.deliver_webhooks(ctx);
     }
 }
 
@@ -395,6 +440,7 @@ impl Supervised for JobActor {
         // again.
         self.running.clear();
         self.claiming = false;
+        self.delivering = 0;
     }
 }
 

@@ -1,11 +1,14 @@
 //! A finished job's webhook: its final state POSTed to the job's `webhook_url`, signed as
 //! Standard Webhooks sign (`webhook-id`, `webhook-timestamp`, `webhook-signature`) with
-//! the submitting key's secret, retried with a doubling backoff until a 2xx answer.
+//! the submitting key's secret. Deliveries are an outbox in the jobs table: each attempt
+//! is claimed by one instance, and a refused one is due again after a doubling backoff,
+//! also after a restart or on another instance.
 
 use std::time::Duration;
 
 use serde_json::json;
 
+use crate::actors::store::WebhookOutcome;
 use crate::domain::jobs::{JobRecord, webhook_secret, webhook_signature};
 
 /// What delivering webhooks needs.
@@ -18,7 +21,7 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    /// Delivers `job`'s final state; answers whether a 2xx answer came.
+    /// One delivery of `job`'s final state; answers whether a 2xx answer came.
     pub async fn deliver(&self, job: &JobRecord) -> bool {
         let Some(url) = job.webhook_url.as_deref() else {
             return true;
@@ -32,34 +35,39 @@ impl Webhooks {
         .to_string();
         // One id for every retry of this message, as the specification asks.
         let id = format!("msg_{}", job.id);
-        let mut pause = Duration::from_secs(1);
-        for attempt in 1..=self.attempts {
-            let timestamp = chrono::Utc::now().timestamp();
-            let signature = webhook_signature(&secret, &id, timestamp, body.as_bytes());
-            let sent = self
-                .client
-                .post(url)
-                .header("content-type", "application/json")
-                .header("webhook-id", &id)
-                .header("webhook-timestamp", timestamp.to_string())
-                .header("webhook-signature", signature)
-                .body(body.clone())
-                .send()
-                .await;
-            match sent {
-                Ok(res) if res.status().is_success() => return true,
-                Ok(res) => {
-                    tracing::info!(job = %job.id, attempt, status = res.status().as_u16(), "webhook refused")
-                }
-                Err(e) => {
-                    tracing::info!(job = %job.id, attempt, error = %e, "webhook not delivered")
-                }
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = webhook_signature(&secret, &id, timestamp, body.as_bytes());
+        let sent = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(res) if res.status().is_success() => true,
+            Ok(res) => {
+                tracing::info!(job = %job.id, attempt = job.webhook_attempts, status = res.status().as_u16(), "webhook refused");
+                false
             }
-            if attempt < self.attempts {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(60));
+            Err(e) => {
+                tracing::info!(job = %job.id, attempt = job.webhook_attempts, error = %e, "webhook not delivered");
+                false
             }
         }
-        false
+    }
+
+    /// What becomes of a webhook after its `attempts`-th delivery failed: another try
+    /// after a doubling backoff (1 s, 2 s, … at most a minute), or none left.
+    pub fn after_failure(&self, attempts: i32, now_ms: i64) -> WebhookOutcome {
+        if attempts >= self.attempts as i32 {
+            return WebhookOutcome::GaveUp;
+        }
+        let pause = Duration::from_secs(1 << attempts.clamp(1, 7).saturating_sub(1))
+            .min(Duration::from_secs(60));
+        WebhookOutcome::RetryAt(now_ms + pause.as_millis() as i64)
     }
 }

@@ -14,10 +14,13 @@ use sea_orm::{
 };
 
 use super::{
-    Artifact, CancelJob, ClaimJob, CountJobs, CreateJob, FinishJob, GetArtifact, GetJob, ListJobs,
-    PurgeJobs, ReleaseOrphanJobs, RenewJobLeases, RequeueJob, SetWebhookStatus, StoreActor,
-    StoreError, UpdateJob, begin_write,
+    Artifact, CancelJob, ClaimJob, ClaimWebhook, CountJobs, CreateJob, FinishJob, GetArtifact,
+    GetJob, ListJobs, PurgeJobs, ReleaseOrphanJobs, RenewJobLeases, RequeueJob, StoreActor,
+    StoreError, UpdateJob, WebhookAttempted, WebhookOutcome, begin_write,
 };
+
+/// A webhook still to be delivered.
+const WEBHOOK_PENDING: &str = "pending";
 use crate::domain::jobs::{ArtifactMeta, JobError, JobKind, JobRecord, JobStatus, Submitted};
 use crate::domain::now_ms;
 use crate::entities::{job, job_artifact};
@@ -44,6 +47,7 @@ fn to_record(m: job::Model, artifacts: Vec<ArtifactMeta>) -> JobRecord {
         progress: m.progress,
         webhook_url: m.webhook_url,
         webhook_status: m.webhook_status,
+        webhook_attempts: m.webhook_attempts,
         attempts: m.attempts,
         cancel_requested: m.cancel_requested,
         created_at: m.created_at,
@@ -117,8 +121,13 @@ impl Handler<CreateJob> for StoreActor {
                 request: Set(job.request.to_string()),
                 result: Set(None),
                 error: Set(None),
-                webhook_status: Set(job.webhook_url.as_ref().map(|_| "pending".to_string())),
+                webhook_status: Set(job
+                    .webhook_url
+                    .as_ref()
+                    .map(|_| WEBHOOK_PENDING.to_string())),
                 webhook_url: Set(job.webhook_url),
+                webhook_attempts: Set(0),
+                webhook_next_at: Set(None),
                 upstream: Set(None),
                 attempts: Set(0),
                 cancel_requested: Set(false),
@@ -318,6 +327,8 @@ impl Handler<FinishJob> for StoreActor {
                 .col_expr(job::Column::FinishedAt, Expr::value(now))
                 .col_expr(job::Column::UpdatedAt, Expr::value(now))
                 .col_expr(job::Column::LeaseUntil, Expr::value(Option::<i64>::None))
+                // Its webhook (if any) is due now.
+                .col_expr(job::Column::WebhookNextAt, Expr::value(now))
                 .filter(owned_by(&msg.id, &msg.owner))
                 .exec_with_returning(&txn)
                 .await?;
@@ -509,13 +520,56 @@ impl Handler<CancelJob> for StoreActor {
     }
 }
 
-impl Handler<SetWebhookStatus> for StoreActor {
+impl Handler<ClaimWebhook> for StoreActor {
+    type Result = ResponseFuture<Result<Option<JobRecord>, StoreError>>;
+
+    fn handle(&mut self, msg: ClaimWebhook, _: &mut Self::Context) -> Self::Result {
+        self.run(move |db, _| async move {
+            let now = now_ms();
+            let mut due = Query::select();
+            due.column(job::Column::Id)
+                .from(job::Entity)
+                .and_where(job::Column::WebhookStatus.eq(WEBHOOK_PENDING))
+                .and_where(job::Column::WebhookNextAt.lte(now))
+                .order_by(job::Column::WebhookNextAt, sea_orm::Order::Asc)
+                .limit(1)
+                .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+            let txn = begin_write(&db).await?;
+            let claimed = job::Entity::update_many()
+                .col_expr(
+                    job::Column::WebhookNextAt,
+                    Expr::value(now + msg.lease_ms as i64),
+                )
+                .col_expr(
+                    job::Column::WebhookAttempts,
+                    Expr::col(job::Column::WebhookAttempts).add(1),
+                )
+                .filter(Expr::col(job::Column::Id).in_subquery(due))
+                .exec_with_returning(&txn)
+                .await?;
+            let found = match claimed.into_iter().next() {
+                Some(m) => Some(record(&txn, m).await?),
+                None => None,
+            };
+            txn.commit().await?;
+            Ok(found)
+        })
+    }
+}
+
+impl Handler<WebhookAttempted> for StoreActor {
     type Result = ResponseFuture<Result<(), StoreError>>;
 
-    fn handle(&mut self, msg: SetWebhookStatus, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: WebhookAttempted, _: &mut Self::Context) -> Self::Result {
         self.run(move |db, _| async move {
+            let (status, next_at) = match msg.outcome {
+                WebhookOutcome::Delivered => ("delivered", None),
+                WebhookOutcome::GaveUp => ("failed", None),
+                WebhookOutcome::RetryAt(at) => (WEBHOOK_PENDING, Some(at)),
+            };
             job::Entity::update_many()
-                .col_expr(job::Column::WebhookStatus, Expr::value(msg.status))
+                .col_expr(job::Column::WebhookStatus, Expr::value(status))
+                .col_expr(job::Column::WebhookNextAt, Expr::value(next_at))
                 .filter(job::Column::Id.eq(msg.id))
                 .exec(&db)
                 .await?;

@@ -395,11 +395,30 @@ pub struct CancelJob {
     pub user_id: Option<String>,
 }
 
+/// Claims the finished job whose webhook is due the longest (on PostgreSQL with `FOR
+/// UPDATE SKIP LOCKED`): its next attempt moves `lease_ms` ahead, so no other instance
+/// sends it meanwhile; `webhook_attempts` counts this one.
+#[derive(Message)]
+#[rtype(result = "Result<Option<JobRecord>, StoreError>")]
+pub struct ClaimWebhook {
+    pub lease_ms: u64,
+}
+
+/// How one webhook delivery went.
+#[derive(Debug, Clone, Copy)]
+pub enum WebhookOutcome {
+    Delivered,
+    /// No attempt left.
+    GaveUp,
+    /// Try again at this time (Unix ms).
+    RetryAt(i64),
+}
+
 #[derive(Message)]
 #[rtype(result = "Result<(), StoreError>")]
-pub struct SetWebhookStatus {
+pub struct WebhookAttempted {
     pub id: String,
-    pub status: &'static str,
+    pub outcome: WebhookOutcome,
 }
 
 /// Jobs deleted by one `PurgeJobs` at most.
