@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # End-to-end: the release binary on a fresh SQLite, driven by the official `openai` and
-# `anthropic` Python SDKs from PyPI in a throwaway virtualenv.
+# `anthropic` Python SDKs and the `websockets` client (the agent bus) from PyPI in a
+# throwaway virtualenv.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
 trap 'kill "${pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-if ! python3 -m venv "$work/venv" || ! "$work/venv/bin/pip" install --quiet openai anthropic; then
-  echo "e2e: could not install the openai and anthropic SDKs from PyPI; end-to-end check skipped"
+if ! python3 -m venv "$work/venv" || ! "$work/venv/bin/pip" install --quiet openai anthropic websockets; then
+  echo "e2e: could not install the openai and anthropic SDKs and websockets from PyPI; end-to-end check skipped"
   exit 0
 fi
 
@@ -24,7 +25,7 @@ for _ in $(seq 1 100); do
 done
 [ -n "$addr" ] || { cat "$work/log"; echo "e2e: the gateway did not start"; exit 1; }
 
-for check in openai_sdk_check.py anthropic_sdk_check.py; do
+for check in openai_sdk_check.py anthropic_sdk_check.py bus_check.py; do
   LOWART_URL="http://$addr" LOWART_KEY="$key" "$work/venv/bin/python" "$root/e2e/$check"
 done
 kill -TERM "$pid"

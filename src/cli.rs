@@ -92,6 +92,7 @@ pub async fn create_key(
         user_id: request.user_id,
         name: request.name,
         models: request.models,
+        topics: None,
         rpm_limit: request.rpm_limit.map(i64::from),
         expires_at: request.expires_at,
     };

@@ -59,7 +59,43 @@ pub struct Settings {
     pub routing: RoutingSettings,
     pub limits: LimitSettings,
     pub jobs: JobSettings,
+    pub bus: BusSettings,
     pub models: Vec<ModelSeed>,
+}
+
+/// `[bus]`: the agent bus.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusSettings {
+    /// A group message not acked this long after its delivery is delivered again.
+    pub visibility_timeout_ms: u64,
+    /// Deliveries of a group message before it moves to `<topic>.dead`.
+    pub max_attempts: u32,
+    /// Frames waiting to be sent to one connection; a fan-out subscriber whose queue is
+    /// full is told `slow_consumer` and dropped, a group member gets no more work.
+    pub outbound_queue: usize,
+    /// Group messages one member holds unacked at most.
+    pub max_unacked: usize,
+    /// Largest `payload` (as JSON text).
+    pub max_payload_bytes: usize,
+    /// How often due group messages (redeliveries, other instances' messages) are looked for.
+    pub poll_ms: u64,
+    /// WebSocket pings; a connection silent for three of them is dropped.
+    pub ping_ms: u64,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        Self {
+            visibility_timeout_ms: 30_000,
+            max_attempts: 5,
+            outbound_queue: 256,
+            max_unacked: 16,
+            max_payload_bytes: 256 * 1024,
+            poll_ms: 1_000,
+            ping_ms: 15_000,
+        }
+    }
 }
 
 /// `[jobs]`: async jobs (`"async": true`, images), their artifacts and webhooks.
@@ -459,6 +495,13 @@ impl Settings {
                 "jobs.webhook_attempts",
                 u64::from(self.jobs.webhook_attempts),
             ),
+            ("bus.visibility_timeout_ms", self.bus.visibility_timeout_ms),
+            ("bus.max_attempts", u64::from(self.bus.max_attempts)),
+            ("bus.outbound_queue", self.bus.outbound_queue as u64),
+            ("bus.max_unacked", self.bus.max_unacked as u64),
+            ("bus.max_payload_bytes", self.bus.max_payload_bytes as u64),
+            ("bus.poll_ms", self.bus.poll_ms),
+            ("bus.ping_ms", self.bus.ping_ms),
         ] {
             if value == 0 {
                 return Err(bad(key, "must be greater than 0"));

@@ -15,13 +15,14 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
 use crate::actors::ASK_TIMEOUT;
+use crate::actors::bus::BusActor;
 use crate::actors::feed::{ChangeFeed, Subscribe};
 use crate::actors::jobs::{JobActor, RelayFactory, StopJobs, Webhooks};
 use crate::actors::quota::QuotaShards;
 use crate::actors::router::{Reload, RouteError, RouterActor};
 use crate::actors::store::{
-    AwaitListening, EnsureAdminKey, FlushUsage, HasAdminKey, ReplayUsageSpill, SeedDeployments,
-    StopChangeListener, StoreActor, StoreError, UsageOptions,
+    AwaitListening, EnsureAdminKey, FlushUsage, FollowBus, HasAdminKey, ReplayUsageSpill,
+    SeedDeployments, StopChangeListener, StoreActor, StoreError, UsageOptions,
 };
 use crate::config::{Secret, Settings};
 use crate::crypto::{self, CryptoError};
@@ -211,6 +212,8 @@ impl Application {
         .await?;
         let auth_throttle = http::AuthThrottle::new(settings.security.auth_failures_per_minute);
         let (closing_tx, closing) = tokio::sync::watch::channel(false);
+        // Turns true as a graceful stop begins: long-lived connections (the bus) close.
+        let (draining_tx, draining) = tokio::sync::watch::channel(false);
         let downstream = (settings.server.max_concurrency > 0)
             .then(|| Arc::new(tokio::sync::Semaphore::new(settings.server.max_concurrency)));
         let quota = QuotaShards::new(store.clone(), feed.clone());
@@ -258,6 +261,11 @@ impl Application {
                 )
             })
         };
+        let bus = {
+            let (settings, store, metrics) = (settings.bus, store.clone(), metrics.clone());
+            Supervisor::start(move |_| BusActor::new(settings, store.clone(), metrics.clone()))
+        };
+        store.send(FollowBus(bus.clone().recipient())).await?;
         let state = web::Data::new(AppState {
             downstream,
             store: store.clone(),
@@ -267,6 +275,8 @@ impl Application {
             settings: settings.clone(),
             metrics: metrics.clone(),
             jobs: jobs.clone(),
+            bus,
+            draining,
             webhook_root,
             upstream_hosts: hosts,
         });
@@ -327,7 +337,12 @@ impl Application {
         let handle = server.handle();
         if handle_signals {
             let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
-            actix::spawn(stop_on_signal(handle.clone(), closing_tx, grace));
+            actix::spawn(stop_on_signal(
+                handle.clone(),
+                closing_tx,
+                draining_tx,
+                grace,
+            ));
         }
         Ok(Self {
             server,
@@ -413,6 +428,7 @@ async fn bootstrap_admin(
 async fn stop_on_signal(
     handle: ServerHandle,
     closing: tokio::sync::watch::Sender<bool>,
+    draining: tokio::sync::watch::Sender<bool>,
     grace: Duration,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -427,6 +443,7 @@ async fn stop_on_signal(
         _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight requests"),
         _ = int.recv() => tracing::info!("SIGINT: finishing in-flight requests"),
     }
+    draining.send_replace(true);
     // Leave the last tenth of the grace period (at most a second) to deliver the ends.
     let margin = (grace / 10).min(Duration::from_secs(1));
     actix::spawn(async move {

@@ -16,6 +16,7 @@ mod m20261201_000010_usage_cache_tokens;
 mod m20261202_000011_usage_cost_micros_and_rollups;
 mod m20261202_000012_quota_counters;
 mod m20261203_000013_jobs;
+mod m20261204_000014_agent_bus;
 
 pub struct Migrator;
 
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000011_usage_cost_micros_and_rollups::Migration),
             Box::new(m20261202_000012_quota_counters::Migration),
             Box::new(m20261203_000013_jobs::Migration),
+            Box::new(m20261204_000014_agent_bus::Migration),
         ]
     }
 }

@@ -1,8 +1,10 @@
 //! Supervised actors, each the single owner of one piece of state:
 //! `StoreActor` the database, `RouterActor` the routing table, `ProviderActor` one
 //! deployment's admission state, `QuotaActor` this instance's leases of the shared limits;
-//! `ChangeFeed` tells whoever holds a copy of stored data what the store changed.
+//! `ChangeFeed` tells whoever holds a copy of stored data what the store changed; `JobActor`
+//! runs async jobs, `BusActor` brokers the agent bus.
 
+pub mod bus;
 pub mod feed;
 pub mod jobs;
 pub mod provider;

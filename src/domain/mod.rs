@@ -2,6 +2,7 @@
 //! serialise to clients live here so `http/` never touches storage entities.
 
 pub mod breaker;
+pub mod bus;
 pub mod canonical;
 pub mod change;
 pub mod deployment;

@@ -64,6 +64,8 @@ pub struct ApiKeyInfo {
     /// Only for keys Lowart generated; a chosen key shows none.
     pub prefix: Option<String>,
     pub models: Option<Vec<String>>,
+    /// Agent-bus topic prefixes the key is limited to.
+    pub topics: Option<Vec<String>>,
     pub rpm_limit: Option<i64>,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
@@ -77,6 +79,8 @@ pub struct KeyGrant {
     pub user_id: String,
     pub role: Role,
     pub models: Option<Arc<[String]>>,
+    /// Agent-bus topic prefixes the key is limited to (none: any topic).
+    pub topics: Option<Arc<[String]>>,
     /// The key's own RPM limit (overrides its user's).
     pub rpm_limit: Option<i64>,
     pub expires_at: Option<i64>,

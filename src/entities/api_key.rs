@@ -14,6 +14,7 @@ pub struct Model {
     pub prefix: Option<String>,
     /// JSON array of permitted model names; `None` means every model.
     pub models: Option<String>,
+    pub topics: Option<String>,
     pub rpm_limit: Option<i64>,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,

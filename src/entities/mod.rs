@@ -3,6 +3,9 @@
 
 pub mod api_key;
 pub mod audit_log;
+pub mod bus_fanout;
+pub mod bus_group;
+pub mod bus_message;
 pub mod deployment;
 pub mod job;
 pub mod job_artifact;

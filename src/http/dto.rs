@@ -154,6 +154,8 @@ pub struct CreateKeyBody {
     pub user_id: String,
     pub name: Option<String>,
     pub models: Option<Vec<String>>,
+    /// Agent-bus topic prefixes the key is limited to (none: any topic).
+    pub topics: Option<Vec<String>>,
     pub rpm_limit: Option<i64>,
     pub expires_at: Option<Timestamp>,
 }

@@ -29,7 +29,7 @@ pub(crate) fn bearer_token(value: &str) -> Option<&str> {
 
 /// The key presented: `Authorization: Bearer …` (scheme in any case), or `x-api-key` for
 /// Anthropic clients.
-fn presented_key(req: &HttpRequest) -> Option<String> {
+pub(crate) fn presented_key(req: &HttpRequest) -> Option<String> {
     if let Some(value) = req
         .headers()
         .get(AUTHORIZATION)
@@ -46,7 +46,7 @@ fn presented_key(req: &HttpRequest) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-async fn authenticate(
+pub(crate) async fn authenticate(
     state: web::Data<AppState>,
     key: Option<String>,
     client: ClientAddr,

@@ -95,6 +95,7 @@ mod tests {
             user_id: "u".into(),
             role: Role::User,
             models: None,
+            topics: None,
             rpm_limit: None,
             expires_at: None,
             user_disabled: false,

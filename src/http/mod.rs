@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod anthropic;
 pub mod auth_throttle;
+pub mod bus;
 pub mod chat;
 pub mod dto;
 pub mod extract;
@@ -53,6 +54,9 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
     pub jobs: Addr<crate::actors::jobs::JobActor>,
+    pub bus: Addr<crate::actors::bus::BusActor>,
+    /// True once a graceful stop began: bus connections close (`going away`).
+    pub draining: tokio::sync::watch::Receiver<bool>,
     /// The root of every key's webhook secret (from the master key).
     pub webhook_root: [u8; 32],
     /// `security.upstream_hosts`: where deployments and webhooks may point.
@@ -106,6 +110,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource!("/jobs/{id}/events", get => jobs::job_events))
                 .service(resource!("/jobs/{id}/artifacts/{n}", get => jobs::job_artifact))
                 .service(resource!("/webhook_secret", get => jobs::own_webhook_secret))
+                .service(resource!("/bus/ws", get => bus::bus_ws))
+                .service(resource!("/bus/topics", get => bus::topics))
+                .service(resource!("/bus/topics/{topic}/messages", post => bus::publish))
                 .service(resource!("/usage", get => openai::usage::own_usage))
                 .service(resource!(
                     "/messages",

@@ -47,6 +47,11 @@ pub struct SourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
     pub status: &'static str,
 }
@@ -117,6 +122,9 @@ pub struct Metrics {
     overhead: Histogram,
     breaker_state: Family<DeploymentLabels, Gauge>,
     jobs: Family<StatusLabels, Gauge>,
+    bus_messages: Family<OpLabels, Counter>,
+    bus_clients: Gauge,
+    bus_pending: Gauge,
     retries: Family<ModelLabels, Counter>,
     usage_rows_spilled: Counter,
     usage_rows_replayed: Counter,
@@ -214,6 +222,24 @@ impl Metrics {
             "Async jobs in the database by status (all instances)",
             jobs.clone(),
         );
+        let bus_messages = Family::<OpLabels, Counter>::default();
+        registry.register(
+            "gateway_bus_messages",
+            "Agent bus frames by op (publish, deliver, redeliver, ack, dead_letter)",
+            bus_messages.clone(),
+        );
+        let bus_clients = Gauge::default();
+        registry.register(
+            "gateway_bus_clients",
+            "Agent bus WebSocket connections on this instance",
+            bus_clients.clone(),
+        );
+        let bus_pending = Gauge::default();
+        registry.register(
+            "gateway_bus_pending",
+            "Group messages waiting or unacked (all instances)",
+            bus_pending.clone(),
+        );
         let breaker_state = Family::<DeploymentLabels, Gauge>::default();
         registry.register(
             "gateway_breaker_state",
@@ -250,6 +276,9 @@ impl Metrics {
             usage_rows_dropped,
             breaker_state,
             jobs,
+            bus_messages,
+            bus_clients,
+            bus_pending,
             retries,
             registry,
             http_requests,
@@ -302,6 +331,18 @@ impl Metrics {
                 method,
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn bus_message(&self, op: &'static str) {
+        self.bus_messages.get_or_create(&OpLabels { op }).inc();
+    }
+
+    pub fn set_bus_clients(&self, n: usize) {
+        self.bus_clients.set(n as i64);
+    }
+
+    pub fn set_bus_pending(&self, n: i64) {
+        self.bus_pending.set(n);
     }
 
     /// `gateway_jobs{status}`: every status, zeros included.

@@ -5,6 +5,7 @@
 
 mod admin;
 mod anthropic;
+mod bus;
 mod chat;
 mod cli;
 mod edge;

@@ -106,6 +106,7 @@ async fn insert_bootstrap_key(
         user_id: BOOTSTRAP_USER.into(),
         name: Some("bootstrap".into()),
         models: None,
+        topics: None,
         rpm_limit: None,
         expires_at: None,
     };

@@ -27,9 +27,16 @@ fn models_of(m: &api_key::Model) -> Option<Vec<String>> {
         .and_then(|s| serde_json::from_str(s).ok())
 }
 
+fn topics_of(m: &api_key::Model) -> Option<Vec<String>> {
+    m.topics
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
+}
+
 pub(super) fn to_info(m: api_key::Model) -> ApiKeyInfo {
     ApiKeyInfo {
         models: models_of(&m),
+        topics: topics_of(&m),
         id: m.id,
         user_id: m.user_id,
         name: m.name,
@@ -56,6 +63,13 @@ pub(super) async fn insert(
         })?),
         None => None,
     };
+    let topics = match &key.topics {
+        Some(t) => Some(serde_json::to_string(t).map_err(|e| StoreError::Invalid {
+            param: "topics".into(),
+            message: e.to_string(),
+        })?),
+        None => None,
+    };
     Ok(api_key::ActiveModel {
         id: Set(id),
         user_id: Set(key.user_id.clone()),
@@ -63,6 +77,7 @@ pub(super) async fn insert(
         key_hash: Set(crypto::hash_api_key_hex(secret)),
         prefix: Set(crypto::key_prefix(secret)),
         models: Set(models),
+        topics: Set(topics),
         rpm_limit: Set(key.rpm_limit),
         expires_at: Set(key.expires_at),
         revoked_at: Set(None),
@@ -96,7 +111,7 @@ impl Handler<CreateKey> for StoreActor {
             let id = format!("key_{}", uuid::Uuid::now_v7().simple());
             let row = insert(&txn, id.clone(), &msg.key, &secret, false).await?;
             let details = json!({"user_id": msg.key.user_id, "name": msg.key.name,
-                "models": msg.key.models, "rpm_limit": msg.key.rpm_limit,
+                "models": msg.key.models, "topics": msg.key.topics, "rpm_limit": msg.key.rpm_limit,
                 "expires_at": msg.key.expires_at, "prefix": row.prefix});
             audit::append(&txn, &msg.actor, "key.create", "api_key", &id, details).await?;
             changes.commit(txn).await?;
@@ -176,6 +191,7 @@ impl Handler<LookupKey> for StoreActor {
             };
             Ok(Some(KeyGrant {
                 models: models_of(&key).map(Arc::from),
+                topics: topics_of(&key).map(Arc::from),
                 key_id: key.id,
                 user_id: key.user_id,
                 role: Role::parse(&owner.role).unwrap_or(Role::User),

@@ -5,7 +5,7 @@
 //! wait a doubling backoff. A quiet connection is pinged, so one that died without a word
 //! is noticed too.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use super::changes::ANNOUNCE_TIMEOUT;
 use crate::actors::feed::{Announce, Change};
+use crate::domain::bus::{BUS_CHANNEL, BusNotice, decode_bus_notice};
 use crate::domain::change::{CHANNEL, decode_notice};
 
 /// The listener's connection shows under this name in `pg_stat_activity`.
@@ -34,6 +35,8 @@ pub(super) struct ChangeListener {
     /// This instance's id: its own notices are skipped (it announced them already).
     pub(super) origin: Arc<str>,
     pub(super) feed: Recipient<Announce>,
+    /// Where the bus's notices go (`lowart_bus`), once the bus follows them.
+    pub(super) bus: Arc<OnceLock<Recipient<BusNotice>>>,
 }
 
 /// A listening connection. sqlx hands a dropped listener's connection to a new task,
@@ -122,7 +125,7 @@ impl ChangeListener {
         if let Some(listener) = listening.0.as_mut() {
             // A lost connection ends `follow`, which reconnects (and announces `All`).
             listener.eager_reconnect(false);
-            listener.listen(CHANNEL).await?;
+            listener.listen_all([CHANNEL, BUS_CHANNEL]).await?;
         }
         Ok(listening)
     }
@@ -146,16 +149,29 @@ impl ChangeListener {
                 Ok(None) => return Ended::Lost("the connection closed".into()),
                 Err(e) => return Ended::Lost(e.to_string()),
             };
-            let mut changes: Vec<Change> = decode_notice(first.payload(), &self.origin)
-                .into_iter()
-                .collect();
-            for _ in 1..MAX_BATCH {
-                let Some(notification) = listener.next_buffered() else {
-                    break;
-                };
-                changes.extend(decode_notice(notification.payload(), &self.origin));
+            let mut changes: Vec<Change> = Vec::new();
+            let mut next = Some(first);
+            let mut read = 0;
+            while let Some(notification) = next.take() {
+                if notification.channel() == BUS_CHANNEL {
+                    // The bus's notices go straight on: they are not changes.
+                    if let (Some(bus), Some(notice)) = (
+                        self.bus.get(),
+                        decode_bus_notice(notification.payload(), &self.origin),
+                    ) {
+                        bus.do_send(notice);
+                    }
+                } else {
+                    changes.extend(decode_notice(notification.payload(), &self.origin));
+                }
+                read += 1;
+                if read < MAX_BATCH {
+                    next = listener.next_buffered();
+                }
             }
-            self.deliver(changes).await;
+            if !changes.is_empty() {
+                self.deliver(changes).await;
+            }
         }
     }
 

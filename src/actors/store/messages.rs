@@ -126,6 +126,7 @@ pub struct NewKey {
     pub user_id: String,
     pub name: Option<String>,
     pub models: Option<Vec<String>>,
+    pub topics: Option<Vec<String>>,
     pub rpm_limit: Option<i64>,
     pub expires_at: Option<i64>,
 }
@@ -436,3 +437,75 @@ pub struct PurgeJobs {
 #[derive(Message)]
 #[rtype(result = "Result<Vec<(crate::domain::jobs::JobStatus, i64)>, StoreError>")]
 pub struct CountJobs;
+
+// ---- Agent bus (`bus.rs`) ----
+
+/// Remembers that `group` works on `topic` (from now on, messages to the topic wait for
+/// the group even while none of its members is connected).
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct RegisterGroup {
+    pub topic: String,
+    pub group: String,
+}
+
+/// Persists `message` once for each group of its topic (answers the groups) before its
+/// publish is acknowledged; on PostgreSQL the other instances are told (`NOTIFY`).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<String>, StoreError>")]
+pub struct PersistBusMessage {
+    pub message: crate::domain::bus::BusMessage,
+}
+
+/// PostgreSQL: a fan-out message for the other instances' subscribers (in the `NOTIFY`
+/// itself, or through `bus_fanout` when too large for one).
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct RelayFanout {
+    pub message: crate::domain::bus::BusMessage,
+}
+
+/// A fan-out message another instance left in `bus_fanout`.
+#[derive(Message)]
+#[rtype(result = "Result<Option<crate::domain::bus::BusMessage>, StoreError>")]
+pub struct ReadFanout {
+    pub id: String,
+}
+
+/// Claims up to `limit` due messages of `group` on `topic` for `owner`: each invisible
+/// for `visibility_ms`, its `attempt` one more (on PostgreSQL with `FOR UPDATE SKIP
+/// LOCKED`, so an instance never takes what another holds).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<crate::domain::bus::BusMessage>, StoreError>")]
+pub struct ClaimBusMessages {
+    pub topic: String,
+    pub group: String,
+    pub owner: String,
+    pub limit: u64,
+    pub visibility_ms: u64,
+}
+
+/// Done with a group message: it is deleted (answers whether it was there).
+#[derive(Message)]
+#[rtype(result = "Result<bool, StoreError>")]
+pub struct AckBusMessage {
+    pub id: String,
+    pub group: String,
+}
+
+/// Group messages waiting (or unacked), per topic.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(String, i64)>, StoreError>")]
+pub struct PendingBusMessages;
+
+/// Deletes `bus_fanout` rows older than `before` (the other instances have read them).
+#[derive(Message)]
+#[rtype(result = "Result<u64, StoreError>")]
+pub struct PurgeFanout {
+    pub before: i64,
+}
+
+/// Where this instance's listener sends what other instances published on the bus.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FollowBus(pub actix::Recipient<crate::domain::bus::BusNotice>);

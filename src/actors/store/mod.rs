@@ -8,6 +8,7 @@
 
 mod audit;
 mod bootstrap;
+mod bus;
 mod changes;
 mod deployments;
 mod fallbacks;
@@ -137,6 +138,8 @@ pub struct StoreActor {
     listener: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
     /// Fires once the listener first listens; taken by `AwaitListening`.
     listening: Option<oneshot::Receiver<()>>,
+    /// Where the listener sends the bus's notices (set once by `FollowBus`).
+    bus: Arc<std::sync::OnceLock<Recipient<crate::domain::bus::BusNotice>>>,
 }
 
 impl StoreActor {
@@ -165,6 +168,7 @@ impl StoreActor {
             announcer: Announcer::new(),
             listener: None,
             listening: None,
+            bus: Arc::default(),
         }
     }
 
@@ -239,6 +243,7 @@ impl StoreActor {
             options: (*self.db.get_postgres_connection_pool().connect_options()).clone(),
             origin: self.announcer.origin.clone(),
             feed,
+            bus: self.bus.clone(),
         };
         let (stop, stopped) = oneshot::channel();
         self.listener = Some((stop, actix::spawn(listener.run(listening, stopped))));
@@ -361,6 +366,14 @@ impl Handler<ReplayUsageSpill> for StoreActor {
                 .await
                 .unwrap_or(Err(SpillError::WriterGone))
         })
+    }
+}
+
+impl Handler<FollowBus> for StoreActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: FollowBus, _: &mut Self::Context) {
+        let _ = self.bus.set(msg.0);
     }
 }
 

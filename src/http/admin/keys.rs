@@ -42,10 +42,15 @@ pub async fn create_key(
             "`rpm_limit` must not be negative",
         ));
     }
+    for prefix in body.topics.iter().flatten() {
+        crate::domain::bus::check_name("topics", prefix)
+            .map_err(|e| ApiError::invalid("topics", e.message))?;
+    }
     let key = NewKey {
         user_id: body.user_id,
         name: body.name,
         models: body.models,
+        topics: body.topics,
         rpm_limit: body.rpm_limit,
         expires_at: body.expires_at.map(|t| t.to_ms("expires_at")).transpose()?,
     };

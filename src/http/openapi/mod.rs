@@ -22,7 +22,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 
 use crate::domain::deployment::DeploymentConfig;
 use crate::error::ApiError;
-use crate::http::{admin, anthropic, health, jobs, metrics, openai};
+use crate::http::{admin, anthropic, bus, health, jobs, metrics, openai};
 
 /// The whole API. Every operation needs an API key (`bearer` or `api_key`) unless its own
 /// `security` says otherwise.
@@ -50,6 +50,9 @@ use crate::http::{admin, anthropic, health, jobs, metrics, openai};
         jobs::job_artifact,
         jobs::own_webhook_secret,
         jobs::admin_list_jobs,
+        bus::bus_ws,
+        bus::publish,
+        bus::topics,
         admin::users::create_user,
         admin::users::list_users,
         admin::users::set_quota,
@@ -90,6 +93,7 @@ use crate::http::{admin, anthropic, health, jobs, metrics, openai};
     tags(
         (name = "OpenAI", description = "OpenAI-compatible client API"),
         (name = "Anthropic", description = "Anthropic Messages client API"),
+        (name = "Agent bus", description = "Topics between agents: a WebSocket (`/v1/bus/ws`) with fan-out subscribers and work groups that ack, REST publish, topic list."),
         (name = "Jobs", description = "Async jobs: `\"async\": true` on chat completions, messages or images; status, artifacts, events, cancellation. A job is its submitting user's."),
         (name = "Admin", description = "Users, keys, models, routing and the audit log. Reads need the role admin, operator or viewer; model and routing changes admin or operator; user and key changes admin. Every change is audited."),
         (name = "Operations", description = "Probes, metrics and this document"),
