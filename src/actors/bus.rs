@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::actors::store::{
     AckBusMessage, ClaimBusMessages, PendingBusMessages, PersistBusMessage, PurgeFanout,
-    ReadFanout, RegisterGroup, RelayFanout, StoreActor,
+    ReadFanout, RegisterGroup, RelayFanout, ReleaseBusMessages, StoreActor,
 };
 use crate::config::BusSettings;
 use crate::domain::bus::{BusCaller, BusMessage, BusNotice, FrameError, dead_letter_topic};
@@ -97,8 +97,14 @@ impl BusActor {
             members.retain(|m| *m != id);
         }
         self.groups.retain(|_, m| !m.is_empty());
-        // Its unacked messages come back to the group after their visibility timeout.
+        // Its unacked messages go back to the group at once (the poll hands them out).
         self.inflight.retain(|_, (member, _)| *member != id);
+        if !conn.unacked.is_empty() {
+            self.store.do_send(ReleaseBusMessages {
+                owner: self.owner.clone(),
+                messages: conn.unacked.drain().collect(),
+            });
+        }
         self.metrics.set_bus_clients(self.conns.len());
     }
 

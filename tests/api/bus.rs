@@ -583,3 +583,33 @@ async fn two_instances_share_fan_out_and_a_group_processes_each_message_once() {
     assert!(seen.values().all(|n| *n == 1), "{seen:?}");
     assert!(per_worker[0] > 0 && per_worker[1] > 0, "{per_worker:?}");
 }
+
+#[actix_web::test]
+async fn a_members_unacked_message_goes_to_another_member_when_it_disconnects() {
+    // A visibility timeout far off: only the disconnect can bring the message back soon.
+    let app = spawn_app_with(|s| {
+        s.bus.visibility_timeout_ms = 600_000;
+        s.bus.poll_ms = 50;
+    })
+    .await;
+    let mut leaving = connect(&app.address, &app.admin_key).await;
+    leaving
+        .ok(json!({"op": "subscribe", "topic": "handoff", "group": "g"}))
+        .await;
+    let res = app
+        .post_json(
+            "/v1/bus/topics/handoff/messages",
+            &app.admin_key,
+            &json!({"payload": "job"}),
+        )
+        .await;
+    let id = res.json::<Value>().await.unwrap()["id"].clone();
+    assert_eq!(leaving.message().await["id"], id);
+    let mut staying = connect(&app.address, &app.admin_key).await;
+    staying
+        .ok(json!({"op": "subscribe", "topic": "handoff", "group": "g"}))
+        .await;
+    leaving.socket.close(None).await.unwrap();
+    let got = staying.message().await;
+    assert_eq!((got["id"].clone(), got["attempt"].clone()), (id, json!(2)));
+}

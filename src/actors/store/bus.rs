@@ -12,7 +12,8 @@ use sea_orm::{
 
 use super::{
     AckBusMessage, ClaimBusMessages, PendingBusMessages, PersistBusMessage, PurgeFanout,
-    ReadFanout, RegisterGroup, RelayFanout, StoreActor, StoreError, begin_write,
+    ReadFanout, RegisterGroup, RelayFanout, ReleaseBusMessages, StoreActor, StoreError,
+    begin_write,
 };
 use crate::domain::bus::{BUS_CHANNEL, BusMessage, BusNotice, encode_bus_notice};
 use crate::domain::now_ms;
@@ -208,6 +209,26 @@ impl Handler<AckBusMessage> for StoreActor {
                 .exec(&db)
                 .await?;
             Ok(gone.rows_affected > 0)
+        })
+    }
+}
+
+impl Handler<ReleaseBusMessages> for StoreActor {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, msg: ReleaseBusMessages, _: &mut Self::Context) -> Self::Result {
+        self.run(move |db, _| async move {
+            let now = now_ms();
+            for (id, group) in msg.messages {
+                bus_message::Entity::update_many()
+                    .col_expr(bus_message::Column::VisibleAt, Expr::value(now))
+                    .filter(bus_message::Column::Id.eq(id))
+                    .filter(bus_message::Column::Grp.eq(group))
+                    .filter(bus_message::Column::ClaimedBy.eq(msg.owner.clone()))
+                    .exec(&db)
+                    .await?;
+            }
+            Ok(())
         })
     }
 }

@@ -493,6 +493,15 @@ pub struct AckBusMessage {
     pub group: String,
 }
 
+/// A connection that held these group messages `(id, group)` is gone: they may be
+/// delivered again now, to the other members (if `owner` still holds them).
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct ReleaseBusMessages {
+    pub owner: String,
+    pub messages: Vec<(String, String)>,
+}
+
 /// Group messages waiting (or unacked), per topic.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<(String, i64)>, StoreError>")]
