@@ -33,11 +33,9 @@ pub struct ImageRequest {
 }
 
 impl ImageRequest {
-    /// Reads and validates a request body (already JSON); `async` and `webhook_url` are
-    /// the job's, not the image's, and are taken out.
-    pub fn parse(mut body: Map<String, Value>) -> Result<Self, ApiError> {
-        body.remove("async");
-        body.remove("webhook_url");
+    /// Reads and validates a request body (already JSON, the job's own fields taken out
+    /// by `http::jobs::JobFields`).
+    pub fn parse(body: Map<String, Value>) -> Result<Self, ApiError> {
         let text = |name: &str| -> Result<Option<String>, ApiError> {
             match body.get(name) {
                 None | Some(Value::Null) => Ok(None),
@@ -196,8 +194,7 @@ mod tests {
     fn a_full_request_reads_every_field() {
         let req = parse(
             json!({"model": "sd", "prompt": "a cat", "n": 2, "size": "512x768",
-            "response_format": "b64_json", "seed": 42, "negative_prompt": "dogs", "steps": 20,
-            "async": true, "webhook_url": "http://h/x"}),
+            "response_format": "b64_json", "seed": 42, "negative_prompt": "dogs", "steps": 20}),
         )
         .unwrap();
         assert_eq!(
@@ -206,7 +203,7 @@ mod tests {
         );
         assert_eq!(req.response_format, ImageFormat::B64Json);
         assert_eq!(req.negative_prompt.as_deref(), Some("dogs"));
-        assert!(!req.body.contains_key("async") && !req.body.contains_key("webhook_url"));
+        assert_eq!(req.body.len(), 8, "the body is kept as sent");
     }
 
     #[test]

@@ -79,18 +79,24 @@ impl UpstreamHosts {
     /// Checks a deployment's `base_url`: an http(s) URL with a host this list allows.
     /// The error is the message for a 400 naming `base_url`.
     pub fn check_base_url(&self, base_url: &str) -> Result<(), String> {
-        let url = reqwest::Url::parse(base_url)
-            .map_err(|_| "`base_url` must be an http(s) URL".to_string())?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err("`base_url` must be an http(s) URL".into());
+        self.check_url("base_url", base_url)
+    }
+
+    /// Checks a URL the gateway will call (a `base_url`, a job's `webhook_url`): http(s),
+    /// with a host this list allows. The error is the message for a 400 naming `param`.
+    pub fn check_url(&self, param: &str, url: &str) -> Result<(), String> {
+        let parsed =
+            reqwest::Url::parse(url).map_err(|_| format!("`{param}` must be an http(s) URL"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!("`{param}` must be an http(s) URL"));
         }
-        let host = url.host_str().unwrap_or_default();
+        let host = parsed.host_str().unwrap_or_default();
         if host.is_empty() {
-            return Err("`base_url` must name a host".into());
+            return Err(format!("`{param}` must name a host"));
         }
         if !self.allows(host) {
             return Err(format!(
-                "`base_url` host `{host}` is not in `security.upstream_hosts`"
+                "`{param}` host `{host}` is not in `security.upstream_hosts`"
             ));
         }
         Ok(())

@@ -177,50 +177,47 @@ async fn answer(state: &AppState, conn: ConnId, caller: &BusCaller, text: &str) 
         Err((reference, error)) => return error_frame(reference.as_ref(), &error),
     };
     let reference = frame.reference.as_ref();
-    let unavailable = |_| FrameError::new("unavailable", "the bus did not answer; try again");
     let done: Result<Option<String>, FrameError> = match frame.op {
-        ClientOp::Subscribe { topic, group } => state
-            .bus
-            .send(Subscribe { conn, topic, group })
-            .timeout(ASK_TIMEOUT)
+        ClientOp::Subscribe { topic, group } => ask(state, Subscribe { conn, topic, group })
             .await
-            .map_err(unavailable)
-            .and_then(|r| r.map(|()| None)),
-        ClientOp::Unsubscribe { topic } => state
-            .bus
-            .send(Unsubscribe { conn, topic })
-            .timeout(ASK_TIMEOUT)
-            .await
-            .map_err(unavailable)
-            .and_then(|r| r.map(|()| None)),
+            .map(|()| None),
+        ClientOp::Unsubscribe { topic } => {
+            ask(state, Unsubscribe { conn, topic }).await.map(|()| None)
+        }
         ClientOp::Publish {
             topic,
             payload,
             reply_to,
-        } => state
-            .bus
-            .send(Publish {
+        } => {
+            let publish = Publish {
                 caller: caller.clone(),
                 topic,
                 payload,
                 reply_to,
-            })
-            .timeout(ASK_TIMEOUT)
-            .await
-            .map_err(unavailable)
-            .and_then(|r| r.map(Some)),
-        ClientOp::Ack { id } => state
-            .bus
-            .send(Ack { conn, id })
-            .timeout(ASK_TIMEOUT)
-            .await
-            .map_err(unavailable)
-            .and_then(|r| r.map(|()| None)),
+            };
+            ask(state, publish).await.map(Some)
+        }
+        ClientOp::Ack { id } => ask(state, Ack { conn, id }).await.map(|()| None),
     };
     match done {
         Ok(id) => ok_frame(reference, id.as_deref()),
         Err(error) => error_frame(reference, &error),
     }
+}
+
+/// One frame's question to the broker; a broker that does not answer is `unavailable`.
+async fn ask<M, T>(state: &AppState, msg: M) -> Result<T, FrameError>
+where
+    M: actix::Message<Result = Result<T, FrameError>> + Send + 'static,
+    T: Send + 'static,
+    crate::actors::bus::BusActor: actix::Handler<M>,
+{
+    state
+        .bus
+        .send(msg)
+        .timeout(ASK_TIMEOUT)
+        .await
+        .map_err(|_| FrameError::new("unavailable", "the bus did not answer; try again"))?
 }
 
 /// A frame error at the REST edge: `forbidden` 403, `too_large` 413, `bad_frame` 400,

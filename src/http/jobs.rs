@@ -77,13 +77,8 @@ pub async fn submit(
     if let Some(url) = &webhook_url {
         state
             .upstream_hosts
-            .check_base_url(url)
-            .map_err(|message| {
-                ApiError::invalid(
-                    "webhook_url",
-                    message.replace("`base_url`", "`webhook_url`"),
-                )
-            })?;
+            .check_url("webhook_url", url)
+            .map_err(|message| ApiError::invalid("webhook_url", message))?;
     }
     let known = relay.routing_table.borrow().routes.contains_key(&model);
     if !known {
@@ -207,9 +202,9 @@ impl JobsQuery {
     }
 }
 
-async fn list(state: &AppState, mut list: ListJobs) -> Result<HttpResponse, ApiError> {
+/// A page of jobs; `list.limit` asks for one more than the page (see `into_list`).
+async fn list(state: &AppState, list: ListJobs) -> Result<HttpResponse, ApiError> {
     let limit = list.limit - 1;
-    list.limit = limit + 1;
     let mut jobs = state.store.send(list).timeout(ASK_TIMEOUT).await??;
     let has_more = jobs.len() as u64 > limit;
     jobs.truncate(limit as usize);

@@ -91,6 +91,42 @@ async fn get_job(client: &reqwest::Client, address: &str, key: &str, id: &str) -
     res.json().await.unwrap()
 }
 
+/// The job once `ready` holds for it, asked again as long as it does not (a state the
+/// job reaches on its own, with no event to wait for).
+async fn job_until(
+    client: &reqwest::Client,
+    address: &str,
+    key: &str,
+    id: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    loop {
+        let job = get_job(client, address, key, id).await;
+        if ready(&job) {
+            return job;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+fn has_prompt_id(job: &Value) -> bool {
+    job["upstream"]["prompt_id"].is_string()
+}
+
+/// The statuses an events stream told, `done` for its last event.
+fn statuses(events: &[(String, Value)]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|(e, d)| {
+            if e == "done" {
+                "done"
+            } else {
+                d["status"].as_str().unwrap()
+            }
+        })
+        .collect()
+}
+
 /// A job's events, open: every change from here on reaches it.
 async fn open_events(
     client: &reqwest::Client,
@@ -180,16 +216,7 @@ async fn an_async_chat_job_runs_through_the_relay_and_is_billed_once() {
     let events = open_events(&app.client, &app.address, &app.admin_key, &id).await;
     comfy.release();
     let events = read_events(events).await;
-    let statuses: Vec<&str> = events
-        .iter()
-        .map(|(e, d)| {
-            if e == "done" {
-                "done"
-            } else {
-                d["status"].as_str().unwrap()
-            }
-        })
-        .collect();
+    let statuses = statuses(&events);
     assert_eq!(statuses, ["queued", "running", "succeeded", "done"]);
     let job = events.last().unwrap().1.clone();
     assert_eq!(job["status"], "succeeded", "{job}");
@@ -343,16 +370,7 @@ async fn a_comfyui_job_waits_its_turn_reports_progress_and_stores_the_image() {
     assert_eq!(missing.status(), 404);
     // The second ran once the first was done: queued, running, succeeded.
     let second_events = watching.await.unwrap();
-    let statuses: Vec<&str> = second_events
-        .iter()
-        .map(|(e, d)| {
-            if e == "done" {
-                "done"
-            } else {
-                d["status"].as_str().unwrap()
-            }
-        })
-        .collect();
+    let statuses = statuses(&second_events);
     assert_eq!(statuses.first(), Some(&"queued"), "{statuses:?}");
     assert!(statuses.contains(&"running"), "{statuses:?}");
     assert_eq!(
@@ -565,12 +583,12 @@ async fn a_webhook_arrives_once_with_a_standard_webhooks_signature() {
         .expect("the webhook arrives");
     // Delivered and recorded as such; never sent again.
     let job = finished(&app, &key, &id).await;
-    let mut status = job["webhook"]["status"].clone();
-    while status == "pending" {
-        status = get_job(&app.client, &app.address, &key, &id).await["webhook"]["status"].clone();
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(status, "delivered");
+    assert_eq!(job["status"], "succeeded");
+    let job = job_until(&app.client, &app.address, &key, &id, |j| {
+        j["webhook"]["status"] != "pending"
+    })
+    .await;
+    assert_eq!(job["webhook"]["status"], "delivered");
     let got = hook.got.lock().unwrap().clone();
     assert_eq!(got.len(), 1);
     let (headers, body) = &got[0];
@@ -708,11 +726,14 @@ async fn cancelling_a_running_comfyui_job_interrupts_it_and_a_queued_one_never_r
         json!({"model": "sd", "prompt": "z", "async": true}),
     )
     .await;
-    let mut job = get_job(&app.client, &app.address, &app.admin_key, &waiting).await;
-    while job["upstream"]["prompt_id"].as_str().is_none() {
-        tokio::task::yield_now().await;
-        job = get_job(&app.client, &app.address, &app.admin_key, &waiting).await;
-    }
+    let job = job_until(
+        &app.client,
+        &app.address,
+        &app.admin_key,
+        &waiting,
+        has_prompt_id,
+    )
+    .await;
     let prompt_id = job["upstream"]["prompt_id"].as_str().unwrap().to_string();
     let res = app
         .delete(&format!("/v1/jobs/{waiting}"), &app.admin_key)
@@ -851,11 +872,7 @@ async fn jobs_running_at_sigterm_and_at_sigkill_finish_after_a_restart() {
         .await;
         comfy.wait_running(before + 1).await;
         // Stopped once the job has saved its prompt id (it does so as ComfyUI takes it).
-        let mut job = get_job(&client, &gw.address, &admin_key, &id).await;
-        while job["upstream"]["prompt_id"].as_str().is_none() {
-            tokio::task::yield_now().await;
-            job = get_job(&client, &gw.address, &admin_key, &id).await;
-        }
+        job_until(&client, &gw.address, &admin_key, &id, has_prompt_id).await;
         if signal == "SIGTERM" {
             assert!(terminate(&mut gw.child).await.success());
         } else {
@@ -963,11 +980,14 @@ async fn a_job_of_an_instance_that_dies_is_taken_over_after_its_lease() {
     )
     .await;
     comfy.wait_running(1).await;
-    let mut job = get_job(&pair.client, &pair.b.address, &pair.admin_key, &id).await;
-    while job["upstream"]["prompt_id"].as_str().is_none() {
-        tokio::task::yield_now().await;
-        job = get_job(&pair.client, &pair.b.address, &pair.admin_key, &id).await;
-    }
+    job_until(
+        &pair.client,
+        &pair.b.address,
+        &pair.admin_key,
+        &id,
+        has_prompt_id,
+    )
+    .await;
     // Whoever runs it says so in its log; that instance dies.
     let runs_on_a = {
         let mut found = None;
@@ -1139,22 +1159,20 @@ async fn a_webhook_still_refused_when_the_gateway_dies_is_delivered_after_the_re
     )
     .await;
     // Refused once: the delivery is due again after a second.
-    let mut job = get_job(&client, &gw.address, &admin_key, &id).await;
-    while job["webhook"]["attempts"].as_i64() < Some(1) || job["webhook"]["status"] != "pending" {
-        tokio::task::yield_now().await;
-        job = get_job(&client, &gw.address, &admin_key, &id).await;
-    }
+    job_until(&client, &gw.address, &admin_key, &id, |j| {
+        j["webhook"]["attempts"].as_i64() >= Some(1) && j["webhook"]["status"] == "pending"
+    })
+    .await;
     kill_hard(&mut gw).await;
     hook.accept();
     let mut gw = gateway(&dir, &db_url, &admin_key).await;
     tokio::time::timeout(Duration::from_secs(30), hook.arrived.notified())
         .await
         .expect("delivered by the restarted gateway");
-    let mut job = get_job(&client, &gw.address, &admin_key, &id).await;
-    while job["webhook"]["status"] == "pending" {
-        tokio::task::yield_now().await;
-        job = get_job(&client, &gw.address, &admin_key, &id).await;
-    }
+    let job = job_until(&client, &gw.address, &admin_key, &id, |j| {
+        j["webhook"]["status"] != "pending"
+    })
+    .await;
     assert_eq!(job["webhook"]["status"], "delivered", "{job}");
     assert!(job["webhook"]["attempts"].as_i64().unwrap() >= 2, "{job}");
     assert!(terminate(&mut gw.child).await.success());

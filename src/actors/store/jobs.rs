@@ -169,15 +169,11 @@ impl Handler<ClaimJob> for StoreActor {
                 .from(job::Entity)
                 .cond_where(due)
                 .order_by(job::Column::CreatedAt, sea_orm::Order::Asc)
-                .order_by(job::Column::Id, sea_orm::Order::Asc)
-                .limit(1)
-                // SQLite has no row locks: its write transaction is the lock.
-                .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+                .order_by(job::Column::Id, sea_orm::Order::Asc);
             if !msg.saturated.is_empty() {
                 oldest.and_where(job::Column::Model.is_not_in(msg.saturated));
             }
-            let txn = begin_write(&db).await?;
-            let claimed = job::Entity::update_many()
+            let claim = job::Entity::update_many()
                 .col_expr(
                     job::Column::Status,
                     Expr::value(JobStatus::Running.as_str()),
@@ -195,18 +191,34 @@ impl Handler<ClaimJob> for StoreActor {
                     job::Column::StartedAt,
                     Expr::col(job::Column::StartedAt).if_null(now),
                 )
-                .col_expr(job::Column::UpdatedAt, Expr::value(now))
-                .filter(Expr::col(job::Column::Id).in_subquery(oldest))
-                .exec_with_returning(&txn)
-                .await?;
-            let found = match claimed.into_iter().next() {
-                Some(m) => Some(record(&txn, m).await?),
-                None => None,
-            };
-            txn.commit().await?;
-            Ok(found)
+                .col_expr(job::Column::UpdatedAt, Expr::value(now));
+            claim_one(&db, claim, oldest).await
         })
     }
+}
+
+/// Applies `update` to the first job row `first` selects, if any, and answers it: the
+/// row is taken with `FOR UPDATE SKIP LOCKED` on PostgreSQL, so two instances never
+/// claim one row (SQLite has no row locks: its write transaction is the lock).
+async fn claim_one(
+    db: &sea_orm::DatabaseConnection,
+    update: sea_orm::UpdateMany<job::Entity>,
+    mut first: sea_orm::sea_query::SelectStatement,
+) -> Result<Option<JobRecord>, StoreError> {
+    first
+        .limit(1)
+        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+    let txn = begin_write(db).await?;
+    let claimed = update
+        .filter(Expr::col(job::Column::Id).in_subquery(first))
+        .exec_with_returning(&txn)
+        .await?;
+    let found = match claimed.into_iter().next() {
+        Some(m) => Some(record(&txn, m).await?),
+        None => None,
+    };
+    txn.commit().await?;
+    Ok(found)
 }
 
 impl Handler<ReleaseOrphanJobs> for StoreActor {
@@ -531,11 +543,8 @@ impl Handler<ClaimWebhook> for StoreActor {
                 .from(job::Entity)
                 .and_where(job::Column::WebhookStatus.eq(WEBHOOK_PENDING))
                 .and_where(job::Column::WebhookNextAt.lte(now))
-                .order_by(job::Column::WebhookNextAt, sea_orm::Order::Asc)
-                .limit(1)
-                .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
-            let txn = begin_write(&db).await?;
-            let claimed = job::Entity::update_many()
+                .order_by(job::Column::WebhookNextAt, sea_orm::Order::Asc);
+            let claim = job::Entity::update_many()
                 .col_expr(
                     job::Column::WebhookNextAt,
                     Expr::value(now + msg.lease_ms as i64),
@@ -543,16 +552,8 @@ impl Handler<ClaimWebhook> for StoreActor {
                 .col_expr(
                     job::Column::WebhookAttempts,
                     Expr::col(job::Column::WebhookAttempts).add(1),
-                )
-                .filter(Expr::col(job::Column::Id).in_subquery(due))
-                .exec_with_returning(&txn)
-                .await?;
-            let found = match claimed.into_iter().next() {
-                Some(m) => Some(record(&txn, m).await?),
-                None => None,
-            };
-            txn.commit().await?;
-            Ok(found)
+                );
+            claim_one(&db, claim, due).await
         })
     }
 }

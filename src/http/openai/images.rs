@@ -38,13 +38,19 @@ pub async fn generations(
     let bytes = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
     let mut body = json_object(&bytes)?;
     let fields = JobFields::take(&mut body)?;
-    let image = ImageRequest::parse(body.clone())?;
+    // Validated here (400 at once), stored as sent, read again when the job runs.
+    let ImageRequest {
+        model,
+        response_format,
+        body,
+        ..
+    } = ImageRequest::parse(body)?;
     let job = submit(
         &state,
         &relay,
         &caller.0,
         JobKind::Image,
-        image.model.clone(),
+        model,
         body,
         fields.webhook_url,
     )
@@ -54,7 +60,7 @@ pub async fn generations(
     }
     let within = Duration::from_millis(state.settings.jobs.timeout_ms) + Duration::from_secs(30);
     let job = wait_final(&state, &job.id, within).await?;
-    answer(&state, &req, &job, image.response_format).await
+    answer(&state, &req, &job, response_format).await
 }
 
 /// A finished image job as OpenAI's images answer (or its error).
