@@ -60,7 +60,57 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub jobs: JobSettings,
     pub bus: BusSettings,
+    pub mcp: McpSettings,
     pub models: Vec<ModelSeed>,
+}
+
+/// `[mcp]`: MCP servers and the tool loop.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct McpSettings {
+    /// The commands a stdio server may be registered with, exactly as given in `command`
+    /// (an absolute path, or a name looked up in the child's `PATH`). Empty: no stdio
+    /// server can be registered.
+    pub allowed_commands: Vec<String>,
+    /// Whether streamable-HTTP servers may be registered (their host must also pass
+    /// `security.upstream_hosts`).
+    pub allow_http: bool,
+    /// `PATH` of a stdio server's child when its registration sets none.
+    pub child_path: String,
+    /// Start, `initialize` and the first `tools/list` must finish within this.
+    pub start_timeout_ms: u64,
+    /// A tool call's limit when the registration sets none.
+    pub call_timeout_ms: u64,
+    /// Calls in flight per server when the registration sets none.
+    pub max_concurrency: u32,
+    /// The policy of a tool with none of its own: `auto`, `confirm` or `block`.
+    pub default_policy: crate::domain::mcp::ToolPolicy,
+    /// Model calls in one tool loop (a confirmation continues the count).
+    pub max_steps: u32,
+    /// A tool session waits this long for a confirmation.
+    pub session_ttl_secs: u64,
+    /// Longest restart backoff after a server died (it doubles from 500 ms).
+    pub max_restart_backoff_ms: u64,
+    /// A tool result longer than this is cut before the model sees it.
+    pub max_result_bytes: usize,
+}
+
+impl Default for McpSettings {
+    fn default() -> Self {
+        Self {
+            allowed_commands: Vec::new(),
+            allow_http: false,
+            child_path: "/usr/local/bin:/usr/bin:/bin".into(),
+            start_timeout_ms: 15_000,
+            call_timeout_ms: 30_000,
+            max_concurrency: 4,
+            default_policy: crate::domain::mcp::ToolPolicy::Confirm,
+            max_steps: 8,
+            session_ttl_secs: 3_600,
+            max_restart_backoff_ms: 30_000,
+            max_result_bytes: 64 * 1024,
+        }
+    }
 }
 
 /// `[bus]`: the agent bus.

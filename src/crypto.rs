@@ -171,6 +171,11 @@ pub fn hash_api_key(key: &str) -> [u8; 32] {
     out
 }
 
+/// The SHA-256 of any bytes, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex_encode(digest(&SHA256, bytes).as_ref())
+}
+
 pub fn hash_api_key_hex(key: &str) -> String {
     hex_encode(&hash_api_key(key))
 }

@@ -17,6 +17,7 @@ mod m20261202_000011_usage_cost_micros_and_rollups;
 mod m20261202_000012_quota_counters;
 mod m20261203_000013_jobs;
 mod m20261204_000014_agent_bus;
+mod m20261205_000015_mcp;
 
 pub struct Migrator;
 
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000012_quota_counters::Migration),
             Box::new(m20261203_000013_jobs::Migration),
             Box::new(m20261204_000014_agent_bus::Migration),
+            Box::new(m20261205_000015_mcp::Migration),
         ]
     }
 }

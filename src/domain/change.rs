@@ -25,6 +25,8 @@ pub enum Change {
     Deployments,
     /// A model's fallback chain was replaced.
     Fallbacks,
+    /// MCP servers were registered or deleted, or a tool's policy changed.
+    McpServers,
     /// Anything may have changed (changes may have been missed): reload everything.
     All,
 }
@@ -37,6 +39,11 @@ impl Change {
             self,
             Change::Keys | Change::User { .. } | Change::Limits { .. } | Change::All
         )
+    }
+
+    /// Whether the MCP servers (registrations, tool policies) may be stale.
+    pub fn touches_mcp(&self) -> bool {
+        matches!(self, Change::McpServers | Change::All)
     }
 
     /// Whether the routing table (deployments and fallback chains) may be stale.

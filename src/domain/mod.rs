@@ -9,6 +9,7 @@ pub mod deployment;
 pub mod fallbacks;
 pub mod images;
 pub mod jobs;
+pub mod mcp;
 pub mod quota;
 pub mod records;
 pub mod sse;

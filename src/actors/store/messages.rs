@@ -518,3 +518,107 @@ pub struct PurgeFanout {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct FollowBus(pub actix::Recipient<crate::domain::bus::BusNotice>);
+
+/// From `POST /admin/mcp/register`: stores a new MCP server (its `secrets` sealed), audited
+/// (`mcp.register`), announced as `Change::McpServers`. A taken name is a `Conflict`.
+#[derive(Message)]
+#[rtype(result = "Result<crate::domain::mcp::McpServerSpec, StoreError>")]
+pub struct RegisterMcpServer {
+    pub spec: crate::domain::mcp::McpServerSpec,
+    pub actor: Actor,
+}
+
+/// Every registered MCP server, by name, with its secrets opened (for the supervisor).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<crate::domain::mcp::McpServerSpec>, StoreError>")]
+pub struct ListMcpServers;
+
+/// From `DELETE /admin/mcp/{name}`: audited (`mcp.delete`), announced; `false` if absent.
+#[derive(Message)]
+#[rtype(result = "Result<bool, StoreError>")]
+pub struct DeleteMcpServer {
+    pub name: String,
+    pub actor: Actor,
+}
+
+/// From `PUT /admin/mcp/{name}/tools/{tool}/policy`: sets one tool's policy and bumps the
+/// server's `policy_version` (voiding approvals given under the old one); audited
+/// (`mcp.policy`), announced. `None` if the server is absent.
+#[derive(Message)]
+#[rtype(result = "Result<Option<crate::domain::mcp::McpServerSpec>, StoreError>")]
+pub struct SetToolPolicy {
+    pub server: String,
+    pub tool: String,
+    pub policy: crate::domain::mcp::ToolPolicy,
+    pub actor: Actor,
+}
+
+/// Stores a new tool session (status `pending`).
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct CreateToolSession(pub crate::domain::mcp::ToolSession);
+
+/// How taking a session for `POST /v1/tools/confirm` went.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one reply per confirmation, moved once; a box would buy nothing"
+)]
+pub enum TakenSession {
+    /// It was `pending` and is now `approved` with these ids: this caller runs it on.
+    Taken(crate::domain::mcp::ToolSession),
+    /// No such session for this user.
+    NotFound,
+    /// It was confirmed already (a session is confirmed once).
+    AlreadyConfirmed,
+    /// Its `expires_at` passed.
+    Expired,
+}
+
+/// From `POST /v1/tools/confirm`: takes the user's pending session, in one conditional
+/// update (`pending` → `approved`, `approved` := `approved_ids`), so two confirmations of
+/// one session never both run it.
+#[derive(Message)]
+#[rtype(result = "Result<TakenSession, StoreError>")]
+pub struct TakeToolSession {
+    pub id: String,
+    pub user_id: String,
+    pub approved_ids: Vec<String>,
+    pub now: i64,
+}
+
+/// A chat session's loop ran on: `done`.
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct FinishToolSession {
+    pub id: String,
+}
+
+/// From `POST /mcp` `tools/call` of a `confirm` tool: uses one approval of the user's, if
+/// an unexpired `approved` `/mcp` session holds an approved pending call with this digest
+/// and policy version. The call's id leaves the session's `approved`; the session is
+/// `done` when none is left. Answers whether an approval was used.
+#[derive(Message)]
+#[rtype(result = "Result<bool, StoreError>")]
+pub struct UseApproval {
+    pub user_id: String,
+    pub digest: String,
+    pub policy_version: i64,
+    pub now: i64,
+}
+
+/// The user's unexpired `pending` sessions, newest first (at most `limit`).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<crate::domain::mcp::ToolSession>, StoreError>")]
+pub struct ListToolSessions {
+    pub user_id: String,
+    pub now: i64,
+    pub limit: u64,
+}
+
+/// Deletes sessions that expired before `before`; answers how many.
+#[derive(Message)]
+#[rtype(result = "Result<u64, StoreError>")]
+pub struct PurgeToolSessions {
+    pub before: i64,
+}

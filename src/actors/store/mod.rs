@@ -16,6 +16,7 @@ mod inbox;
 mod jobs;
 mod keys;
 mod listener;
+mod mcp;
 pub mod messages;
 pub mod quota;
 mod secrets;

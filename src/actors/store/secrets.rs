@@ -1,5 +1,6 @@
-//! Sealed values at rest (deployments' upstream API keys): which master keys sealed them,
-//! checked before the store starts, and re-sealing under a new master key.
+//! Sealed values at rest (deployments' upstream API keys, MCP servers' secrets): which
+//! master keys sealed them, checked before the store starts, and re-sealing under a new
+//! master key.
 
 use std::collections::BTreeSet;
 
@@ -13,12 +14,12 @@ use serde_json::json;
 use super::{ResealSecrets, StoreActor, StoreError, audit, begin_write};
 use crate::crypto::Sealed;
 use crate::domain::records::Actor;
-use crate::entities::deployment;
+use crate::entities::{deployment, mcp_server};
 
 /// The ids of the master keys that sealed stored values, sorted. Read at startup, before
 /// `StoreActor` owns the connection (like migrations), to pick and check the master key.
 pub async fn sealed_key_ids(db: &DatabaseConnection) -> Result<Vec<String>, DbErr> {
-    let ids: Vec<Option<String>> = deployment::Entity::find()
+    let mut ids: Vec<Option<String>> = deployment::Entity::find()
         .select_only()
         .column(deployment::Column::ApiKeyKeyId)
         .filter(deployment::Column::ApiKeyCiphertext.is_not_null())
@@ -26,6 +27,15 @@ pub async fn sealed_key_ids(db: &DatabaseConnection) -> Result<Vec<String>, DbEr
         .into_tuple()
         .all(db)
         .await?;
+    let mcp: Vec<Option<String>> = mcp_server::Entity::find()
+        .select_only()
+        .column(mcp_server::Column::SecretsKeyId)
+        .filter(mcp_server::Column::SecretsCiphertext.is_not_null())
+        .distinct()
+        .into_tuple()
+        .all(db)
+        .await?;
+    ids.extend(mcp);
     // A ciphertext without a key id opens under no key: report it as an unknown id.
     let ids: BTreeSet<String> = ids
         .into_iter()
@@ -44,7 +54,7 @@ impl Handler<ResealSecrets> for StoreActor {
                 .filter(deployment::Column::ApiKeyCiphertext.is_not_null())
                 .all(&txn)
                 .await?;
-            let count = rows.len();
+            let mut count = rows.len();
             for row in rows {
                 let sealed = Sealed {
                     ciphertext_hex: row.api_key_ciphertext.clone().unwrap_or_default(),
@@ -59,6 +69,27 @@ impl Handler<ResealSecrets> for StoreActor {
                 let mut am = row.into_active_model();
                 am.api_key_ciphertext = Set(Some(resealed.ciphertext_hex));
                 am.api_key_key_id = Set(Some(resealed.key_id));
+                am.update(&txn).await?;
+            }
+            let servers = mcp_server::Entity::find()
+                .filter(mcp_server::Column::SecretsCiphertext.is_not_null())
+                .all(&txn)
+                .await?;
+            count += servers.len();
+            for row in servers {
+                let sealed = Sealed {
+                    ciphertext_hex: row.secrets_ciphertext.clone().unwrap_or_default(),
+                    key_id: row.secrets_key_id.clone().unwrap_or_default(),
+                };
+                let plain = current.open(&sealed).map_err(|_| {
+                    tracing::error!(mcp_server = %row.name, key_id = %sealed.key_id,
+                        "cannot open the MCP server's secrets with the current master key; nothing re-sealed");
+                    StoreError::Crypto
+                })?;
+                let resealed = msg.new_key.seal(&plain)?;
+                let mut am = row.into_active_model();
+                am.secrets_ciphertext = Set(Some(resealed.ciphertext_hex));
+                am.secrets_key_id = Set(Some(resealed.key_id));
                 am.update(&txn).await?;
             }
             let actor = Actor {
