@@ -7,6 +7,7 @@
 pub mod bus;
 pub mod feed;
 pub mod jobs;
+pub mod mcp;
 pub mod provider;
 pub mod quota;
 pub mod router;

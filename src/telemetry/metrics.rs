@@ -62,6 +62,25 @@ pub struct DeploymentLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToolLabels {
+    pub server: String,
+    pub tool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToolOutcomeLabels {
+    pub server: String,
+    pub tool: String,
+    /// `ok`, `tool_error` (the tool answered an error), `timeout`, `unavailable`, `failed`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailureLabels {
     pub model: String,
     pub class: String,
@@ -126,6 +145,9 @@ pub struct Metrics {
     bus_clients: Gauge,
     bus_pending: Gauge,
     retries: Family<ModelLabels, Counter>,
+    tool_calls: Family<ToolOutcomeLabels, Counter>,
+    tool_duration: Family<ToolLabels, Histogram>,
+    mcp_restarts: Family<ServerLabels, Counter>,
     usage_rows_spilled: Counter,
     usage_rows_replayed: Counter,
     usage_rows_dropped: Counter,
@@ -252,6 +274,27 @@ impl Metrics {
             "Upstream attempts beyond the first (retries and fallbacks), by requested model",
             retries.clone(),
         );
+        let tool_calls = Family::<ToolOutcomeLabels, Counter>::default();
+        registry.register(
+            "gateway_mcp_tool_calls",
+            "MCP tool calls by server, tool and outcome (ok, tool_error, timeout, unavailable, failed)",
+            tool_calls.clone(),
+        );
+        let tool_duration = Family::<ToolLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "gateway_mcp_tool_call_duration",
+            "MCP tool call latency by server and tool",
+            Unit::Seconds,
+            tool_duration.clone(),
+        );
+        let mcp_restarts = Family::<ServerLabels, Counter>::default();
+        registry.register(
+            "gateway_mcp_server_restarts",
+            "MCP servers restarted after their process or connection ended",
+            mcp_restarts.clone(),
+        );
         let usage_rows_spilled = Counter::default();
         registry.register(
             "gateway_usage_rows_spilled",
@@ -271,6 +314,9 @@ impl Metrics {
             usage_rows_dropped.clone(),
         );
         Self {
+            tool_calls,
+            tool_duration,
+            mcp_restarts,
             usage_rows_spilled,
             usage_rows_replayed,
             usage_rows_dropped,
@@ -335,6 +381,38 @@ impl Metrics {
 
     pub fn bus_message(&self, op: &'static str) {
         self.bus_messages.get_or_create(&OpLabels { op }).inc();
+    }
+
+    /// One MCP tool call: its outcome and how long it took.
+    pub fn record_tool_call(
+        &self,
+        server: &str,
+        tool: &str,
+        outcome: &'static str,
+        took: Duration,
+    ) {
+        let labels = ToolLabels {
+            server: server.to_string(),
+            tool: tool.to_string(),
+        };
+        self.tool_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        self.tool_calls
+            .get_or_create(&ToolOutcomeLabels {
+                server: labels.server,
+                tool: labels.tool,
+                outcome,
+            })
+            .inc();
+    }
+
+    pub fn mcp_server_restarted(&self, server: &str) {
+        self.mcp_restarts
+            .get_or_create(&ServerLabels {
+                server: server.to_string(),
+            })
+            .inc();
     }
 
     pub fn set_bus_clients(&self, n: usize) {

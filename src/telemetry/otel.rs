@@ -69,3 +69,18 @@ pub fn chat_span(
         lowart.stream = stream,
     )
 }
+
+/// The INTERNAL span of one MCP tool call (GenAI `execute_tool`).
+pub fn tool_span(server: &str, tool: &str, call_id: &str) -> tracing::Span {
+    tracing::info_span!(
+        "execute_tool",
+        otel.name = %format_args!("execute_tool {server}__{tool}"),
+        otel.kind = "internal",
+        otel.status_code = Empty,
+        gen_ai.operation.name = "execute_tool",
+        gen_ai.tool.name = tool,
+        gen_ai.tool.call.id = call_id,
+        error.type = Empty,
+        lowart.mcp.server = server,
+    )
+}
