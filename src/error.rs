@@ -38,6 +38,16 @@ pub enum ErrorKind {
     ServiceUnavailable,
     /// The gateway is stopping and its grace period ran out (ends streams still open).
     ShuttingDown,
+    /// An MCP server a request needs is not running.
+    McpServerUnavailable,
+    /// An MCP server could not be started for its registration.
+    McpServerFailed,
+    /// A tool session was confirmed already (a session is confirmed once).
+    SessionAlreadyConfirmed,
+    /// A tool session's time to be confirmed ran out.
+    SessionExpired,
+    /// The model still called tools when the tool loop reached `mcp.max_steps`.
+    ToolStepLimit,
     Internal,
 }
 
@@ -68,13 +78,18 @@ impl ErrorKind {
             Self::DownstreamConcurrencyExceeded => "downstream_concurrency_exceeded",
             Self::ServiceUnavailable => "service_unavailable",
             Self::ShuttingDown => "shutting_down",
+            Self::McpServerUnavailable => "mcp_server_unavailable",
+            Self::McpServerFailed => "mcp_server_failed",
+            Self::SessionAlreadyConfirmed => "session_already_confirmed",
+            Self::SessionExpired => "session_expired",
+            Self::ToolStepLimit => "tool_step_limit",
             Self::Internal => "internal_error",
         }
     }
 
     /// The kind whose `code` this is (a job's stored error, answered again).
     pub fn parse(code: &str) -> Option<Self> {
-        const GATEWAY: [ErrorKind; 22] = [
+        const GATEWAY: [ErrorKind; 27] = [
             ErrorKind::InvalidJson,
             ErrorKind::InvalidRequest,
             ErrorKind::MissingApiKey,
@@ -96,6 +111,11 @@ impl ErrorKind {
             ErrorKind::DownstreamConcurrencyExceeded,
             ErrorKind::ServiceUnavailable,
             ErrorKind::ShuttingDown,
+            ErrorKind::McpServerUnavailable,
+            ErrorKind::McpServerFailed,
+            ErrorKind::SessionAlreadyConfirmed,
+            ErrorKind::SessionExpired,
+            ErrorKind::ToolStepLimit,
             ErrorKind::Internal,
         ];
         GATEWAY
@@ -114,7 +134,8 @@ impl ErrorKind {
             Self::NotFound | Self::ModelNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Conflict => StatusCode::CONFLICT,
+            Self::Conflict | Self::SessionAlreadyConfirmed => StatusCode::CONFLICT,
+            Self::SessionExpired => StatusCode::GONE,
             Self::RateLimited
             | Self::InsufficientQuota
             | Self::TooManyAuthFailures
@@ -127,7 +148,9 @@ impl ErrorKind {
             | Self::UpstreamConcurrencyExceeded
             | Self::DownstreamConcurrencyExceeded
             | Self::ServiceUnavailable
-            | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::ShuttingDown
+            | Self::McpServerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::McpServerFailed | Self::ToolStepLimit => StatusCode::BAD_GATEWAY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -139,7 +162,7 @@ impl ErrorKind {
             return "insufficient_quota";
         }
         match self.status().as_u16() {
-            400 | 404 | 405 | 409 | 413 => "invalid_request_error",
+            400 | 404 | 405 | 409 | 410 | 413 => "invalid_request_error",
             401 => "authentication_error",
             429 => "rate_limit_error",
             403 => "permission_error",

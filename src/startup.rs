@@ -18,6 +18,7 @@ use crate::actors::ASK_TIMEOUT;
 use crate::actors::bus::BusActor;
 use crate::actors::feed::{ChangeFeed, Subscribe};
 use crate::actors::jobs::{JobActor, RelayFactory, StopJobs, Webhooks};
+use crate::actors::mcp::{LoadServers, McpSupervisor, StopServers};
 use crate::actors::quota::QuotaShards;
 use crate::actors::router::{Reload, RouteError, RouterActor};
 use crate::actors::store::{
@@ -64,6 +65,9 @@ pub struct Application {
     jobs: Addr<JobActor>,
     /// The job actor's thread (its relay's quota actor stops with it).
     jobs_arbiter: Arbiter,
+    mcp: Addr<McpSupervisor>,
+    /// The MCP servers' thread.
+    mcp_arbiter: Arbiter,
     generated_admin_key: Option<Secret>,
 }
 
@@ -266,6 +270,33 @@ impl Application {
             Supervisor::start(move |_| BusActor::new(settings, store.clone(), metrics.clone()))
         };
         store.send(FollowBus(bus.clone().recipient())).await?;
+        // MCP servers run on a thread of their own; every instance runs every registered
+        // server (started now, and on each change).
+        let mcp_arbiter = Arbiter::new();
+        let (mcp, mcp_catalog) = {
+            let http = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| StartupError::Config(format!("MCP client: {e}")))?;
+            let (supervisor, catalog) = McpSupervisor::new(
+                store.clone(),
+                Arc::new(settings.mcp.clone()),
+                http,
+                metrics.clone(),
+            );
+            (
+                McpSupervisor::start_in_arbiter(&mcp_arbiter.handle(), move |_| supervisor),
+                catalog,
+            )
+        };
+        feed.send(Subscribe {
+            name: "mcp supervisor",
+            recipient: mcp.clone().recipient(),
+        })
+        .await?;
+        mcp.send(LoadServers)
+            .await?
+            .map_err(|e| StartupError::Config(format!("MCP servers: {e}")))?;
         let state = web::Data::new(AppState {
             downstream,
             store: store.clone(),
@@ -276,6 +307,8 @@ impl Application {
             metrics: metrics.clone(),
             jobs: jobs.clone(),
             bus,
+            mcp: mcp.clone(),
+            mcp_catalog,
             draining,
             webhook_root,
             upstream_hosts: hosts,
@@ -290,6 +323,7 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .app_data(web::Data::new(make_relay()))
+                .app_data(web::Data::new(http::mcp_server::endpoint(&state)))
                 .app_data(http::path_config())
                 .app_data(http::query_config())
                 .wrap(from_fn(http::request_context))
@@ -353,6 +387,8 @@ impl Application {
             quota,
             jobs,
             jobs_arbiter,
+            mcp,
+            mcp_arbiter,
             generated_admin_key,
         })
     }
@@ -393,6 +429,16 @@ impl Application {
             tracing::warn!(error = %e, "jobs could not be handed back; their leases will run out");
         }
         self.jobs_arbiter.stop();
+        // MCP servers' process groups are killed.
+        if let Err(e) = self
+            .mcp
+            .send(StopServers)
+            .timeout(Duration::from_secs(10))
+            .await
+        {
+            tracing::warn!(error = %e, "MCP servers could not be stopped in time");
+        }
+        self.mcp_arbiter.stop();
         // Unused leases of token quotas and budgets go back to the shared counters.
         self.quota.returned(Duration::from_secs(5)).await;
         self.store.send(FlushUsage).await?;

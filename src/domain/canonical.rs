@@ -232,6 +232,45 @@ pub struct ChatResponse {
     pub usage: Option<TokenUsage>,
 }
 
+impl ChatResponse {
+    /// The answer as the events of a stream that says the same (for a client that asked
+    /// for a stream of an answer the gateway holds whole); `Done` is left to the caller.
+    pub fn events(&self) -> Vec<ChatEvent> {
+        let mut events = vec![ChatEvent::Start {
+            id: self.id.clone(),
+            model: self.model.clone(),
+        }];
+        let mut calls = 0;
+        for part in &self.content {
+            match part {
+                Part::Text(text) => events.push(ChatEvent::Text(text.clone())),
+                Part::ToolCall {
+                    id,
+                    name,
+                    arguments,
+                } => {
+                    events.push(ChatEvent::ToolCallStart {
+                        index: calls,
+                        id: id.clone(),
+                        name: name.clone(),
+                    });
+                    events.push(ChatEvent::ToolCallArguments {
+                        index: calls,
+                        delta: arguments.clone(),
+                    });
+                    calls += 1;
+                }
+                Part::Image(_) | Part::ToolResult { .. } => {}
+            }
+        }
+        events.push(ChatEvent::Finish(self.finish.unwrap_or(FinishReason::Stop)));
+        if let Some(usage) = &self.usage {
+            events.push(ChatEvent::Usage(*usage));
+        }
+        events
+    }
+}
+
 /// One step of a streamed answer. A stream is: `Start`, then text and tool-call events,
 /// then `Finish` and `Usage` (either order), then `Done`.
 #[derive(Debug, Clone, PartialEq)]

@@ -63,6 +63,10 @@ pub struct DeploymentConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub workflow: Option<Value>,
+    /// MCP servers whose tools every chat request to this model is offered (beside those
+    /// the request names in `mcp_servers`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp_servers: Vec<String>,
 }
 
 fn default_weight() -> i32 {

@@ -20,6 +20,9 @@ pub trait ChatDialect: 'static {
     /// The kind of job this endpoint's `"async": true` makes.
     const JOB: crate::domain::jobs::JobKind;
 
+    /// The kind of tool session this endpoint's tool loop stores.
+    const SESSION: crate::domain::mcp::SessionKind;
+
     /// Encodes one relayed stream, from its first event to its end or error.
     type Encoder: 'static;
 
@@ -33,6 +36,10 @@ pub trait ChatDialect: 'static {
     /// Appends what `item` becomes in this dialect (when the upstream speaks it, `item`
     /// carries the upstream's own event).
     fn encode(encoder: &mut Self::Encoder, item: Relayed, out: &mut Vec<sse::Event>);
+
+    /// The event that ends a streamed answer waiting for confirmation (before the
+    /// stream's end), carrying `fields` (`status`, `session_id`, `pending_calls`).
+    fn confirmation_event(response: &ChatResponse, created: i64, fields: &Value) -> sse::Event;
 }
 
 pub async fn serve<D: ChatDialect>(
@@ -49,6 +56,12 @@ pub async fn serve<D: ChatDialect>(
     if chat.native.body.contains_key("async") || chat.native.body.contains_key("webhook_url") {
         let fields = JobFields::take(&mut chat.native.body)?;
         if fields.is_async {
+            if chat.native.body.contains_key("mcp_servers") {
+                return Err(ApiError::invalid(
+                    "mcp_servers",
+                    "an async job does not run MCP tools; send the request without `async`",
+                ));
+            }
             if chat.stream {
                 return Err(ApiError::invalid(
                     "stream",
@@ -67,6 +80,15 @@ pub async fn serve<D: ChatDialect>(
             .await?;
             return Ok(jobs::started(&job));
         }
+    }
+    // MCP tools named by the request or configured on the model: the tool loop.
+    let named = crate::http::tools::take_mcp_servers(&mut chat.native.body)?;
+    let configured = relay.mcp_servers_of(&chat.model);
+    if !named.is_empty() || !configured.is_empty() {
+        let servers: Vec<String> = named.into_iter().chain(configured).collect();
+        let info = request_info(&req, caller, chat.model.clone(), chat.stream, started);
+        return crate::http::tools::start_loop::<D>(&state, &relay, &req, info, chat, &servers)
+            .await;
     }
     let chat = std::sync::Arc::new(chat);
     let info = request_info(&req, caller, chat.model.clone(), chat.stream, started);

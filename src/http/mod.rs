@@ -11,9 +11,11 @@ pub mod extract;
 pub mod health;
 pub mod jobs;
 pub mod key_cache;
+pub mod mcp_server;
 pub mod metrics;
 pub mod openai;
 pub mod openapi;
+pub mod tools;
 
 pub use auth_throttle::AuthThrottle;
 pub use key_cache::{KeyCache, KeyCacheFollower};
@@ -55,6 +57,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub jobs: Addr<crate::actors::jobs::JobActor>,
     pub bus: Addr<crate::actors::bus::BusActor>,
+    pub mcp: Addr<crate::actors::mcp::McpSupervisor>,
+    /// The MCP servers as their supervisor last published them.
+    pub mcp_catalog: tokio::sync::watch::Receiver<Arc<crate::actors::mcp::McpCatalog>>,
     /// True once a graceful stop began: bus connections close (`going away`).
     pub draining: tokio::sync::watch::Receiver<bool>,
     /// The root of every key's webhook secret (from the master key).
@@ -114,11 +119,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource!("/bus/topics", get => bus::topics))
                 .service(resource!("/bus/topics/{topic}/messages", post => bus::publish))
                 .service(resource!("/usage", get => openai::usage::own_usage))
+                .service(resource!("/tools/confirm", post => tools::confirm))
+                .service(resource!("/tools/sessions", get => tools::sessions))
                 .service(resource!(
                     "/messages",
                     post => anthropic::messages::messages,
                 )),
         )
+        .service(resource!("/mcp", post => mcp_server::mcp))
         .service(web::scope("/admin").configure(admin::configure));
 }
 

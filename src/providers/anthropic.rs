@@ -140,23 +140,7 @@ fn translate(
         body.insert("stop_sequences".into(), json!(req.stop));
     }
     if !req.tools.is_empty() {
-        let tools: Vec<Value> = req
-            .tools
-            .iter()
-            .map(|t| {
-                let mut tool = Map::new();
-                tool.insert("name".into(), t.name.clone().into());
-                if let Some(d) = &t.description {
-                    tool.insert("description".into(), d.clone().into());
-                }
-                let schema = match &t.parameters {
-                    Value::Null => json!({"type": "object"}),
-                    schema => schema.clone(),
-                };
-                tool.insert("input_schema".into(), schema);
-                Value::Object(tool)
-            })
-            .collect();
+        let tools = tools_json(&req.tools);
         body.insert("tools".into(), Value::Array(tools));
         // Anthropic refuses a `tool_choice` without tools, so it is only sent with them.
         if let Some(choice) = &req.tool_choice {
@@ -182,7 +166,28 @@ fn number(n: f64, field: &str) -> Result<Value, UpstreamFailure> {
 /// The non-system messages as alternating Anthropic turns: tool calls become `tool_use`
 /// blocks of the assistant, tool results `tool_result` blocks of a user turn, and
 /// consecutive messages of the same resulting role are merged into one turn.
-fn turns(messages: &[Message]) -> Result<Vec<Value>, UpstreamFailure> {
+/// Canonical tools as Anthropic's `tools` entries.
+pub fn tools_json(tools: &[crate::domain::canonical::Tool]) -> Vec<Value> {
+    tools
+        .iter()
+        .map(|t| {
+            let mut tool = Map::new();
+            tool.insert("name".into(), t.name.clone().into());
+            if let Some(d) = &t.description {
+                tool.insert("description".into(), d.clone().into());
+            }
+            let schema = match &t.parameters {
+                Value::Null => json!({"type": "object"}),
+                schema => schema.clone(),
+            };
+            tool.insert("input_schema".into(), schema);
+            Value::Object(tool)
+        })
+        .collect()
+}
+
+/// Canonical messages as Anthropic turns (system messages left out: they go to `system`).
+pub fn turns(messages: &[Message]) -> Result<Vec<Value>, UpstreamFailure> {
     let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
     for message in messages {
         for part in &message.content {

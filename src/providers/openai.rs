@@ -182,17 +182,7 @@ fn translate(req: &ChatRequest) -> Map<String, Value> {
     let messages: Vec<Value> = req.messages.iter().flat_map(message).collect();
     body.insert("messages".into(), Value::Array(messages));
     if !req.tools.is_empty() {
-        let tools = req
-            .tools
-            .iter()
-            .map(|t| {
-                let mut function = json!({"name": t.name, "parameters": t.parameters});
-                if let Some(d) = &t.description {
-                    function["description"] = json!(d);
-                }
-                json!({"type": "function", "function": function})
-            })
-            .collect();
+        let tools = tools_json(&req.tools);
         body.insert("tools".into(), Value::Array(tools));
     }
     if let Some(choice) = &req.tool_choice {
@@ -218,6 +208,25 @@ fn translate(req: &ChatRequest) -> Map<String, Value> {
     }
     body.insert("stream".into(), Value::Bool(req.stream));
     body
+}
+
+/// Canonical tools as OpenAI's `tools` entries (functions).
+pub fn tools_json(tools: &[crate::domain::canonical::Tool]) -> Vec<Value> {
+    tools
+        .iter()
+        .map(|t| {
+            let mut function = json!({"name": t.name, "parameters": t.parameters});
+            if let Some(d) = &t.description {
+                function["description"] = json!(d);
+            }
+            json!({"type": "function", "function": function})
+        })
+        .collect()
+}
+
+/// Canonical messages as OpenAI messages.
+pub fn messages_json(messages: &[Message]) -> Vec<Value> {
+    messages.iter().flat_map(message).collect()
 }
 
 /// One canonical message as OpenAI messages: tool results become one `tool` message each.

@@ -13,6 +13,7 @@ mod chat;
 mod embeddings;
 mod images;
 mod stream;
+pub mod tools;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -155,6 +156,21 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// The MCP servers `model`'s own deployments are configured with (sorted, no repeats).
+    pub fn mcp_servers_of(&self, model: &str) -> Vec<String> {
+        let snapshot = self.routing_table.borrow().clone();
+        let mut servers: Vec<String> = snapshot
+            .routes
+            .get(model)
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r.deployment.config.mcp_servers.iter().cloned())
+            .collect();
+        servers.sort();
+        servers.dedup();
+        servers
+    }
+
     /// Routes `call` and tries deployments until one answers; every outcome, success or
     /// failure, leaves one usage row.
     async fn serve<C: Call>(

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod keys;
+pub mod mcp;
 pub mod models;
 pub mod resilience;
 pub mod usage;
@@ -44,5 +45,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource!("/audit", get => audit::list_audit))
         .service(resource!("/usage", get => usage::list_usage))
         .service(resource!("/usage/summary", get => usage::usage_summary))
-        .service(resource!("/jobs", get => crate::http::jobs::admin_list_jobs));
+        .service(resource!("/jobs", get => crate::http::jobs::admin_list_jobs))
+        .service(resource!("/mcp", get => mcp::list))
+        .service(resource!("/mcp/register", post => mcp::register))
+        .service(resource!("/mcp/{name}", delete => mcp::delete))
+        .service(resource!("/mcp/{name}/tools/{tool}/policy", put => mcp::set_policy));
 }

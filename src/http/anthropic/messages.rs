@@ -53,6 +53,8 @@ pub async fn messages(
 impl ChatDialect for AnthropicMessages {
     const JOB: crate::domain::jobs::JobKind = crate::domain::jobs::JobKind::Message;
 
+    const SESSION: crate::domain::mcp::SessionKind = crate::domain::mcp::SessionKind::AnthropicChat;
+
     type Encoder = StreamEncoder;
 
     fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
@@ -83,5 +85,18 @@ impl ChatDialect for AnthropicMessages {
             }
             Relayed::Failed(error) => encoder.error(&error, out),
         }
+    }
+
+    /// A `message_delta` repeating the stop reason and output tokens, carrying the
+    /// confirmation fields (SDKs read the delta and keep the message's figures).
+    fn confirmation_event(response: &ChatResponse, _created: i64, fields: &Value) -> sse::Event {
+        let output_tokens = response.usage.map_or(0, |u| u.completion);
+        let delta = crate::http::tools::with_fields(
+            serde_json::json!({"type": "message_delta",
+                "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+                "usage": {"output_tokens": output_tokens}}),
+            fields,
+        );
+        sse::Event::Data(sse::Data::new(delta.to_string()).event("message_delta"))
     }
 }

@@ -50,6 +50,8 @@ pub struct Encoder {
 impl ChatDialect for OpenAiChat {
     const JOB: crate::domain::jobs::JobKind = crate::domain::jobs::JobKind::ChatCompletion;
 
+    const SESSION: crate::domain::mcp::SessionKind = crate::domain::mcp::SessionKind::OpenaiChat;
+
     type Encoder = Encoder;
 
     fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
@@ -87,5 +89,15 @@ impl ChatDialect for OpenAiChat {
             }
             Relayed::Failed(error) => encoder.events.error(&error, out),
         }
+    }
+
+    /// A chunk with no choices carrying the confirmation fields, before `[DONE]`.
+    fn confirmation_event(response: &ChatResponse, created: i64, fields: &Value) -> sse::Event {
+        let chunk = crate::http::tools::with_fields(
+            serde_json::json!({"id": response.id, "object": "chat.completion.chunk",
+                "created": created, "model": response.model, "choices": []}),
+            fields,
+        );
+        sse::Event::Data(sse::Data::new(chunk.to_string()))
     }
 }

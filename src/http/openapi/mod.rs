@@ -22,7 +22,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 
 use crate::domain::deployment::DeploymentConfig;
 use crate::error::ApiError;
-use crate::http::{admin, anthropic, bus, health, jobs, metrics, openai};
+use crate::http::{admin, anthropic, bus, health, jobs, mcp_server, metrics, openai, tools};
 
 /// The whole API. Every operation needs an API key (`bearer` or `api_key`) unless its own
 /// `security` says otherwise.
@@ -72,6 +72,13 @@ use crate::http::{admin, anthropic, bus, health, jobs, metrics, openai};
         admin::audit::list_audit,
         admin::usage::list_usage,
         admin::usage::usage_summary,
+        admin::mcp::register,
+        admin::mcp::list,
+        admin::mcp::delete,
+        admin::mcp::set_policy,
+        tools::confirm,
+        tools::sessions,
+        mcp_server::mcp,
     ),
     // `Deployment` inlines its configuration's schema (`flattened_schema`): the types that
     // schema refers to are listed here.
