@@ -304,6 +304,34 @@ pub struct ToolSession {
     pub expires_at: i64,
 }
 
+impl ToolSession {
+    /// A new session waiting for a person: `key`'s, of `kind`, expiring after `ttl_secs`.
+    pub fn waiting(
+        key: &crate::domain::records::KeyGrant,
+        kind: SessionKind,
+        pending: Vec<PendingCall>,
+        ttl_secs: u64,
+    ) -> Self {
+        let now = crate::domain::now_ms();
+        Self {
+            id: format!("ts_{}", uuid::Uuid::now_v7().simple()),
+            user_id: key.user_id.clone(),
+            key_id: key.key_id.clone(),
+            kind,
+            model: String::new(),
+            status: SessionStatus::Pending,
+            stream: false,
+            step: 0,
+            body: Value::Null,
+            outputs: Vec::new(),
+            pending,
+            approved: Vec::new(),
+            created_at: now,
+            expires_at: now.saturating_add((ttl_secs as i64).saturating_mul(1000)),
+        }
+    }
+}
+
 /// What the caller of `/v1/tools/sessions` sees of a session.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct SessionView {

@@ -33,14 +33,14 @@ use crate::actors::store::StoreActor;
 use crate::actors::store::messages::UseApproval;
 use crate::config::McpSettings;
 use crate::domain::mcp::{
-    PendingCall, SessionKind, SessionStatus, ToolPolicy, ToolSession, call_digest, split_prefixed,
+    PendingCall, SessionKind, ToolPolicy, ToolSession, call_digest, split_prefixed,
 };
 use crate::domain::now_ms;
 use crate::domain::records::KeyGrant;
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::http::extract::Caller;
-use crate::relay::tools::{announce, create_session, pending_notice};
+use crate::relay::tools::hold_session;
 use crate::telemetry::metrics::Metrics;
 
 /// The MCP server behind `/mcp`, one per HTTP worker.
@@ -207,27 +207,15 @@ impl ServerHandler for GatewayTools {
 
 impl GatewayTools {
     async fn hold(&self, caller: &KeyGrant, call: PendingCall) -> Result<ToolSession, McpError> {
-        let now = now_ms();
-        let session = ToolSession {
-            id: format!("ts_{}", uuid::Uuid::now_v7().simple()),
-            user_id: caller.user_id.clone(),
-            key_id: caller.key_id.clone(),
-            kind: SessionKind::Mcp,
-            model: String::new(),
-            status: SessionStatus::Pending,
-            stream: false,
-            step: 0,
-            body: Value::Null,
-            outputs: Vec::new(),
-            pending: vec![call],
-            approved: Vec::new(),
-            created_at: now,
-            expires_at: now + (self.settings.session_ttl_secs as i64) * 1000,
-        };
-        create_session(&self.store, &session)
+        let session = ToolSession::waiting(
+            caller,
+            SessionKind::Mcp,
+            vec![call],
+            self.settings.session_ttl_secs,
+        );
+        hold_session(&self.store, &self.bus, &session)
             .await
             .map_err(|e| McpError::internal_error(e.message, None))?;
-        announce(&self.bus, &session.user_id, pending_notice(&session));
         Ok(session)
     }
 }

@@ -230,7 +230,8 @@ pub async fn confirm(
     };
     let tools = tool_loop(&state, &relay);
     if session.kind == SessionKind::Mcp {
-        tools.announce(
+        crate::relay::tools::announce(
+            &state.bus,
             &session.user_id,
             json!({"type": "approval.resolved", "session_id": session.id,
                 "approved_ids": body.approved_ids}),

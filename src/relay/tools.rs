@@ -26,10 +26,9 @@ use crate::domain::canonical::{
     ChatRequest, ChatResponse, Dialect, FinishReason, Message, Part, Role, Tool,
 };
 use crate::domain::mcp::{
-    PendingCall, SessionKind, SessionStatus, ToolInfo, ToolOutput, ToolPolicy, ToolSession,
-    call_digest, parse_arguments, split_prefixed,
+    PendingCall, SessionKind, ToolInfo, ToolOutput, ToolPolicy, ToolSession, call_digest,
+    parse_arguments, split_prefixed,
 };
-use crate::domain::now_ms;
 use crate::domain::records::{KeyGrant, Role as UserRole};
 use crate::error::{ApiError, ErrorKind};
 use crate::telemetry::metrics::Metrics;
@@ -219,6 +218,8 @@ impl ToolLoop<'_> {
         mut conv: Conversation,
     ) -> Result<LoopReply, ApiError> {
         let dialect = conv.kind.dialect();
+        // The offered tools do not change between steps (only turns are appended).
+        let offered: Vec<String> = self.offered_names(&conv.body, dialect);
         loop {
             if conv.step >= self.settings.max_steps {
                 return Err(ApiError::new(
@@ -238,13 +239,14 @@ impl ToolLoop<'_> {
                 });
             }
             // A call of a tool the client offered itself goes back to the client.
-            let offered: Vec<String> = self.offered_names(&conv.body, dialect);
             if calls.iter().any(|c| !offered.contains(&c.name)) {
                 return Ok(LoopReply {
                     end: LoopEnd::Answer(response),
                     served,
                 });
             }
+            // Results go back in the order of the calls.
+            let order: Vec<String> = calls.iter().map(|c| c.id.clone()).collect();
             let mut outputs = Vec::new();
             let mut pending = Vec::new();
             let mut to_run = Vec::new();
@@ -296,8 +298,6 @@ impl ToolLoop<'_> {
                     served,
                 });
             }
-            // Results in the order of the calls.
-            let order: Vec<String> = calls_of(&response).into_iter().map(|c| c.id).collect();
             outputs.sort_by_key(|o| order.iter().position(|id| *id == o.call_id));
             append_turn(dialect, &mut conv.body, &assistant, &outputs)?;
         }
@@ -363,7 +363,8 @@ impl ToolLoop<'_> {
                 id: session.id.clone(),
             })
             .await;
-        self.announce(
+        announce(
+            self.bus,
             &session.user_id,
             json!({"type": "approval.resolved", "session_id": session.id, "approved_ids": approved}),
         );
@@ -472,31 +473,19 @@ impl ToolLoop<'_> {
         outputs: Vec<ToolOutput>,
         pending: Vec<PendingCall>,
     ) -> Result<ToolSession, ApiError> {
-        let now = now_ms();
-        let session = ToolSession {
-            id: format!("ts_{}", uuid::Uuid::now_v7().simple()),
-            user_id: info.caller.user_id.clone(),
-            key_id: info.caller.key_id.clone(),
-            kind: conv.kind,
-            model: conv.model.clone(),
-            status: SessionStatus::Pending,
-            stream: conv.stream,
-            step: conv.step,
-            body: Value::Object(conv.body.clone()),
-            outputs,
+        let mut session = ToolSession::waiting(
+            &info.caller,
+            conv.kind,
             pending,
-            approved: Vec::new(),
-            created_at: now,
-            expires_at: now + (self.settings.session_ttl_secs as i64) * 1000,
-        };
-        create_session(self.store, &session).await?;
-        self.announce(&session.user_id, pending_notice(&session));
+            self.settings.session_ttl_secs,
+        );
+        session.model.clone_from(&conv.model);
+        session.stream = conv.stream;
+        session.step = conv.step;
+        session.body = Value::Object(conv.body.clone());
+        session.outputs = outputs;
+        hold_session(self.store, self.bus, &session).await?;
         Ok(session)
-    }
-
-    /// Publishes on `approvals.<user_id>` (best effort: the session is stored either way).
-    pub fn announce(&self, user_id: &str, payload: Value) {
-        announce(self.bus, user_id, payload);
     }
 }
 
@@ -527,15 +516,18 @@ pub fn announce(bus: &Addr<BusActor>, user_id: &str, payload: Value) {
     });
 }
 
-pub async fn create_session(
+/// Stores a session that waits for a person and announces it on `approvals.<user_id>`.
+pub async fn hold_session(
     store: &Addr<StoreActor>,
+    bus: &Addr<BusActor>,
     session: &ToolSession,
 ) -> Result<(), ApiError> {
     store
         .send(CreateToolSession(session.clone()))
         .await
-        .map_err(|_| ApiError::unavailable())?
-        .map_err(ApiError::from)
+        .map_err(|_| ApiError::unavailable())??;
+    announce(bus, &session.user_id, pending_notice(session));
+    Ok(())
 }
 
 /// Whether an approval given for `call` still holds: the server still has that tool under

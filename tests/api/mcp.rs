@@ -100,6 +100,21 @@ fn tool_message<'a>(messages: &'a [Value], call_id: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no tool result for {call_id} in {messages:?}"))
 }
 
+/// `POST /v1/tools/confirm` as `key`.
+async fn confirm(
+    app: &TestApp,
+    key: &str,
+    session: &str,
+    approved_ids: Value,
+) -> reqwest::Response {
+    app.post_json(
+        "/v1/tools/confirm",
+        key,
+        &json!({"session_id": session, "approved_ids": approved_ids}),
+    )
+    .await
+}
+
 fn text_reply(text: &str) -> Reply {
     Reply::Text {
         content: text.into(),
@@ -327,23 +342,11 @@ async fn confirm_then_approve_or_deny_once_owned_by_the_user_and_announced_on_th
         .await
         .unwrap();
     assert_eq!(listed["data"].as_array().unwrap().len(), 0);
-    let res = app
-        .post_json(
-            "/v1/tools/confirm",
-            &bob,
-            &json!({"session_id": session, "approved_ids": ["d1"]}),
-        )
-        .await;
+    let res = confirm(&app, &bob, &session, json!(["d1"])).await;
     assert_eq!(res.status(), 404);
 
     app.upstream.push(text_reply("record 42 is gone"));
-    let res = app
-        .post_json(
-            "/v1/tools/confirm",
-            &alice,
-            &json!({"session_id": session, "approved_ids": ["d1"]}),
-        )
-        .await;
+    let res = confirm(&app, &alice, &session, json!(["d1"])).await;
     assert_eq!(res.status(), 200);
     let done: Value = res.json().await.unwrap();
     assert_eq!(
@@ -357,13 +360,7 @@ async fn confirm_then_approve_or_deny_once_owned_by_the_user_and_announced_on_th
     assert_eq!(resolved["type"], "approval.resolved");
 
     // Replayed: refused.
-    let res = app
-        .post_json(
-            "/v1/tools/confirm",
-            &alice,
-            &json!({"session_id": session, "approved_ids": ["d1"]}),
-        )
-        .await;
+    let res = confirm(&app, &alice, &session, json!(["d1"])).await;
     assert_eq!(res.status(), 409);
 
     // Denied: the model is told.
@@ -375,13 +372,7 @@ async fn confirm_then_approve_or_deny_once_owned_by_the_user_and_announced_on_th
     let held: Value = app.chat(&alice, &body).await.json().await.unwrap();
     let session = held["session_id"].as_str().unwrap();
     app.upstream.push(text_reply("I was not allowed"));
-    let res = app
-        .post_json(
-            "/v1/tools/confirm",
-            &alice,
-            &json!({"session_id": session, "approved_ids": []}),
-        )
-        .await;
+    let res = confirm(&app, &alice, session, json!([])).await;
     let done: Value = res.json().await.unwrap();
     assert_eq!(
         done["choices"][0]["message"]["content"],
@@ -408,13 +399,7 @@ async fn confirm_then_approve_or_deny_once_owned_by_the_user_and_announced_on_th
         .unwrap();
     assert_eq!(res.status(), 200);
     app.upstream.push(text_reply("policy changed"));
-    let res = app
-        .post_json(
-            "/v1/tools/confirm",
-            &alice,
-            &json!({"session_id": session, "approved_ids": ["d3"]}),
-        )
-        .await;
+    let res = confirm(&app, &alice, session, json!(["d3"])).await;
     assert_eq!(res.status(), 200);
     let messages = received_messages(&app, 5);
     assert!(
@@ -549,13 +534,7 @@ async fn the_mcp_endpoint_lists_and_calls_tools_and_an_approval_binds_to_the_arg
         .as_str()
         .unwrap()
         .to_string();
-    let res = app
-        .post_json(
-            "/v1/tools/confirm",
-            &carol,
-            &json!({"session_id": session, "approved_ids": [call_id]}),
-        )
-        .await;
+    let res = confirm(&app, &carol, &session, json!([call_id])).await;
     assert_eq!(res.status(), 200);
     // Other arguments: not approved.
     let (error, _) = call(&client, "kit__delete_record", json!({"id": "2"})).await;
@@ -796,13 +775,7 @@ async fn the_loop_speaks_anthropic_both_ways_blocking_and_streamed() {
         input_tokens: 30,
         output_tokens: 2,
     });
-    let res = app
-        .post_json(
-            "/v1/tools/confirm",
-            &app.admin_key,
-            &json!({"session_id": session, "approved_ids": ["tu2"]}),
-        )
-        .await;
+    let res = confirm(&app, &app.admin_key, &session, json!(["tu2"])).await;
     assert_eq!(res.status(), 200);
     let events = sse_events(&res.text().await.unwrap());
     let text: String = events
