@@ -41,7 +41,7 @@ use crate::config::Settings;
 use crate::domain::quota::RateNote;
 use crate::error::{ApiError, ErrorKind};
 use crate::relay::{RequestInfo, ServedBy, UpstreamClock};
-use crate::telemetry::metrics::{Metrics, method_label};
+use crate::telemetry::metrics::{Metrics, RouteLabel, method_label};
 
 /// What every handler can reach: actor addresses, the key cache and the auth throttle,
 /// immutable settings.
@@ -200,6 +200,10 @@ pub async fn request_context(
         Ok(res) => (
             res.request()
                 .match_pattern()
+                .or_else(|| {
+                    let extensions = res.request().extensions();
+                    extensions.get::<RouteLabel>().map(|l| l.0.to_string())
+                })
                 .unwrap_or_else(|| "unmatched".into()),
             res.status().as_u16(),
         ),

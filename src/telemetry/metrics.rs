@@ -17,6 +17,12 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::domain::usage::{CostStatus, UsageRecord, micros_to_usd};
 
+/// The route label of a request that no route pattern matched but a handler served (a
+/// passthrough route, labelled by its prefix): the handler puts it in the request's
+/// extensions, and the request is counted under it instead of `unmatched`.
+#[derive(Clone, Debug)]
+pub struct RouteLabel(pub Arc<str>);
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub route: String,
