@@ -278,6 +278,11 @@ pub struct ServerSettings {
     pub max_concurrency: usize,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     pub shutdown_grace_ms: u64,
+    /// PEM certificate chain (leaf first) for inbound TLS on the TCP listener; with
+    /// `tls_key`. Read again on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key matching `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerSettings {
@@ -290,6 +295,8 @@ impl Default for ServerSettings {
             max_body_bytes: 4 * 1024 * 1024,
             max_concurrency: 0,
             shutdown_grace_ms: 30_000,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -508,6 +515,21 @@ impl Settings {
                 "server.listen",
                 "expected an address like 127.0.0.1:8080",
             ));
+        }
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(_), None) => {
+                return Err(bad("server.tls_key", "tls_cert is set: set tls_key too"));
+            }
+            (None, Some(_)) => {
+                return Err(bad("server.tls_cert", "tls_key is set: set tls_cert too"));
+            }
+            (Some(_), Some(_)) if self.server.uds.is_some() => {
+                return Err(bad(
+                    "server.tls_cert",
+                    "TLS applies to the TCP listener; a Unix socket (server.uds, LISTEN_MODE=UDS) serves plain HTTP",
+                ));
+            }
+            _ => {}
         }
         if self.server.max_body_bytes == 0 {
             return Err(bad("server.max_body_bytes", "must be greater than 0"));

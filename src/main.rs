@@ -52,6 +52,28 @@ enum Command {
         #[arg(long, env = "LOWART_NEW_MASTER_KEY", hide_env_values = true)]
         new_key: Option<String>,
     },
+    /// Install Lowart as a systemd service: a hardened unit
+    /// (/etc/systemd/system/lowart.service), a default configuration
+    /// (/etc/lowart/config.toml, kept if present) and an environment file for secrets
+    /// (/etc/lowart/lowart.env, mode 0600, kept if present); then `systemctl daemon-reload`
+    /// and `systemctl enable lowart`.
+    Install {
+        /// Write everything under DIR instead of / and run no systemctl command.
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+        /// Print the files and commands; write and run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The binary the unit runs (default: this executable).
+        #[arg(long, value_name = "PATH")]
+        bin: Option<PathBuf>,
+        /// Run as this existing user instead of a dynamic one (DynamicUser=yes).
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// Start the service now as well (`systemctl enable --now`).
+        #[arg(long)]
+        now: bool,
+    },
     /// Manage API keys on the database directly (no running gateway needed).
     Keys {
         #[command(subcommand)]
@@ -89,6 +111,17 @@ enum KeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Installing needs no configuration (it writes one).
+    if let Some(Command::Install {
+        root,
+        dry_run,
+        bin,
+        user,
+        now,
+    }) = cli.command
+    {
+        return install(root, dry_run, bin, user, now);
+    }
     let settings = match Settings::load(&cli.config) {
         Ok(s) => s,
         Err(e) => {
@@ -98,6 +131,18 @@ fn main() -> ExitCode {
     };
     if let Some(Command::CheckConfig) = cli.command {
         let _ = writeln!(std::io::stdout(), "{}", settings.masked_json());
+        // The TLS pair is read and checked as `serve` would.
+        if let (Some(cert), Some(key)) = (&settings.server.tls_cert, &settings.server.tls_key) {
+            let files = lowart::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            };
+            let provider = rustls::crypto::ring::default_provider();
+            if let Err(e) = files.load(&provider) {
+                let _ = writeln!(std::io::stderr(), "lowart: {e}");
+                return ExitCode::from(2);
+            }
+        }
         return ExitCode::SUCCESS;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -170,6 +215,39 @@ async fn serve(settings: Settings) -> Result<(), lowart::startup::StartupError> 
         let _ = out.flush();
     }
     app.run_until_stopped().await
+}
+
+fn install(
+    root: Option<PathBuf>,
+    dry_run: bool,
+    bin: Option<PathBuf>,
+    user: Option<String>,
+    now: bool,
+) -> ExitCode {
+    let bin = match bin.map_or_else(std::env::current_exe, Ok) {
+        Ok(bin) => bin,
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "lowart: cannot tell this executable's path ({e}); pass --bin PATH"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let options = lowart::install::InstallOptions {
+        root,
+        dry_run,
+        bin,
+        user,
+        now,
+    };
+    match lowart::install::run(&options, &mut std::io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "lowart install: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The key alone on stdout (for scripts), what it is on stderr.

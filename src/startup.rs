@@ -52,6 +52,8 @@ pub enum StartupError {
     MasterKey(#[from] MasterKeyError),
     #[error("configuration: {0}")]
     Config(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A built, listening gateway.
@@ -297,6 +299,8 @@ impl Application {
         mcp.send(LoadServers)
             .await?
             .map_err(|e| StartupError::Config(format!("MCP servers: {e}")))?;
+        let summary = Arc::new(crate::telemetry::summary::Summary::default());
+        let count_summary = settings.telemetry.metrics;
         let state = web::Data::new(AppState {
             downstream,
             store: store.clone(),
@@ -312,6 +316,7 @@ impl Application {
             draining,
             webhook_root,
             upstream_hosts: hosts,
+            summary: summary.clone(),
         });
 
         let tracing_export = settings
@@ -320,8 +325,12 @@ impl Application {
             .as_deref()
             .is_some_and(|e| !e.is_empty());
         let mut server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
+            // Each worker counts `/metrics/summary` in a shard of its own.
+            let app = match count_summary {
+                true => App::new().app_data(web::Data::from(summary.shard())),
+                false => App::new(),
+            };
+            app.app_data(state.clone())
                 .app_data(web::Data::new(make_relay()))
                 .app_data(web::Data::new(http::mcp_server::endpoint(&state)))
                 .app_data(http::path_config())
@@ -341,6 +350,20 @@ impl Application {
             server = server.workers(settings.server.workers);
         }
 
+        // Inbound TLS (TCP only; the configuration refuses it with a Unix socket).
+        let tls = match (&settings.server.tls_cert, &settings.server.tls_key) {
+            (Some(cert), Some(key)) => {
+                let files = crate::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                };
+                Some(Arc::new(crate::tls::ReloadableCert::load(
+                    files,
+                    crate::tls::provider(),
+                )?))
+            }
+            _ => None,
+        };
         let (server, local_addr, uds) = match &settings.server.uds {
             Some(path) => {
                 if path.exists() {
@@ -359,10 +382,16 @@ impl Application {
                 (server, None, Some(path.clone()))
             }
             None => {
-                let server = server.bind(&settings.server.listen)?;
+                let server = match &tls {
+                    Some(cert) => {
+                        server.bind_rustls_0_23(&settings.server.listen, cert.server_config()?)?
+                    }
+                    None => server.bind(&settings.server.listen)?,
+                };
                 let addr = server.addrs().first().copied();
                 if let Some(addr) = addr {
-                    tracing::info!(%addr, "listening");
+                    let scheme = if tls.is_some() { "https" } else { "http" };
+                    tracing::info!(%addr, scheme, "listening");
                 }
                 (server, addr, None)
             }
@@ -377,6 +406,14 @@ impl Application {
                 draining_tx,
                 grace,
             ));
+            // Installed before `build` returns: a SIGHUP from then on never ends the process.
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(hup) => {
+                    actix::spawn(reload_on_hangup(hup, tls.clone()));
+                }
+                Err(e) => tracing::error!(error = %e,
+                    "cannot install the SIGHUP handler; TLS certificates reload on restart only"),
+            }
         }
         Ok(Self {
             server,
@@ -466,6 +503,26 @@ async fn bootstrap_admin(
     let key = Secret::new(crypto::generate_api_key()?);
     store.send(EnsureAdminKey { key: key.clone() }).await??;
     Ok(Some(key))
+}
+
+/// On SIGHUP: reads the TLS certificate and key again; a good pair serves new handshakes
+/// (connections already open keep theirs), a bad one is logged and the old pair kept.
+/// Without TLS there is nothing to reload, and SIGHUP is logged rather than ending the
+/// process (`systemctl reload` sends it).
+async fn reload_on_hangup(
+    mut hup: tokio::signal::unix::Signal,
+    tls: Option<Arc<crate::tls::ReloadableCert>>,
+) {
+    while hup.recv().await.is_some() {
+        match &tls {
+            None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+            Some(cert) => match cert.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(e) => tracing::error!(error = %e,
+                    "SIGHUP: TLS certificate not reloaded; the previous one stays in use"),
+            },
+        }
+    }
 }
 
 /// On SIGTERM or SIGINT: stop accepting and let in-flight requests finish. Streams still

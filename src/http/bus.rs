@@ -63,6 +63,7 @@ pub async fn bus_ws(
     };
     let client = AuthThrottle::client_of(req.peer_addr());
     let grant = authenticate(state.clone(), key, client).await?;
+    crate::http::extract::note_caller(&req, &state, &grant);
     let (response, session, stream) = actix_ws::handle(&req, body).map_err(|e| {
         ApiError::new(
             ErrorKind::InvalidRequest,

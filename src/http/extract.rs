@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use actix_web::dev::Payload;
 use actix_web::http::header::AUTHORIZATION;
-use actix_web::{FromRequest, HttpRequest, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use futures_util::future::LocalBoxFuture;
 use tracing::Instrument;
 
@@ -104,6 +104,19 @@ pub(crate) async fn authenticate(
     Ok(grant)
 }
 
+/// The authenticated caller's key, in the request's extensions for `/metrics/summary`'s
+/// per-key counts (only while metrics are on).
+#[derive(Clone)]
+pub struct CallerKey(pub Arc<KeyGrant>);
+
+/// Notes the caller of `req` for the per-key request counts (`/metrics/summary`); a
+/// handler that authenticates without these extractors calls it itself.
+pub fn note_caller(req: &HttpRequest, state: &AppState, grant: &Arc<KeyGrant>) {
+    if state.settings.telemetry.metrics {
+        req.extensions_mut().insert(CallerKey(grant.clone()));
+    }
+}
+
 fn authorize(
     req: &HttpRequest,
     allowed: fn(Role) -> bool,
@@ -111,11 +124,13 @@ fn authorize(
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let key = presented_key(req);
     let client = AuthThrottle::client_of(req.peer_addr());
+    let req = req.clone();
     Box::pin(async move {
         let state = state.ok_or_else(ApiError::internal)?;
-        let grant = authenticate(state, key, client)
+        let grant = authenticate(state.clone(), key, client)
             .instrument(tracing::info_span!("auth"))
             .await?;
+        note_caller(&req, &state, &grant);
         if allowed(grant.role) {
             Ok(grant)
         } else {

@@ -1,5 +1,7 @@
-//! `GET /metrics`: Prometheus (OpenMetrics text). Off with `telemetry.metrics = false`;
-//! behind a bearer token of its own when `telemetry.metrics_token` is set.
+//! `GET /metrics`: Prometheus (OpenMetrics text), and `GET /metrics/summary`: this
+//! instance's requests per route and key over the last hour and day as JSON. Off with
+//! `telemetry.metrics = false`; behind a bearer token of its own when
+//! `telemetry.metrics_token` is set.
 
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -9,6 +11,7 @@ use crate::error::{ApiError, ErrorKind};
 use crate::http::AppState;
 use crate::http::extract::bearer_token;
 use crate::http::openapi::schemas::OpenAiError;
+use crate::telemetry::summary::SummaryReport;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -29,6 +32,37 @@ pub async fn metrics(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
+    check_access(&state, &req)?;
+    let body = state.metrics.render().map_err(|_| ApiError::internal())?;
+    Ok(HttpResponse::Ok().content_type(OPENMETRICS).body(body))
+}
+
+/// This instance's traffic: requests per route and per API key over the last hour and
+/// the last day, and requests in flight now and at their peak. Kept in memory by each
+/// HTTP worker (minute buckets for the hour, hour buckets for the day), so it starts over
+/// with the process and covers this instance only.
+#[utoipa::path(
+    get,
+    path = "/metrics/summary",
+    tag = "Operations",
+    security((), ("metrics_token" = [])),
+    responses(
+        (status = 200, description = "The summary", body = SummaryReport),
+        (status = 401, description = "`telemetry.metrics_token` is set and was not presented (`invalid_api_key`)", body = OpenAiError),
+        (status = 404, description = "Metrics are off: `telemetry.metrics = false` (`route_not_found`)", body = OpenAiError),
+    )
+)]
+pub async fn summary(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    check_access(&state, &req)?;
+    let report = state.summary.report(state.metrics.inflight());
+    Ok(HttpResponse::Ok().json(report))
+}
+
+/// 404 when metrics are off; 401 without the metrics token when one is set.
+fn check_access(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
     let telemetry = &state.settings.telemetry;
     if !telemetry.metrics {
         return Err(ApiError::new(
@@ -51,6 +85,5 @@ pub async fn metrics(
             ));
         }
     }
-    let body = state.metrics.render().map_err(|_| ApiError::internal())?;
-    Ok(HttpResponse::Ok().content_type(OPENMETRICS).body(body))
+    Ok(())
 }

@@ -66,6 +66,8 @@ pub struct AppState {
     pub webhook_root: [u8; 32],
     /// `security.upstream_hosts`: where deployments and webhooks may point.
     pub upstream_hosts: Arc<crate::domain::upstream_hosts::UpstreamHosts>,
+    /// Every worker's `/metrics/summary` counts (each worker writes its own shard).
+    pub summary: Arc<crate::telemetry::summary::Summary>,
 }
 
 /// The request id of the current request (inbound `x-request-id` if sane, else a UUIDv7).
@@ -92,6 +94,7 @@ pub(crate) use resource;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource!("/healthz", get => health::healthz))
         .service(resource!("/metrics", get => metrics::metrics))
+        .service(resource!("/metrics/summary", get => metrics::summary))
         .service(resource!("/readyz", get => health::readyz))
         .service(resource!("/openapi.json", get => openapi::openapi_json))
         .service(
@@ -151,13 +154,24 @@ pub async fn request_context(
     let clock = UpstreamClock::default();
     req.extensions_mut().insert(RequestId(id.clone()));
     req.extensions_mut().insert(clock.clone());
-    let exempt = matches!(req.path(), "/healthz" | "/readyz" | "/metrics");
+    let exempt = matches!(
+        req.path(),
+        "/healthz" | "/readyz" | "/metrics" | "/metrics/summary"
+    );
+    // This worker's summary counts (absent when metrics are off).
+    let summary = req
+        .app_data::<web::Data<crate::telemetry::summary::Shard>>()
+        .filter(|_| !exempt)
+        .cloned();
     // The Anthropic surface answers errors in Anthropic's shape.
     let anthropic = is_anthropic_path(req.path());
     // In flight until the response's last byte, or until the request is dropped (a client
     // that hangs up before the headers): the guard is dropped either way. Probes and
     // scrapes are not counted.
-    let inflight = metrics.clone().filter(|_| !exempt).map(InflightGuard::new);
+    let inflight = metrics
+        .clone()
+        .filter(|_| !exempt)
+        .map(|m| InflightGuard::new(m, summary.as_deref().map(|s| &**s)));
     let downstream = req
         .app_data::<web::Data<AppState>>()
         .and_then(|s| s.downstream.clone())
@@ -215,6 +229,22 @@ pub async fn request_context(
     if let Some(m) = &metrics {
         m.request_finished(&route, method, status, elapsed);
     }
+    if let Some(shard) = &summary {
+        let caller = match &result {
+            Ok(res) => res
+                .request()
+                .extensions()
+                .get::<extract::CallerKey>()
+                .cloned(),
+            Err(_) => None,
+        };
+        shard.request_finished(
+            &route,
+            caller
+                .as_ref()
+                .map(|c| (c.0.key_id.as_str(), c.0.user_id.as_str())),
+        );
+    }
     let mut res = result?;
     if anthropic && let Some(error) = res.response().error() {
         let body = anthropic::render_error(error);
@@ -264,8 +294,11 @@ fn is_sane_request_id(id: &str) -> bool {
 pub struct InflightGuard(Arc<Metrics>);
 
 impl InflightGuard {
-    fn new(metrics: Arc<Metrics>) -> Self {
-        metrics.request_started();
+    fn new(metrics: Arc<Metrics>, summary: Option<&crate::telemetry::summary::Shard>) -> Self {
+        let now = metrics.request_started();
+        if let Some(shard) = summary {
+            shard.request_started(now);
+        }
         Self(metrics)
     }
 }

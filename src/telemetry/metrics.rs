@@ -354,8 +354,14 @@ impl Metrics {
         Ok(out)
     }
 
-    pub fn request_started(&self) {
-        self.inflight.inc();
+    /// Counts a request in flight; answers how many are now.
+    pub fn request_started(&self) -> i64 {
+        self.inflight.inc() + 1
+    }
+
+    /// Requests in flight now.
+    pub fn inflight(&self) -> i64 {
+        self.inflight.get()
     }
 
     /// The request's last byte went out, or the request was dropped.

@@ -4,6 +4,7 @@
 
 pub mod metrics;
 pub mod otel;
+pub mod summary;
 
 use std::collections::HashMap;
 use std::time::Duration;

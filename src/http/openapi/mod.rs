@@ -36,6 +36,7 @@ use crate::http::{admin, anthropic, bus, health, jobs, mcp_server, metrics, open
         health::healthz,
         health::readyz,
         metrics::metrics,
+        metrics::summary,
         openapi_json,
         openai::chat_completions::chat_completions,
         anthropic::messages::messages,
