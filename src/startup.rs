@@ -147,6 +147,21 @@ impl Application {
     pub async fn build(settings: Settings, handle_signals: bool) -> Result<Self, StartupError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let settings = Arc::new(settings);
+        // Inbound TLS (TCP only; the configuration refuses it with a Unix socket), read
+        // first: a bad pair stops the start before anything else happens.
+        let tls = match (&settings.server.tls_cert, &settings.server.tls_key) {
+            (Some(cert), Some(key)) => {
+                let files = crate::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                };
+                Some(Arc::new(crate::tls::ReloadableCert::load(
+                    files,
+                    crate::tls::provider(),
+                )?))
+            }
+            _ => None,
+        };
         let db = connect_and_migrate(&settings).await?;
         let master_key = Arc::new(master_key::open_for_serve(&settings, &db).await?);
         let webhook_root = master_key.webhook_root();
@@ -350,20 +365,6 @@ impl Application {
             server = server.workers(settings.server.workers);
         }
 
-        // Inbound TLS (TCP only; the configuration refuses it with a Unix socket).
-        let tls = match (&settings.server.tls_cert, &settings.server.tls_key) {
-            (Some(cert), Some(key)) => {
-                let files = crate::tls::TlsFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                };
-                Some(Arc::new(crate::tls::ReloadableCert::load(
-                    files,
-                    crate::tls::provider(),
-                )?))
-            }
-            _ => None,
-        };
         let (server, local_addr, uds) = match &settings.server.uds {
             Some(path) => {
                 if path.exists() {

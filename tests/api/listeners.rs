@@ -1,4 +1,4 @@
-//! Listeners and lifecycle: the Unix socket listener, and SIGTERM during a stream (run on
+//! Listeners and lifecycle: the Unix socket listener (and its file's mode), and SIGTERM during a stream (run on
 //! the real binary: the stream finishes, every usage row is written, the exit code is 0).
 
 use std::time::Duration;
@@ -37,6 +37,24 @@ async fn the_unix_socket_listener_serves_a_completion() {
     let answer: Value = serde_json::from_str(&response[json_start..]).unwrap();
     assert_eq!(answer["choices"][0]["message"]["content"], "over a socket");
     assert_eq!(app.usage_rows().await.len(), 1);
+}
+
+#[actix_web::test]
+async fn the_socket_file_gets_the_configured_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    for mode in [0o600, 0o666] {
+        let socket_dir = tempfile::tempdir().unwrap();
+        let socket = socket_dir.path().join("lowart.sock");
+        let path = socket.clone();
+        let _app = spawn_app_with(move |s| {
+            s.server.uds = Some(path);
+            s.server.uds_mode = mode;
+        })
+        .await;
+        let meta = std::fs::metadata(&socket).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{mode:o}");
+        tokio::net::UnixStream::connect(&socket).await.unwrap();
+    }
 }
 
 #[actix_web::test]
