@@ -9,6 +9,8 @@
 //! are forgotten to make room; beyond that, requests count under `OTHER`).
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
@@ -93,8 +95,8 @@ struct KeySeries {
 }
 
 struct ShardState {
-    routes: HashMap<Box<str>, Series>,
-    keys: HashMap<Box<str>, KeySeries>,
+    routes: FxHashMap<Box<str>, Series>,
+    keys: FxHashMap<Box<str>, KeySeries>,
     inflight_peak: Series,
 }
 
@@ -107,8 +109,8 @@ impl Shard {
     fn new() -> Self {
         Self {
             state: Mutex::new(ShardState {
-                routes: HashMap::new(),
-                keys: HashMap::new(),
+                routes: FxHashMap::default(),
+                keys: FxHashMap::default(),
                 inflight_peak: Series::new(),
             }),
         }
@@ -175,7 +177,7 @@ impl Shard {
 /// Whether `map` may take one more label: below `cap`, or after forgetting labels that
 /// saw nothing in the last day.
 fn has_room<V>(
-    map: &mut HashMap<Box<str>, V>,
+    map: &mut FxHashMap<Box<str>, V>,
     cap: usize,
     minute: u32,
     series: impl Fn(&V) -> &Series,
