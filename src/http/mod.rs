@@ -230,20 +230,16 @@ pub async fn request_context(
         m.request_finished(&route, method, status, elapsed);
     }
     if let Some(shard) = &summary {
-        let caller = match &result {
-            Ok(res) => res
-                .request()
-                .extensions()
-                .get::<extract::CallerKey>()
-                .cloned(),
-            Err(_) => None,
-        };
-        shard.request_finished(
-            &route,
-            caller
-                .as_ref()
-                .map(|c| (c.0.key_id.as_str(), c.0.user_id.as_str())),
-        );
+        match &result {
+            Ok(res) => {
+                let extensions = res.request().extensions();
+                let caller = extensions
+                    .get::<extract::CallerKey>()
+                    .map(|c| (c.0.key_id.as_str(), c.0.user_id.as_str()));
+                shard.request_finished(&route, caller);
+            }
+            Err(_) => shard.request_finished(&route, None),
+        }
     }
     let mut res = result?;
     if anthropic && let Some(error) = res.response().error() {
