@@ -166,6 +166,14 @@ pub fn plan(options: &InstallOptions, existing_config: Option<&str>) -> Result<P
                 options.bin.display()
             ))
         })?;
+    if ["/home/", "/root/", "/run/user/"]
+        .iter()
+        .any(|hidden| bin.starts_with(hidden))
+    {
+        return Err(InstallError::Invalid(format!(
+            "--bin {bin}: the unit's ProtectHome=yes hides home directories from the service; copy the binary to e.g. /usr/local/bin/lowart and pass --bin /usr/local/bin/lowart"
+        )));
+    }
     if let Some(user) = &options.user
         && !is_user_name(user)
     {
@@ -516,6 +524,10 @@ mod tests {
         let mut spaced = options();
         spaced.bin = PathBuf::from("/opt/my lowart/lowart");
         assert!(plan(&spaced, None).is_err());
+        let mut home = options();
+        home.bin = PathBuf::from("/root/.cargo/bin/lowart");
+        let error = plan(&home, None).unwrap_err().to_string();
+        assert!(error.contains("ProtectHome"), "{error}");
         let mut user = options();
         user.user = Some("Root; rm".into());
         assert!(plan(&user, None).is_err());
