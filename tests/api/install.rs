@@ -183,6 +183,13 @@ fn bad_arguments_are_refused_clearly() {
     assert!(!ok);
     assert!(stderr.contains("--user"), "{stderr}");
     assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+
+    // An unwritable target: the error names the path.
+    let file = root.path().join("not-a-dir");
+    std::fs::write(&file, "").unwrap();
+    let (ok, _, stderr) = install(&["--root", file.to_str().unwrap(), "--bin", BIN]);
+    assert!(!ok);
+    assert!(stderr.contains("not-a-dir/etc"), "{stderr}");
 }
 
 #[test]
@@ -210,4 +217,36 @@ fn systemd_analyze_accepts_the_unit() {
         // Unknown or misplaced keys are warnings, not failures: there must be none.
         assert!(!stderr.contains("lowart.service"), "{extra:?}: {stderr}");
     }
+}
+
+#[test]
+fn without_root_it_refuses_to_write_the_system_and_says_what_to_do() {
+    let setpriv = Path::new("/usr/bin/setpriv");
+    let running_as_root =
+        std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+    let mut command = if running_as_root {
+        if !setpriv.exists() {
+            eprintln!(
+                "skipped: running as root and {} is absent",
+                setpriv.display()
+            );
+            return;
+        }
+        // Drop to `nobody` for the one command.
+        let mut command = std::process::Command::new(setpriv);
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
+        command
+    } else {
+        lowart_command()
+    };
+    let output = command
+        .args(["install", "--bin", "/usr/local/bin/lowart"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("needs root") && stderr.contains("--root DIR"),
+        "{stderr}"
+    );
 }
