@@ -62,6 +62,8 @@ pub struct Settings {
     pub bus: BusSettings,
     pub mcp: McpSettings,
     pub models: Vec<ModelSeed>,
+    /// `[[routes]]`: passthrough routes (SPEC §9), read-only beside `/admin/routes`.
+    pub routes: Vec<crate::domain::passthrough::RouteSpec>,
 }
 
 /// `[mcp]`: MCP servers and the tool loop.
@@ -620,6 +622,17 @@ impl Settings {
             seed.config
                 .validate(&upstream_hosts)
                 .map_err(|(param, message)| bad(&format!("models[{i}].{param}"), &message))?;
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            route
+                .validate(&upstream_hosts)
+                .map_err(|(field, message)| bad(&format!("routes[{i}].{field}"), &message))?;
+            if self.routes[..i].iter().any(|r| r.prefix == route.prefix) {
+                return Err(bad(
+                    &format!("routes[{i}].prefix"),
+                    &format!("`{}` is already the prefix of another route", route.prefix),
+                ));
+            }
         }
         Ok(())
     }
