@@ -85,6 +85,7 @@ fn check_not_config(state: &AppState, prefix: &str) -> Result<(), ApiError> {
 #[utoipa::path(
     get,
     path = "/admin/routes",
+    operation_id = "list_routes",
     tag = "Admin",
     description = "The passthrough routes this instance serves: the config's `[[routes]]` (`source: config`, read-only) and those added here (`source: admin`). Injected headers by name only. Role: admin, operator or viewer.",
     responses(
@@ -108,6 +109,7 @@ pub async fn list(state: web::Data<AppState>, _: AdminReader) -> Result<HttpResp
 #[utoipa::path(
     post,
     path = "/admin/routes",
+    operation_id = "create_route",
     tag = "Admin",
     description = "Adds a passthrough route; it serves at once on every instance. `inject_headers` values are sealed and never returned. Role: admin or operator.",
     request_body = RouteSpec,
@@ -142,6 +144,7 @@ pub async fn create(
 #[utoipa::path(
     patch,
     path = "/admin/routes/{id}",
+    operation_id = "update_route",
     tag = "Admin",
     description = "Changes a route added here (a JSON merge patch: `null` removes a field or an injected header). Moving `upstream` of a route with `inject_headers` needs them again in the same request. Role: admin or operator.",
     params(("id" = String, Path, description = "The route's id")),
@@ -194,6 +197,7 @@ fn refuse_config(id: &str) -> Result<(), ApiError> {
 #[utoipa::path(
     delete,
     path = "/admin/routes/{id}",
+    operation_id = "delete_route",
     tag = "Admin",
     description = "Deletes a route added here; its prefix answers 404 at once on every instance. Role: admin or operator.",
     params(("id" = String, Path, description = "The route's id")),
