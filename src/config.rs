@@ -777,6 +777,41 @@ mod tests {
     }
 
     #[test]
+    fn routes_are_read_with_env_expanded_and_checked_naming_the_key() -> Result<(), ConfigError> {
+        let env = FakeEnv(HashMap::from([("VENDOR_KEY", "sk-1")]));
+        let s = Settings::from_toml_str(
+            "[[routes]]\nprefix='/openai'\nupstream='https://api.openai.com'\ninject_headers={authorization='Bearer ${VENDOR_KEY}'}\nrpm_limit=5\n",
+            &env,
+        )?;
+        assert_eq!(s.routes[0].prefix, "/openai");
+        assert_eq!(
+            s.routes[0].inject_headers["authorization"].expose(),
+            "Bearer sk-1"
+        );
+        assert!(!s.masked_json().contains("sk-1"));
+        for (toml, named) in [
+            ("prefix='/admin'\nupstream='http://h'\n", "routes[0].prefix"),
+            ("prefix='/a'\nupstream='h'\n", "routes[0].upstream"),
+            (
+                "prefix='/a'\nupstream='http://h'\nmax_concurrency=0\n",
+                "routes[0].max_concurrency",
+            ),
+            ("prefix='/a'\nupstream='http://h'\nprefx=1\n", "prefx"),
+            (
+                "prefix='/a'\nupstream='http://h'\n[[routes]]\nprefix='/a'\nupstream='http://h'\n",
+                "routes[1].prefix",
+            ),
+        ] {
+            let err = Settings::from_toml_str(&format!("[[routes]]\n{toml}"), &env)
+                .map_err(|e| e.to_string())
+                .err()
+                .unwrap_or_default();
+            assert!(err.contains(named), "{named}: {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
     fn the_shipped_config_toml_runs_as_is_with_the_defaults() -> Result<(), ConfigError> {
         let shipped =
             Settings::from_toml_str(include_str!("../config.toml"), &FakeEnv(HashMap::new()))?;
