@@ -289,6 +289,16 @@ impl RouteSpec {
     }
 }
 
+/// Whether the rest of a request's path stays below the route's upstream base: no `.` or
+/// `..` segment, written plainly or percent-encoded (the URL parser would resolve them,
+/// and `/openai/../x` would leave the base with the route's injected headers).
+pub fn rest_is_safe(rest: &str) -> bool {
+    rest.split('/').all(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded != "." && decoded != ".."
+    })
+}
+
 /// Whether `name` is a hop-by-hop header (never forwarded, either direction).
 pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
@@ -411,6 +421,16 @@ mod tests {
         assert_eq!(find("/openaix"), None);
         assert_eq!(find("/openai/v1x"), Some(("/openai", "/v1x")));
         assert_eq!(find("/other"), None);
+    }
+
+    #[test]
+    fn dot_segments_cannot_climb_out_of_the_upstream_base() {
+        for safe in ["", "/a", "/a/b.c", "/..a", "/a..", "/%2e%2ex"] {
+            assert!(rest_is_safe(safe), "{safe}");
+        }
+        for unsafe_rest in ["/..", "/a/../b", "/.", "/%2e%2e/x", "/.%2E", "/%2e"] {
+            assert!(!rest_is_safe(unsafe_rest), "{unsafe_rest}");
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::actors::passthrough::{AdmitRoute, LiveRoute};
 use crate::actors::store::UsageInbox;
 use crate::domain::now_ms;
 use crate::domain::passthrough::{
-    StreamUsage, connection_tokens, forwards_response_header, usage_of,
+    StreamUsage, connection_tokens, forwards_response_header, rest_is_safe, usage_of,
 };
 use crate::domain::quota::retry_after_secs;
 use crate::domain::records::KeyGrant;
@@ -103,6 +103,12 @@ async fn forward(
     usage: &mut Recorder,
 ) -> Result<Upstream, ApiError> {
     let spec = &route.spec;
+    if !rest_is_safe(rest) {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            "the path may not hold `.` or `..` segments",
+        ));
+    }
     // A key limited to some models reaches only the routes its list names by prefix.
     if let Some(models) = &grant.models
         && !models.iter().any(|m| m == &spec.prefix)

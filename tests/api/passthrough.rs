@@ -615,3 +615,95 @@ async fn a_key_limited_to_models_reaches_only_the_routes_it_names() {
     let error = assert_openai_error(app.get("/denied/x", &limited).await, 403).await;
     assert_eq!(error["code"], "model_not_permitted");
 }
+
+#[actix_web::test]
+async fn an_sse_answer_silent_past_the_idle_timeout_ends_after_its_first_event() {
+    let spec = json!({"prefix": "/vendor", "upstream": "{up}/up", "idle_timeout_ms": 300});
+    let (app, _vendor, key) = gateway(json!([spec]), |_| {}).await;
+
+    let res = app.get("/vendor/sse", &key).await;
+    assert_eq!(res.status(), 200);
+    // The vendor never sends the rest: the body ends (broken) after the first event.
+    let mut chunks = res.bytes_stream();
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(chunk) = chunks.next().await {
+            match chunk {
+                Ok(chunk) => got.extend_from_slice(&chunk),
+                Err(_) => break,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ended within the idle timeout");
+    assert_eq!(got, SSE_FIRST.as_bytes());
+    let rows = app.usage_rows().await;
+    let row = rows.last().unwrap();
+    assert_eq!(row.error_class.as_deref(), Some("upstream_timeout"));
+    assert_eq!(row.response_bytes, Some(SSE_FIRST.len() as i64));
+}
+
+#[actix_web::test]
+async fn dot_segments_are_refused_before_the_upstream() {
+    let (app, vendor, key) = gateway(json!([route("/vendor", "/up/public")]), |_| {}).await;
+    for path in ["/vendor/../secret", "/vendor/%2e%2e/secret"] {
+        let res = app
+            .client
+            .get(format!("{}{path}", app.address))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        // reqwest may resolve a plain `..` itself; either way nothing reaches the vendor
+        // outside `/up/public`.
+        assert_ne!(res.status(), 200, "{path}");
+    }
+    assert!(
+        vendor
+            .seen()
+            .iter()
+            .all(|s| s.path.starts_with("/up/public")),
+        "{:?}",
+        vendor.seen()
+    );
+}
+
+#[actix_web::test]
+async fn a_route_added_on_one_instance_serves_on_the_other_within_a_second() {
+    use crate::scale_out::{eventually, spawn_pair};
+    use reqwest::Method;
+    let Some(pair) = spawn_pair(&[]).await else {
+        return;
+    };
+    let vendor = Vendor::start().await;
+    let (_, key) = pair.user_key(&pair.a, "ada").await;
+    let status = || async {
+        pair.send(&pair.b, Method::GET, "/shared/x", &key, None)
+            .await
+            .status()
+            .as_u16()
+    };
+    assert_eq!(status().await, 404);
+
+    let body = json!({"prefix": "/shared", "upstream": format!("{}/up", vendor.address)});
+    let created = pair
+        .admin(&pair.a, Method::POST, "/admin/routes", Some(&body), 201)
+        .await;
+    eventually(
+        std::time::Instant::now(),
+        Duration::from_secs(1),
+        200,
+        status,
+    )
+    .await;
+
+    let path = format!("/admin/routes/{}", created["id"].as_str().unwrap());
+    pair.admin(&pair.a, Method::DELETE, &path, None, 200).await;
+    eventually(
+        std::time::Instant::now(),
+        Duration::from_secs(1),
+        404,
+        status,
+    )
+    .await;
+}
