@@ -13,7 +13,9 @@ use sea_orm::EntityTrait;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use crate::helpers::{TestApp, assert_openai_error, closed_port_url, spawn_app_with};
+use crate::helpers::{
+    TestApp, assert_openai_error, closed_port_url, metric_sample, spawn_app_with,
+};
 
 const SSE_FIRST: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"H\u{e9}\"}}]}\n\n";
 const SSE_REST: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2,\"total_tokens\":6}}\n\ndata: [DONE]\n\n";
@@ -359,6 +361,16 @@ async fn the_longest_prefix_wins_on_segment_boundaries_and_unknown_paths_are_404
         let res = app.get(path, &key).await;
         let error = assert_openai_error(res, 404).await;
         assert_eq!(error["code"], "route_not_found", "{path}");
+    }
+    // Metrics label each request by its route's prefix.
+    for (route, count) in [("/lp/deep", 2.0), ("/lp", 2.0)] {
+        let name =
+            format!("http_requests_total{{route=\"{route}\",method=\"GET\",status=\"200\"}}");
+        assert_eq!(
+            metric_sample(&app.client, &app.address, &name).await,
+            count,
+            "{route}"
+        );
     }
 }
 
