@@ -719,3 +719,35 @@ async fn a_route_added_on_one_instance_serves_on_the_other_within_a_second() {
     )
     .await;
 }
+
+#[actix_web::test]
+async fn a_client_that_leaves_mid_stream_gets_a_499_row_and_frees_the_routes_slot() {
+    let spec = json!({"prefix": "/vendor", "upstream": "{up}/up", "max_concurrency": 1});
+    let (app, _vendor, key) = gateway(json!([spec]), |_| {}).await;
+
+    let res = app.get("/vendor/sse", &key).await;
+    let mut chunks = res.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(5), chunks.next())
+        .await
+        .expect("the first event arrives")
+        .unwrap()
+        .unwrap();
+    assert!(!first.is_empty());
+    drop(chunks);
+
+    let since = std::time::Instant::now();
+    loop {
+        let rows = app.usage_rows().await;
+        if let Some(row) = rows.iter().find(|r| r.status == 499) {
+            assert_eq!(row.error_class.as_deref(), Some("client_closed"));
+            assert!(row.response_bytes.unwrap() > 0);
+            break;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "no 499 row: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.get("/vendor/x", &key).await.status(), 200);
+}
