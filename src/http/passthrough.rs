@@ -349,7 +349,7 @@ fn respond(upstream: Upstream, mut usage: Recorder, route: &LiveRoute) -> HttpRe
                 None
             }
             Ok(Some(Err(e))) => {
-                body.finish(Some("upstream_5xx"));
+                body.finish(Some(FailureClass::Connect.as_str()));
                 Some((Err(io::Error::other(e.to_string())), None))
             }
             Err(_) => {

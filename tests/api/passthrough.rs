@@ -751,3 +751,72 @@ async fn a_client_that_leaves_mid_stream_gets_a_499_row_and_frees_the_routes_slo
     }
     assert_eq!(app.get("/vendor/x", &key).await.status(), 200);
 }
+
+#[actix_web::test]
+async fn injected_headers_survive_a_master_key_rotation() {
+    use crate::helpers::{
+        MASTER_KEY, drop_test_database, fresh_database_url, lowart_command, spawn_binary, terminate,
+    };
+    let vendor = Vendor::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = fresh_database_url(&dir).await;
+    let admin = lowart::crypto::generate_api_key().unwrap();
+    let env = [
+        ("DATABASE_URL", db_url.as_str()),
+        ("LOWART_ADMIN_KEY", admin.as_str()),
+        ("LOWART_MASTER_KEY", MASTER_KEY),
+    ];
+    let client = reqwest::Client::new();
+    let mut gateway = spawn_binary(&dir, &env).await;
+    let body = json!({
+        "prefix": "/sealed",
+        "upstream": format!("{}/up", vendor.address),
+        "inject_headers": {"x-vendor-key": "vk-before-rotation"},
+    });
+    let res = client
+        .post(format!("{}/admin/routes", gateway.address))
+        .bearer_auth(&admin)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    assert!(terminate(&mut gateway.child).await.success());
+
+    let mut rotate = lowart_command();
+    rotate
+        .current_dir(dir.path())
+        .envs(env.iter().copied())
+        .arg("rotate-master-key");
+    let out = tokio::process::Command::from(rotate)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let new = stdout
+        .split_whitespace()
+        .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .expect("the new key is printed")
+        .to_string();
+
+    let rotated = [env[0], env[1], ("LOWART_MASTER_KEY", new.as_str())];
+    let gateway = spawn_binary(&dir, &rotated).await;
+    let res = client
+        .get(format!("{}/sealed/x", gateway.address))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        vendor.last().header("x-vendor-key"),
+        Some("vk-before-rotation")
+    );
+    drop(gateway);
+    drop_test_database(&db_url);
+}
