@@ -256,6 +256,34 @@ async fn headers_are_injected_stripped_and_hop_by_hop_ones_dropped() {
         "pass_headers": ["cookie"],
     });
     let (app, vendor, key) = gateway(json!([spec]), |_| {}).await;
+    let send = |url: String| {
+        app.client
+            .get(url)
+            .bearer_auth(&key)
+            .header("connection", "keep-alive, x-hop-custom")
+            .header("x-hop-custom", "1")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers")
+            .header("proxy-authorization", "Basic eA==")
+            .send()
+    };
+    // Control: sent straight to the vendor, these headers do arrive.
+    assert_eq!(
+        send(format!("{}/direct", vendor.address))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let direct = vendor.last();
+    for hop in ["x-hop-custom", "keep-alive", "te", "proxy-authorization"] {
+        assert!(direct.header(hop).is_some(), "{hop} is sent by the client");
+    }
+    assert_eq!(send(app.url("/vendor/hop")).await.unwrap().status(), 200);
+    let seen = vendor.last();
+    for hop in ["x-hop-custom", "keep-alive", "te", "proxy-authorization"] {
+        assert_eq!(seen.header(hop), None, "{hop} reached the upstream");
+    }
 
     let res = app
         .client
