@@ -62,6 +62,8 @@ pub struct Settings {
     pub bus: BusSettings,
     pub mcp: McpSettings,
     pub models: Vec<ModelSeed>,
+    /// `[[routes]]`: passthrough routes (SPEC §9), read-only beside `/admin/routes`.
+    pub routes: Vec<crate::domain::passthrough::RouteSpec>,
 }
 
 /// `[mcp]`: MCP servers and the tool loop.
@@ -643,6 +645,17 @@ impl Settings {
                 .validate(&upstream_hosts)
                 .map_err(|(param, message)| bad(&format!("models[{i}].{param}"), &message))?;
         }
+        for (i, route) in self.routes.iter().enumerate() {
+            route
+                .validate(&upstream_hosts)
+                .map_err(|(field, message)| bad(&format!("routes[{i}].{field}"), &message))?;
+            if self.routes[..i].iter().any(|r| r.prefix == route.prefix) {
+                return Err(bad(
+                    &format!("routes[{i}].prefix"),
+                    &format!("`{}` is already the prefix of another route", route.prefix),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -783,6 +796,41 @@ mod tests {
                 .unwrap_or_default();
             assert!(err.contains(named), "{named}: {err}");
         }
+    }
+
+    #[test]
+    fn routes_are_read_with_env_expanded_and_checked_naming_the_key() -> Result<(), ConfigError> {
+        let env = FakeEnv(HashMap::from([("VENDOR_KEY", "sk-1")]));
+        let s = Settings::from_toml_str(
+            "[[routes]]\nprefix='/openai'\nupstream='https://api.openai.com'\ninject_headers={authorization='Bearer ${VENDOR_KEY}'}\nrpm_limit=5\n",
+            &env,
+        )?;
+        assert_eq!(s.routes[0].prefix, "/openai");
+        assert_eq!(
+            s.routes[0].inject_headers["authorization"].expose(),
+            "Bearer sk-1"
+        );
+        assert!(!s.masked_json().contains("sk-1"));
+        for (toml, named) in [
+            ("prefix='/admin'\nupstream='http://h'\n", "routes[0].prefix"),
+            ("prefix='/a'\nupstream='h'\n", "routes[0].upstream"),
+            (
+                "prefix='/a'\nupstream='http://h'\nmax_concurrency=0\n",
+                "routes[0].max_concurrency",
+            ),
+            ("prefix='/a'\nupstream='http://h'\nprefx=1\n", "prefx"),
+            (
+                "prefix='/a'\nupstream='http://h'\n[[routes]]\nprefix='/a'\nupstream='http://h'\n",
+                "routes[1].prefix",
+            ),
+        ] {
+            let err = Settings::from_toml_str(&format!("[[routes]]\n{toml}"), &env)
+                .map_err(|e| e.to_string())
+                .err()
+                .unwrap_or_default();
+            assert!(err.contains(named), "{named}: {err}");
+        }
+        Ok(())
     }
 
     #[test]

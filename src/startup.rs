@@ -19,6 +19,7 @@ use crate::actors::bus::BusActor;
 use crate::actors::feed::{ChangeFeed, Subscribe};
 use crate::actors::jobs::{JobActor, RelayFactory, StopJobs, Webhooks};
 use crate::actors::mcp::{LoadServers, McpSupervisor, StopServers};
+use crate::actors::passthrough::{PassthroughActor, ReloadRoutes};
 use crate::actors::quota::QuotaShards;
 use crate::actors::router::{Reload, RouteError, RouterActor};
 use crate::actors::store::{
@@ -316,6 +317,29 @@ impl Application {
             .map_err(|e| StartupError::Config(format!("MCP servers: {e}")))?;
         let summary = Arc::new(crate::telemetry::summary::Summary::default());
         let count_summary = settings.telemetry.metrics;
+        // Passthrough routes: the config's, then the stored ones (change feed).
+        let (passthrough_published, passthrough) = tokio::sync::watch::channel(Arc::new(
+            crate::actors::passthrough::PassthroughTable::default(),
+        ));
+        let passthrough_limits = {
+            let (store, routes) = (store.clone(), settings.routes.clone());
+            Supervisor::start(move |_| {
+                PassthroughActor::new(store.clone(), routes.clone(), passthrough_published.clone())
+            })
+        };
+        feed.send(Subscribe {
+            name: "passthrough routes",
+            recipient: passthrough_limits.clone().recipient(),
+        })
+        .await?;
+        let routes = passthrough_limits
+            .send(ReloadRoutes)
+            .timeout(ASK_TIMEOUT)
+            .await?
+            .map_err(|e| StartupError::Config(format!("passthrough routes: {e}")))?;
+        if routes > 0 {
+            tracing::info!(routes, "passthrough routes loaded");
+        }
         let state = web::Data::new(AppState {
             downstream,
             store: store.clone(),
@@ -332,6 +356,8 @@ impl Application {
             webhook_root,
             upstream_hosts: hosts,
             summary: summary.clone(),
+            passthrough,
+            passthrough_limits,
         });
 
         let tracing_export = settings
@@ -353,7 +379,7 @@ impl Application {
                 .wrap(from_fn(http::request_context))
                 .wrap(Condition::new(tracing_export, TracingLogger::default()))
                 .configure(http::configure)
-                .default_service(web::to(http::not_found))
+                .default_service(web::to(http::passthrough::serve))
         })
         .disable_signals()
         // A client that closes its side has gone: stop its stream (and so the upstream's).

@@ -2,12 +2,14 @@
 //! `StoreActor` the database, `RouterActor` the routing table, `ProviderActor` one
 //! deployment's admission state, `QuotaActor` this instance's leases of the shared limits;
 //! `ChangeFeed` tells whoever holds a copy of stored data what the store changed; `JobActor`
-//! runs async jobs, `BusActor` brokers the agent bus.
+//! runs async jobs, `BusActor` brokers the agent bus, `PassthroughActor` the passthrough
+//! route table and its per-key request windows.
 
 pub mod bus;
 pub mod feed;
 pub mod jobs;
 pub mod mcp;
+pub mod passthrough;
 pub mod provider;
 pub mod quota;
 pub mod router;

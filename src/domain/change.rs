@@ -27,6 +27,8 @@ pub enum Change {
     Fallbacks,
     /// MCP servers were registered or deleted, or a tool's policy changed.
     McpServers,
+    /// Passthrough routes were added, edited or deleted through `/admin/routes`.
+    PassthroughRoutes,
     /// Anything may have changed (changes may have been missed): reload everything.
     All,
 }
@@ -44,6 +46,11 @@ impl Change {
     /// Whether the MCP servers (registrations, tool policies) may be stale.
     pub fn touches_mcp(&self) -> bool {
         matches!(self, Change::McpServers | Change::All)
+    }
+
+    /// Whether the passthrough route table may be stale.
+    pub fn touches_passthrough(&self) -> bool {
+        matches!(self, Change::PassthroughRoutes | Change::All)
     }
 
     /// Whether the routing table (deployments and fallback chains) may be stale.
@@ -105,6 +112,7 @@ mod tests {
             },
             Change::Deployments,
             Change::Fallbacks,
+            Change::PassthroughRoutes,
             Change::All,
         ] {
             let payload = encode_notice("instance-a", &change);
@@ -158,5 +166,8 @@ mod tests {
         assert!(!Change::Deployments.touches_keys() && Change::Deployments.touches_routes());
         assert!(!Change::Fallbacks.touches_keys() && Change::Fallbacks.touches_routes());
         assert!(Change::All.touches_keys() && Change::All.touches_routes());
+        assert!(Change::PassthroughRoutes.touches_passthrough());
+        assert!(!Change::PassthroughRoutes.touches_routes() && !Change::Keys.touches_passthrough());
+        assert!(Change::All.touches_passthrough());
     }
 }

@@ -10,6 +10,7 @@ pub mod fallbacks;
 pub mod images;
 pub mod jobs;
 pub mod mcp;
+pub mod passthrough;
 pub mod quota;
 pub mod records;
 pub mod sse;

@@ -156,6 +156,12 @@ pub struct UsageRecord {
     pub created_at: i64,
     /// Upstream attempts behind the row (0 when rejected before any).
     pub attempts: u32,
+    /// Request body bytes sent upstream (passthrough routes only).
+    #[serde(default)]
+    pub request_bytes: Option<i64>,
+    /// Answer body bytes relayed to the client (passthrough routes only).
+    #[serde(default)]
+    pub response_bytes: Option<i64>,
 }
 
 #[cfg(test)]

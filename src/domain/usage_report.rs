@@ -124,6 +124,11 @@ pub struct UsageRow {
     pub ttft_ms: Option<i64>,
     pub stream: bool,
     pub attempts: i32,
+    /// Body bytes a passthrough route moved each way (absent for other requests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_bytes: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_bytes: Option<i64>,
 }
 
 /// A newest-first page of usage rows; `next` is the cursor of the following page.

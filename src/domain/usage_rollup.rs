@@ -247,6 +247,8 @@ mod tests {
             usage_source: UsageSource::Reported,
             created_at: at,
             attempts: 1,
+            request_bytes: None,
+            response_bytes: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod job;
 pub mod job_artifact;
 pub mod mcp_server;
 pub mod model_fallback;
+pub mod passthrough_route;
 pub mod quota_counter;
 pub mod tool_session;
 pub mod usage;

@@ -33,6 +33,10 @@ pub struct Model {
     pub cache_read_tokens: Option<i64>,
     /// Of `prompt_tokens`, how many were written to the vendor's prompt cache.
     pub cache_write_tokens: Option<i64>,
+    /// Bytes of the request body a passthrough route sent upstream (null elsewhere).
+    pub request_bytes: Option<i64>,
+    /// Bytes of the answer's body a passthrough route relayed (null elsewhere).
+    pub response_bytes: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -15,6 +15,7 @@ pub mod mcp_server;
 pub mod metrics;
 pub mod openai;
 pub mod openapi;
+pub mod passthrough;
 pub mod tools;
 
 pub use auth_throttle::AuthThrottle;
@@ -68,6 +69,11 @@ pub struct AppState {
     pub upstream_hosts: Arc<crate::domain::upstream_hosts::UpstreamHosts>,
     /// Every worker's `/metrics/summary` counts (each worker writes its own shard).
     pub summary: Arc<crate::telemetry::summary::Summary>,
+    /// The passthrough routes as their actor last published them.
+    pub passthrough:
+        tokio::sync::watch::Receiver<Arc<crate::actors::passthrough::PassthroughTable>>,
+    /// Per-key per-route request windows (asked only for a route with `rpm_limit`).
+    pub passthrough_limits: Addr<crate::actors::passthrough::PassthroughActor>,
 }
 
 /// The request id of the current request (inbound `x-request-id` if sane, else a UUIDv7).

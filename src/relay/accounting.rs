@@ -340,6 +340,8 @@ impl Accounting {
             usage_source: source,
             created_at: self.info.created_at,
             attempts: self.attempts,
+            request_bytes: None,
+            response_bytes: None,
         };
         if let Some(u) = record.usage {
             self.span.record("gen_ai.usage.input_tokens", u.prompt);

@@ -24,6 +24,7 @@ mod metrics;
 mod mock_comfyui;
 mod mock_upstream;
 mod openapi;
+mod passthrough;
 mod quota;
 mod resilience;
 mod scale_out;

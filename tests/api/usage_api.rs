@@ -460,6 +460,8 @@ fn spilled_row(i: i64, created_at: i64, latency_ms: i64) -> UsageRecord {
         usage_source: UsageSource::Reported,
         created_at,
         attempts: 1,
+        request_bytes: None,
+        response_bytes: None,
     }
 }
 

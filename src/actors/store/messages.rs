@@ -622,3 +622,38 @@ pub struct ListToolSessions {
 pub struct PurgeToolSessions {
     pub before: i64,
 }
+
+/// From `POST /admin/routes`: stores a passthrough route (its `inject_headers` values
+/// sealed), audited (`route.create`), announced as `Change::PassthroughRoutes`. A prefix
+/// taken by another stored route is a `Conflict`.
+#[derive(Message)]
+#[rtype(result = "Result<crate::domain::passthrough::StoredRoute, StoreError>")]
+pub struct CreatePassthroughRoute {
+    pub spec: crate::domain::passthrough::RouteSpec,
+    pub actor: Actor,
+}
+
+/// The stored passthrough routes with their `inject_headers` opened, by prefix: for the
+/// passthrough table (and the admin list, which shows only the headers' names).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<crate::domain::passthrough::StoredRoute>, StoreError>")]
+pub struct ListPassthroughRoutes;
+
+/// From `PATCH /admin/routes/{id}`: an RFC 7396 merge patch onto the route, validated
+/// (`upstream` moved with headers to inject needs `inject_headers` again), audited
+/// (`route.update`), announced. `NotFound` if absent.
+#[derive(Message)]
+#[rtype(result = "Result<crate::domain::passthrough::StoredRoute, StoreError>")]
+pub struct UpdatePassthroughRoute {
+    pub id: String,
+    pub patch: serde_json::Map<String, serde_json::Value>,
+    pub actor: Actor,
+}
+
+/// From `DELETE /admin/routes/{id}`: audited (`route.delete`), announced; `false` if absent.
+#[derive(Message)]
+#[rtype(result = "Result<bool, StoreError>")]
+pub struct DeletePassthroughRoute {
+    pub id: String,
+    pub actor: Actor,
+}

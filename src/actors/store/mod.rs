@@ -19,6 +19,7 @@ mod listener;
 mod mcp;
 pub mod messages;
 pub mod quota;
+mod routes;
 mod secrets;
 mod spill;
 mod usage;

@@ -1,4 +1,5 @@
-//! Sealed values at rest (deployments' upstream API keys, MCP servers' secrets): which
+//! Sealed values at rest (deployments' upstream API keys, MCP servers' secrets, passthrough
+//! routes' injected headers): which
 //! master keys sealed them, checked before the store starts, and re-sealing under a new
 //! master key.
 
@@ -14,7 +15,7 @@ use serde_json::json;
 use super::{ResealSecrets, StoreActor, StoreError, audit, begin_write};
 use crate::crypto::Sealed;
 use crate::domain::records::Actor;
-use crate::entities::{deployment, mcp_server};
+use crate::entities::{deployment, mcp_server, passthrough_route};
 
 /// The ids of the master keys that sealed stored values, sorted. Read at startup, before
 /// `StoreActor` owns the connection (like migrations), to pick and check the master key.
@@ -36,6 +37,15 @@ pub async fn sealed_key_ids(db: &DatabaseConnection) -> Result<Vec<String>, DbEr
         .all(db)
         .await?;
     ids.extend(mcp);
+    let routes: Vec<Option<String>> = passthrough_route::Entity::find()
+        .select_only()
+        .column(passthrough_route::Column::InjectKeyId)
+        .filter(passthrough_route::Column::InjectCiphertext.is_not_null())
+        .distinct()
+        .into_tuple()
+        .all(db)
+        .await?;
+    ids.extend(routes);
     // A ciphertext without a key id opens under no key: report it as an unknown id.
     let ids: BTreeSet<String> = ids
         .into_iter()
@@ -90,6 +100,27 @@ impl Handler<ResealSecrets> for StoreActor {
                 let mut am = row.into_active_model();
                 am.secrets_ciphertext = Set(Some(resealed.ciphertext_hex));
                 am.secrets_key_id = Set(Some(resealed.key_id));
+                am.update(&txn).await?;
+            }
+            let routes = passthrough_route::Entity::find()
+                .filter(passthrough_route::Column::InjectCiphertext.is_not_null())
+                .all(&txn)
+                .await?;
+            count += routes.len();
+            for row in routes {
+                let sealed = Sealed {
+                    ciphertext_hex: row.inject_ciphertext.clone().unwrap_or_default(),
+                    key_id: row.inject_key_id.clone().unwrap_or_default(),
+                };
+                let plain = current.open(&sealed).map_err(|_| {
+                    tracing::error!(route = %row.id, key_id = %sealed.key_id,
+                        "cannot open the route's injected headers with the current master key; nothing re-sealed");
+                    StoreError::Crypto
+                })?;
+                let resealed = msg.new_key.seal(&plain)?;
+                let mut am = row.into_active_model();
+                am.inject_ciphertext = Set(Some(resealed.ciphertext_hex));
+                am.inject_key_id = Set(Some(resealed.key_id));
                 am.update(&txn).await?;
             }
             let actor = Actor {

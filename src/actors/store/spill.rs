@@ -150,6 +150,8 @@ mod tests {
             usage_source: UsageSource::Reported,
             created_at: 1_764_669_600_000,
             attempts: 1,
+            request_bytes: None,
+            response_bytes: None,
         }
     }
 

@@ -33,7 +33,7 @@ const RETRY_INITIAL: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 /// Rows read from the spill file before they are inserted.
 const REPLAY_CHUNK: usize = 512;
-/// The most rows one INSERT carries: 256 rows × 20 columns = 5,120 bind parameters, well
+/// The most rows one INSERT carries: 256 rows × 22 columns = 5,632 bind parameters, well
 /// under SQLite's 32,766 and PostgreSQL's 65,535.
 const MAX_ROWS_PER_INSERT: usize = 256;
 /// After a failed replay, how long to wait before trying again.
@@ -78,6 +78,8 @@ pub(super) fn to_active_model(r: UsageRecord) -> usage::ActiveModel {
         attempts: Set(i32::try_from(r.attempts).unwrap_or(i32::MAX)),
         cache_read_tokens: Set(r.usage.and_then(|u| u.cache_read)),
         cache_write_tokens: Set(r.usage.and_then(|u| u.cache_write)),
+        request_bytes: Set(r.request_bytes),
+        response_bytes: Set(r.response_bytes),
     }
 }
 

@@ -48,6 +48,8 @@ fn to_row(m: usage::Model) -> UsageRow {
         ttft_ms: m.ttft_ms,
         stream: m.stream,
         attempts: m.attempts,
+        request_bytes: m.request_bytes,
+        response_bytes: m.response_bytes,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod mcp;
 pub mod models;
 pub mod resilience;
+pub mod routes;
 pub mod usage;
 pub mod users;
 
@@ -49,5 +50,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource!("/mcp", get => mcp::list))
         .service(resource!("/mcp/register", post => mcp::register))
         .service(resource!("/mcp/{name}", delete => mcp::delete))
-        .service(resource!("/mcp/{name}/tools/{tool}/policy", put => mcp::set_policy));
+        .service(resource!("/mcp/{name}/tools/{tool}/policy", put => mcp::set_policy))
+        .service(resource!("/routes", get => routes::list, post => routes::create))
+        .service(resource!(
+            "/routes/{id}",
+            patch => routes::update,
+            delete => routes::delete,
+        ));
 }
