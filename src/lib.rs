@@ -12,5 +12,6 @@ pub mod http;
 pub mod master_key;
 pub mod providers;
 pub mod relay;
+pub mod scripts;
 pub mod startup;
 pub mod telemetry;

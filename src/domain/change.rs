@@ -27,6 +27,8 @@ pub enum Change {
     Fallbacks,
     /// MCP servers were registered or deleted, or a tool's policy changed.
     McpServers,
+    /// Rhai transform scripts were saved or deleted.
+    Scripts,
     /// Anything may have changed (changes may have been missed): reload everything.
     All,
 }
@@ -44,6 +46,11 @@ impl Change {
     /// Whether the MCP servers (registrations, tool policies) may be stale.
     pub fn touches_mcp(&self) -> bool {
         matches!(self, Change::McpServers | Change::All)
+    }
+
+    /// Whether the compiled transform scripts may be stale.
+    pub fn touches_scripts(&self) -> bool {
+        matches!(self, Change::Scripts | Change::All)
     }
 
     /// Whether the routing table (deployments and fallback chains) may be stale.
@@ -105,6 +112,7 @@ mod tests {
             },
             Change::Deployments,
             Change::Fallbacks,
+            Change::Scripts,
             Change::All,
         ] {
             let payload = encode_notice("instance-a", &change);
@@ -141,7 +149,7 @@ mod tests {
     fn an_unreadable_payload_means_anything_may_have_changed() {
         for payload in [
             "not json",
-            r#"{"origin":"a","change":{"kind":"scripts"}}"#,
+            r#"{"origin":"a","change":{"kind":"someday"}}"#,
             r#"{"change":{"kind":"keys"}}"#,
         ] {
             assert_eq!(decode_notice(payload, "b"), Some(Change::All), "{payload}");

@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod mcp;
 pub mod quota;
 pub mod records;
+pub mod scripts;
 pub mod sse;
 pub mod tokens;
 pub mod upstream_hosts;

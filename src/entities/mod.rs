@@ -12,6 +12,7 @@ pub mod job_artifact;
 pub mod mcp_server;
 pub mod model_fallback;
 pub mod quota_counter;
+pub mod script;
 pub mod tool_session;
 pub mod usage;
 pub mod usage_daily;

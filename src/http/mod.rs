@@ -66,6 +66,8 @@ pub struct AppState {
     pub webhook_root: [u8; 32],
     /// `security.upstream_hosts`: where deployments and webhooks may point.
     pub upstream_hosts: Arc<crate::domain::upstream_hosts::UpstreamHosts>,
+    /// Transform scripts: the sandbox and the published compiled scripts.
+    pub scripts: crate::scripts::Scripts,
 }
 
 /// The request id of the current request (inbound `x-request-id` if sane, else a UUIDv7).

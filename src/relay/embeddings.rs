@@ -16,6 +16,7 @@ use crate::actors::router::Route;
 use crate::domain::breaker::CallResult;
 use crate::domain::tokens::Encoding;
 use crate::error::ApiError;
+use crate::scripts::Scripts;
 use crate::providers::{FailureClass, UpstreamFailure};
 
 /// A validated embeddings request.
@@ -57,6 +58,7 @@ impl Call for EmbeddingsCall<'_> {
         route: &Arc<Route>,
         deadline: Instant,
         limits: Limits,
+        _: &Scripts,
     ) -> Result<Bytes, UpstreamFailure> {
         let req: &EmbeddingsRequest = self.req;
         let bytes = if let Some(bytes) = route.vendor.local_embeddings(&req.body, &req.model) {

@@ -19,6 +19,7 @@ mod listener;
 mod mcp;
 pub mod messages;
 pub mod quota;
+mod scripts;
 mod secrets;
 mod spill;
 mod usage;
