@@ -26,6 +26,7 @@ mod openapi;
 mod quota;
 mod resilience;
 mod scale_out;
+mod scripts;
 mod tracing_export;
 mod usage_api;
 mod usage_counting;

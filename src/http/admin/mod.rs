@@ -10,6 +10,7 @@ pub mod keys;
 pub mod mcp;
 pub mod models;
 pub mod resilience;
+pub mod scripts;
 pub mod usage;
 pub mod users;
 
@@ -49,5 +50,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource!("/mcp", get => mcp::list))
         .service(resource!("/mcp/register", post => mcp::register))
         .service(resource!("/mcp/{name}", delete => mcp::delete))
-        .service(resource!("/mcp/{name}/tools/{tool}/policy", put => mcp::set_policy));
+        .service(resource!("/mcp/{name}/tools/{tool}/policy", put => mcp::set_policy))
+        .service(resource!(
+            "/scripts",
+            post => scripts::create_script,
+            get => scripts::list_scripts,
+        ))
+        .service(resource!(
+            "/scripts/{name}",
+            put => scripts::replace_script,
+            get => scripts::get_script,
+            delete => scripts::delete_script,
+        ))
+        .service(resource!("/scripts/{name}/test", post => scripts::test_script));
 }

@@ -76,6 +76,7 @@ use crate::http::{admin, anthropic, bus, health, jobs, mcp_server, metrics, open
         admin::mcp::list,
         admin::mcp::delete,
         admin::mcp::set_policy,
+        admin::scripts::create_script, admin::scripts::replace_script, admin::scripts::list_scripts, admin::scripts::get_script, admin::scripts::delete_script, admin::scripts::test_script,
         tools::confirm,
         tools::sessions,
         mcp_server::mcp,
