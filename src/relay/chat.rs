@@ -20,8 +20,8 @@ use crate::domain::canonical::{ChatEvent, ChatRequest, ChatResponse, StreamDecod
 use crate::domain::sse::{SseEvent, SseParser};
 use crate::domain::tokens::Encoding;
 use crate::error::ApiError;
-use crate::scripts::{Hook, Scripts};
 use crate::providers::{FailureClass, LocalAnswer, UpstreamFailure};
+use crate::scripts::{Hook, Scripts};
 
 /// A chat answer for the client's dialect to encode.
 pub enum ChatBody {

@@ -16,8 +16,8 @@ use crate::actors::router::Route;
 use crate::domain::breaker::CallResult;
 use crate::domain::tokens::Encoding;
 use crate::error::ApiError;
-use crate::scripts::Scripts;
 use crate::providers::{FailureClass, UpstreamFailure};
+use crate::scripts::Scripts;
 
 /// A validated embeddings request.
 pub struct EmbeddingsRequest {

@@ -27,9 +27,9 @@ use crate::domain::images::{
 };
 use crate::domain::jobs::Submitted;
 use crate::error::ApiError;
-use crate::scripts::{Hook, Scripts};
 use crate::providers::comfyui::{self, HistoryState, OutputFile, WsEvent};
 use crate::providers::{FailureClass, UpstreamFailure, Vendor};
+use crate::scripts::{Hook, Scripts};
 
 /// What an image generation tells its job as it goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,8 +95,7 @@ impl Call for ImageCall<'_> {
         }
         match &route.vendor {
             Vendor::ComfyUI(settings) => {
-                self.comfyui(acc, route, settings, deadline, scripts)
-                    .await
+                self.comfyui(acc, route, settings, deadline, scripts).await
             }
             _ => {
                 let url = route.images_url.as_ref().ok_or_else(|| {

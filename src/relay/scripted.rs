@@ -22,10 +22,12 @@ pub(super) async fn answer(
     let Some(name) = &route.deployment.config.response_script else {
         return Ok(bytes);
     };
-    Ok(match scripts.transform(name, Hook::OnResponse, &bytes).await? {
-        Some(rewritten) => Bytes::from(rewritten),
-        None => bytes,
-    })
+    Ok(
+        match scripts.transform(name, Hook::OnResponse, &bytes).await? {
+            Some(rewritten) => Bytes::from(rewritten),
+            None => bytes,
+        },
+    )
 }
 
 struct Rewriting {

@@ -270,7 +270,12 @@ impl Scripts {
 
     /// Runs `function` of the script `name` on `input` (an object map) on the blocking
     /// pool and answers the map it returned.
-    pub async fn run(&self, name: &str, function: &str, input: Value) -> Result<Value, ScriptError> {
+    pub async fn run(
+        &self,
+        name: &str,
+        function: &str,
+        input: Value,
+    ) -> Result<Value, ScriptError> {
         let failed = |reason: String| ScriptError {
             script: name.to_string(),
             reason,
@@ -342,7 +347,10 @@ mod tests {
             r#"fn on_request(req) { req.model = "b"; req.n = req.n + 1; req }"#,
             json!({"model": "a", "n": 1, "keep": [1, {"x": null}]}),
         );
-        assert_eq!(out, Ok(json!({"model": "b", "n": 2, "keep": [1, {"x": null}]})));
+        assert_eq!(
+            out,
+            Ok(json!({"model": "b", "n": 2, "keep": [1, {"x": null}]}))
+        );
     }
 
     #[test]
@@ -382,7 +390,10 @@ mod tests {
             "fn f(n) { f(n + 1) } fn on_request(req) { f(0) }",
             json!({}),
         );
-        assert!(deep.unwrap_err().to_lowercase().contains("stack overflow"), "calls");
+        assert!(
+            deep.unwrap_err().to_lowercase().contains("stack overflow"),
+            "calls"
+        );
         let array = run(
             &s,
             "fn on_request(req) { let a = []; loop { a.push(1); } }",
@@ -410,7 +421,9 @@ mod tests {
     #[test]
     fn a_compile_error_says_where() {
         let s = sandbox(ScriptSettings::default());
-        let e = s.compile("fn on_request(req) {\n  let x = ;\n}").unwrap_err();
+        let e = s
+            .compile("fn on_request(req) {\n  let x = ;\n}")
+            .unwrap_err();
         assert_eq!(e.line, Some(2));
         assert!(e.column.is_some());
         assert!(!e.message.is_empty());

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::{ScriptSet, Sandbox};
+use super::{Sandbox, ScriptSet};
 use crate::actors::ASK_TIMEOUT;
 use crate::actors::feed::{Changed, NotApplied};
 use crate::actors::store::{ListScripts, StoreActor};

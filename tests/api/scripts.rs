@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TestApp, assert_openai_error, metric_sample, sse_data, spawn_app, spawn_app_with,
+    TestApp, assert_openai_error, metric_sample, spawn_app, spawn_app_with, sse_data,
     streamed_content, user_message,
 };
 use crate::mock_comfyui::{Behaviour, MockComfy, default_png};
@@ -95,22 +95,28 @@ async fn a_request_script_rewrites_the_body_sent_upstream() {
 #[actix_web::test]
 async fn a_saved_script_is_swapped_in_for_the_next_request() {
     let app = spawn_app().await;
-    create(&app, "tag", r#"fn on_request(req) { req.user = "v1"; req }"#).await;
+    create(
+        &app,
+        "tag",
+        r#"fn on_request(req) { req.user = "v1"; req }"#,
+    )
+    .await;
     app.add_openai_model("gpt-s", json!({"request_script": "tag"}))
         .await;
     assert_eq!(
-        app.chat(&app.admin_key, &ask("gpt-s", "a"))
-            .await
-            .status(),
+        app.chat(&app.admin_key, &ask("gpt-s", "a")).await.status(),
         200
     );
 
-    let res = save(&app, "tag", r#"fn on_request(req) { req.user = "v2"; req }"#).await;
+    let res = save(
+        &app,
+        "tag",
+        r#"fn on_request(req) { req.user = "v2"; req }"#,
+    )
+    .await;
     assert_eq!(res.status(), 200, "replacing answers 200");
     assert_eq!(
-        app.chat(&app.admin_key, &ask("gpt-s", "b"))
-            .await
-            .status(),
+        app.chat(&app.admin_key, &ask("gpt-s", "b")).await.status(),
         200
     );
 
@@ -187,7 +193,10 @@ async fn a_response_script_rewrites_blocking_and_streamed_answers() {
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
     for chunk in &data[..data.len() - 1] {
         let chunk: Value = serde_json::from_str(chunk).unwrap();
-        assert_eq!(chunk["lowart"], "seen", "each chunk went through the script");
+        assert_eq!(
+            chunk["lowart"], "seen",
+            "each chunk went through the script"
+        );
     }
     let rows = app.usage_rows().await;
     assert_eq!(rows.len(), 2);
@@ -224,13 +233,20 @@ async fn a_runaway_script_fails_its_request_in_time_while_another_is_served() {
                 .await
                 .unwrap();
             let status = res.status().as_u16();
-            (status, res.json::<Value>().await.unwrap(), started.elapsed())
+            (
+                status,
+                res.json::<Value>().await.unwrap(),
+                started.elapsed(),
+            )
         })
     };
     // The runaway request is in the gateway (its script running) before the other is sent.
     let deadline = Instant::now() + Duration::from_secs(5);
     while metric_sample(&app.client, &app.address, "gateway_inflight_requests").await < 1.0 {
-        assert!(Instant::now() < deadline, "the runaway request never arrived");
+        assert!(
+            Instant::now() < deadline,
+            "the runaway request never arrived"
+        );
         actix_web::rt::time::sleep(Duration::from_millis(10)).await;
     }
 
@@ -247,7 +263,10 @@ async fn a_runaway_script_fails_its_request_in_time_while_another_is_served() {
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("script `spin`"), "{message}");
     assert!(message.contains("time budget of 1500 ms"), "{message}");
-    assert!(elapsed < Duration::from_secs(5), "stopped after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "stopped after {elapsed:?}"
+    );
     // Nothing reached the upstream for it, and its usage row says why.
     assert_eq!(app.upstream.received().len(), 1);
     let rows = app.usage_rows().await;
@@ -338,7 +357,10 @@ async fn test_runs_a_stored_script_and_answers_its_output_or_its_error() {
     let error = assert_openai_error(thrown, 500).await;
     assert_eq!(error["code"], "script_error");
     assert!(
-        error["message"].as_str().unwrap().contains("n is too large"),
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("n is too large"),
         "{error}"
     );
     let missing = test_call(
@@ -574,4 +596,55 @@ async fn a_comfyui_workflow_script_builds_the_workflow_submitted() {
     assert_eq!(w["5"]["inputs"]["height"], 768);
     assert_eq!(w["5"]["inputs"]["batch_size"], 1);
     assert_eq!(w["4"]["inputs"]["ckpt_name"], "sd15.safetensors");
+}
+
+#[actix_web::test]
+async fn a_script_saved_on_one_instance_runs_on_the_other_within_a_second() {
+    use crate::scale_out::{eventually, spawn_pair};
+    use reqwest::Method;
+    let Some(pair) = spawn_pair(&[]).await else {
+        return;
+    };
+    let run_on_b = || async {
+        let body = json!({"input": {"n": 1}});
+        let res = pair
+            .send(
+                &pair.b,
+                Method::POST,
+                "/admin/scripts/swap/test",
+                &pair.admin_key,
+                Some(&body),
+            )
+            .await;
+        let status = res.status().as_u16();
+        let output: Value = res.json().await.unwrap();
+        (status, output)
+    };
+    assert_eq!(run_on_b().await.0, 404);
+
+    let v1 = json!({"name": "swap", "source": "fn on_request(r) { r.v = 1; r }"});
+    pair.admin(&pair.a, Method::POST, "/admin/scripts", Some(&v1), 201)
+        .await;
+    let answered = Instant::now();
+    eventually(answered, Duration::from_secs(1), 200, || async {
+        run_on_b().await.0
+    })
+    .await;
+    assert_eq!(run_on_b().await.1["output"], json!({"n": 1, "v": 1}));
+
+    let v2 = json!({"source": "fn on_request(r) { r.v = 2; r }"});
+    pair.admin(&pair.a, Method::PUT, "/admin/scripts/swap", Some(&v2), 200)
+        .await;
+    let answered = Instant::now();
+    loop {
+        let (_, output) = run_on_b().await;
+        if output["output"]["v"] == 2 {
+            break;
+        }
+        assert!(
+            answered.elapsed() < Duration::from_secs(1),
+            "B still runs {output}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -6,8 +6,8 @@
 
 use actix::prelude::*;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait, IntoActiveModel,
-    ModelTrait, QueryOrder, QuerySelect, SqlErr,
+    ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait, IntoActiveModel, ModelTrait,
+    QueryOrder, QuerySelect, SqlErr,
 };
 use serde_json::{Value, json};
 

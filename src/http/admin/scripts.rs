@@ -79,11 +79,11 @@ fn saved(state: &AppState, record: ScriptRecord) -> ScriptInfo {
     info(&state.scripts.sandbox().load(record), true)
 }
 
-/// Compiles `source`; a compile error is answered as a 400 `invalid_request_error` on
-/// `source` with the compiler's message and position (also as `error.line` and
-/// `error.column`).
-fn compile(state: &AppState, source: &str) -> Result<(), HttpResponse> {
-    state.scripts.sandbox().compile(source).map(drop).map_err(|e| {
+/// Compiles `source`; a compile error is answered (the refusal returned) as a 400
+/// `invalid_request_error` on `source` with the compiler's message and position (also as
+/// `error.line` and `error.column`).
+fn compile_refusal(state: &AppState, source: &str) -> Option<HttpResponse> {
+    state.scripts.sandbox().compile(source).err().map(|e| {
         let at = match (e.line, e.column) {
             (Some(line), Some(column)) => format!(" (line {line}, column {column})"),
             (Some(line), None) => format!(" (line {line})"),
@@ -128,7 +128,7 @@ pub async fn create_script(
     let body: CreateScriptBody =
         read_json(&req, payload, state.settings.server.max_body_bytes).await?;
     check_name(&body.name)?;
-    if let Err(refused) = compile(&state, &body.source) {
+    if let Some(refused) = compile_refusal(&state, &body.source) {
         return Ok(refused);
     }
     let record = state
@@ -169,7 +169,7 @@ pub async fn replace_script(
     check_name(&name)?;
     let body: ReplaceScriptBody =
         read_json(&req, payload, state.settings.server.max_body_bytes).await?;
-    if let Err(refused) = compile(&state, &body.source) {
+    if let Some(refused) = compile_refusal(&state, &body.source) {
         return Ok(refused);
     }
     let (record, created) = state
