@@ -648,3 +648,52 @@ async fn a_script_saved_on_one_instance_runs_on_the_other_within_a_second() {
         actix_web::rt::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[actix_web::test]
+async fn an_anthropic_stream_is_rewritten_event_by_event_keeping_its_event_names() {
+    let app = spawn_app().await;
+    create(
+        &app,
+        "upper",
+        r#"
+        fn on_response(resp) {
+            if resp["type"] == "content_block_delta" && resp.delta["type"] == "text_delta" {
+                resp.delta.text = resp.delta.text.to_upper();
+            }
+            if resp["type"] == "message" {
+                resp.content[0].text = resp.content[0].text.to_upper();
+            }
+            resp
+        }"#,
+    )
+    .await;
+    app.add_anthropic_model("claude", json!({"response_script": "upper"}))
+        .await;
+
+    let res = app
+        .messages(
+            &app.admin_key,
+            &json!({"model": "claude", "max_tokens": 100, "stream": true,
+                "messages": user_message("hi")}),
+        )
+        .await;
+
+    assert_eq!(res.status(), 200);
+    let events = crate::helpers::sse_events(&res.text().await.unwrap());
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.first(), Some(&"message_start"));
+    assert_eq!(names.last(), Some(&"message_stop"));
+    let text: String = events
+        .iter()
+        .filter(|(n, _)| n == "content_block_delta")
+        .map(|(_, d)| d["delta"]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(text, "HELLO FROM THE MOCK ANTHROPIC UPSTREAM");
+    // Blocking, through the OpenAI dialect: decoded from the rewritten answer.
+    let res = app.chat(&app.admin_key, &ask("claude", "hi")).await;
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "HELLO FROM THE MOCK ANTHROPIC UPSTREAM"
+    );
+}
