@@ -156,7 +156,7 @@ impl Sandbox {
         engine.set_max_string_size(settings.max_string_bytes);
         engine.set_max_array_size(settings.max_array_len);
         engine.set_max_map_size(settings.max_map_len);
-        engine.on_print(|text| tracing::info!(target: "lowart::scripts", "{text}"));
+        engine.on_print(|text| tracing::debug!(target: "lowart::scripts", "{text}"));
         engine.on_debug(|text, source, pos| {
             tracing::debug!(target: "lowart::scripts", source = source.unwrap_or(""), position = %pos, "{text}");
         });
