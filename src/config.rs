@@ -61,9 +61,44 @@ pub struct Settings {
     pub jobs: JobSettings,
     pub bus: BusSettings,
     pub mcp: McpSettings,
+    pub scripts: ScriptSettings,
     pub models: Vec<ModelSeed>,
     /// `[[routes]]`: passthrough routes (SPEC §9), read-only beside `/admin/routes`.
     pub routes: Vec<crate::domain::passthrough::RouteSpec>,
+}
+
+/// `[scripts]`: the sandbox every Rhai transform script runs in (`/admin/scripts`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScriptSettings {
+    /// Operations one call may run (0: no limit; the wall-clock budget still holds).
+    pub max_operations: u64,
+    /// Nesting of function calls.
+    pub max_call_levels: usize,
+    /// Nesting of expressions (and of statements in functions).
+    pub max_expr_depth: usize,
+    /// Longest string a script may build, in bytes.
+    pub max_string_bytes: usize,
+    /// Longest array a script may build.
+    pub max_array_len: usize,
+    /// Largest object map a script may build.
+    pub max_map_len: usize,
+    /// Wall-clock budget of one call; a script still running then is stopped.
+    pub timeout_ms: u64,
+}
+
+impl Default for ScriptSettings {
+    fn default() -> Self {
+        Self {
+            max_operations: 10_000_000,
+            max_call_levels: 32,
+            max_expr_depth: 64,
+            max_string_bytes: 1 << 20,
+            max_array_len: 100_000,
+            max_map_len: 10_000,
+            timeout_ms: 1_000,
+        }
+    }
 }
 
 /// `[mcp]`: MCP servers and the tool loop.

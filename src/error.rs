@@ -48,6 +48,8 @@ pub enum ErrorKind {
     SessionExpired,
     /// The model still called tools when the tool loop reached `mcp.max_steps`.
     ToolStepLimit,
+    /// A Rhai transform script failed (an error, a sandbox limit, its time budget).
+    ScriptError,
     Internal,
 }
 
@@ -83,13 +85,14 @@ impl ErrorKind {
             Self::SessionAlreadyConfirmed => "session_already_confirmed",
             Self::SessionExpired => "session_expired",
             Self::ToolStepLimit => "tool_step_limit",
+            Self::ScriptError => "script_error",
             Self::Internal => "internal_error",
         }
     }
 
     /// The kind whose `code` this is (a job's stored error, answered again).
     pub fn parse(code: &str) -> Option<Self> {
-        const GATEWAY: [ErrorKind; 27] = [
+        const GATEWAY: [ErrorKind; 28] = [
             ErrorKind::InvalidJson,
             ErrorKind::InvalidRequest,
             ErrorKind::MissingApiKey,
@@ -116,6 +119,7 @@ impl ErrorKind {
             ErrorKind::SessionAlreadyConfirmed,
             ErrorKind::SessionExpired,
             ErrorKind::ToolStepLimit,
+            ErrorKind::ScriptError,
             ErrorKind::Internal,
         ];
         GATEWAY
@@ -140,6 +144,9 @@ impl ErrorKind {
             | Self::InsufficientQuota
             | Self::TooManyAuthFailures
             | Self::Upstream(FailureClass::RateLimited) => StatusCode::TOO_MANY_REQUESTS,
+            Self::ScriptError | Self::Upstream(FailureClass::Script) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             // The request itself is at fault: the vendor's 4xx stays a 400.
             Self::Upstream(class) if class.is_client_fault() => StatusCode::BAD_REQUEST,
             Self::Upstream(FailureClass::Timeout) => StatusCode::GATEWAY_TIMEOUT,
@@ -333,6 +340,9 @@ impl From<UpstreamFailure> for ApiError {
     /// Client-caused failures keep the vendor's message; everything else is the gateway's
     /// problem and gets the class's generic message (the detail goes to the log).
     fn from(f: UpstreamFailure) -> Self {
+        if f.class == FailureClass::Script {
+            return ApiError::new(ErrorKind::ScriptError, f.detail);
+        }
         let message = match f.vendor_message {
             Some(vendor) if f.class.is_client_fault() => vendor,
             _ => f.class.client_message().to_string(),

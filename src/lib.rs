@@ -13,6 +13,7 @@ pub mod install;
 pub mod master_key;
 pub mod providers;
 pub mod relay;
+pub mod scripts;
 pub mod startup;
 pub mod telemetry;
 pub mod tls;

@@ -223,6 +223,29 @@ impl Application {
         let routable = router.send(Reload).timeout(ASK_TIMEOUT).await??;
         tracing::info!(deployments = routable, "routing table loaded");
 
+        // Transform scripts: compiled by the registry, run by request tasks in one sandbox.
+        let sandbox = Arc::new(crate::scripts::Sandbox::new(&settings.scripts));
+        let (published_scripts, script_set) =
+            tokio::sync::watch::channel(Arc::new(crate::scripts::ScriptSet::default()));
+        let script_registry = {
+            let (store, sandbox) = (store.clone(), sandbox.clone());
+            Supervisor::start(move |_| {
+                crate::scripts::ScriptRegistry::new(store, sandbox, published_scripts)
+            })
+        };
+        feed.send(Subscribe {
+            name: "script registry",
+            recipient: script_registry.clone().recipient(),
+        })
+        .await?;
+        let loaded = script_registry
+            .send(crate::scripts::ReloadScripts)
+            .timeout(ASK_TIMEOUT)
+            .await?
+            .map_err(|e| StartupError::Config(format!("scripts: {e}")))?;
+        tracing::info!(scripts = loaded, "transform scripts loaded");
+        let scripts = crate::scripts::Scripts::new(sandbox, script_set);
+
         let keys = Arc::new(http::KeyCache::new(
             100_000,
             Duration::from_millis(settings.security.key_cache_ttl_ms.max(1)),
@@ -245,6 +268,7 @@ impl Application {
             let (quota, router) = (quota.clone(), router.clone());
             let (limits, routing) = (settings.limits, settings.routing);
             let metrics = metrics.clone();
+            let scripts = scripts.clone();
             Arc::new(move || Relay {
                 usage: usage_inbox.clone(),
                 quota: quota.start_here(),
@@ -254,6 +278,7 @@ impl Application {
                 metrics: metrics.clone(),
                 routing,
                 closing: closing.clone(),
+                scripts: scripts.clone(),
             })
         };
         let jobs_arbiter = Arbiter::new();
@@ -358,6 +383,7 @@ impl Application {
             summary: summary.clone(),
             passthrough,
             passthrough_limits,
+            scripts,
         });
 
         let tracing_export = settings

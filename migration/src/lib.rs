@@ -18,6 +18,7 @@ mod m20261202_000012_quota_counters;
 mod m20261203_000013_jobs;
 mod m20261204_000014_agent_bus;
 mod m20261205_000015_mcp;
+mod m20261206_000016_scripts;
 mod m20261206_000017_passthrough_routes;
 
 pub struct Migrator;
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000013_jobs::Migration),
             Box::new(m20261204_000014_agent_bus::Migration),
             Box::new(m20261205_000015_mcp::Migration),
+            Box::new(m20261206_000016_scripts::Migration),
             Box::new(m20261206_000017_passthrough_routes::Migration),
         ]
     }

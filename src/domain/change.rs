@@ -29,6 +29,8 @@ pub enum Change {
     McpServers,
     /// Passthrough routes were added, edited or deleted through `/admin/routes`.
     PassthroughRoutes,
+    /// Rhai transform scripts were saved or deleted.
+    Scripts,
     /// Anything may have changed (changes may have been missed): reload everything.
     All,
 }
@@ -51,6 +53,11 @@ impl Change {
     /// Whether the passthrough route table may be stale.
     pub fn touches_passthrough(&self) -> bool {
         matches!(self, Change::PassthroughRoutes | Change::All)
+    }
+
+    /// Whether the compiled transform scripts may be stale.
+    pub fn touches_scripts(&self) -> bool {
+        matches!(self, Change::Scripts | Change::All)
     }
 
     /// Whether the routing table (deployments and fallback chains) may be stale.
@@ -113,6 +120,7 @@ mod tests {
             Change::Deployments,
             Change::Fallbacks,
             Change::PassthroughRoutes,
+            Change::Scripts,
             Change::All,
         ] {
             let payload = encode_notice("instance-a", &change);
@@ -149,7 +157,7 @@ mod tests {
     fn an_unreadable_payload_means_anything_may_have_changed() {
         for payload in [
             "not json",
-            r#"{"origin":"a","change":{"kind":"scripts"}}"#,
+            r#"{"origin":"a","change":{"kind":"someday"}}"#,
             r#"{"change":{"kind":"keys"}}"#,
         ] {
             assert_eq!(decode_notice(payload, "b"), Some(Change::All), "{payload}");

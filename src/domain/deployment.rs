@@ -67,6 +67,15 @@ pub struct DeploymentConfig {
     /// the request names in `mcp_servers`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mcp_servers: Vec<String>,
+    /// A stored Rhai script whose `on_request(req)` rewrites the body sent upstream (a
+    /// ComfyUI deployment: whose `workflow(req)` builds the workflow instead of the
+    /// template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_script: Option<String>,
+    /// A stored Rhai script whose `on_response(resp)` rewrites the upstream's answer (each
+    /// event of a stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_script: Option<String>,
 }
 
 fn default_weight() -> i32 {
@@ -182,10 +191,38 @@ impl DeploymentConfig {
                 "`max_concurrency` must be greater than 0".into(),
             );
         }
+        self.validate_scripts()?;
         self.breaker
             .validate()
             .map_err(|(field, message)| (format!("breaker.{field}"), message.to_string()))?;
         self.vendor()?;
+        Ok(())
+    }
+
+    /// Script names are plain; the in-process Mock sends no upstream request to rewrite,
+    /// and ComfyUI's answer is images, not JSON.
+    fn validate_scripts(&self) -> Result<(), Invalid> {
+        for (param, name) in [
+            ("request_script", &self.request_script),
+            ("response_script", &self.response_script),
+        ] {
+            if let Some(name) = name {
+                crate::domain::scripts::check_script_name(name)
+                    .map_err(|message| (param.to_string(), message))?;
+            }
+        }
+        if self.request_script.is_some() && self.vendor_type == VendorType::Mock {
+            return Err((
+                "request_script".into(),
+                "the in-process Mock vendor sends no upstream request to rewrite".into(),
+            ));
+        }
+        if self.response_script.is_some() && self.vendor_type == VendorType::ComfyUI {
+            return Err((
+                "response_script".into(),
+                "a ComfyUI deployment answers images: only `request_script` (`workflow(req)`) applies".into(),
+            ));
+        }
         Ok(())
     }
 

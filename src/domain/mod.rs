@@ -13,6 +13,7 @@ pub mod mcp;
 pub mod passthrough;
 pub mod quota;
 pub mod records;
+pub mod scripts;
 pub mod sse;
 pub mod tokens;
 pub mod upstream_hosts;

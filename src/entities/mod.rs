@@ -13,6 +13,7 @@ pub mod mcp_server;
 pub mod model_fallback;
 pub mod passthrough_route;
 pub mod quota_counter;
+pub mod script;
 pub mod tool_session;
 pub mod usage;
 pub mod usage_daily;

@@ -74,6 +74,8 @@ pub struct AppState {
         tokio::sync::watch::Receiver<Arc<crate::actors::passthrough::PassthroughTable>>,
     /// Per-key per-route request windows (asked only for a route with `rpm_limit`).
     pub passthrough_limits: Addr<crate::actors::passthrough::PassthroughActor>,
+    /// Transform scripts: the sandbox and the published compiled scripts.
+    pub scripts: crate::scripts::Scripts,
 }
 
 /// The request id of the current request (inbound `x-request-id` if sane, else a UUIDv7).

@@ -310,10 +310,13 @@ pub enum FailureClass {
     Connect,
     Upstream5xx,
     MalformedResponse,
+    /// The deployment's transform script failed on this attempt (final: never retried
+    /// elsewhere, not the deployment's fault).
+    Script,
 }
 
 impl FailureClass {
-    pub const ALL: [FailureClass; 11] = [
+    pub const ALL: [FailureClass; 12] = [
         FailureClass::RateLimited,
         FailureClass::Overloaded,
         FailureClass::Auth,
@@ -325,6 +328,7 @@ impl FailureClass {
         FailureClass::Connect,
         FailureClass::Upstream5xx,
         FailureClass::MalformedResponse,
+        FailureClass::Script,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -340,6 +344,7 @@ impl FailureClass {
             Self::Connect => "connect",
             Self::Upstream5xx => "upstream_5xx",
             Self::MalformedResponse => "malformed_response",
+            Self::Script => "script_error",
         }
     }
 
@@ -350,6 +355,12 @@ impl FailureClass {
             self,
             Self::ContextOverflow | Self::ContentPolicy | Self::InvalidRequest
         )
+    }
+
+    /// The attempt's failure ends the request (no other deployment is tried) and says
+    /// nothing about the deployment's health.
+    pub fn is_final(self) -> bool {
+        self.is_client_fault() || self == Self::Script
     }
 
     /// What a client is told for a gateway-side failure; details stay in the logs.
@@ -366,6 +377,7 @@ impl FailureClass {
             Self::Connect => "could not connect to the upstream provider",
             Self::Upstream5xx => "the upstream provider failed",
             Self::MalformedResponse => "the upstream provider sent a malformed response",
+            Self::Script => "a transform script failed",
         }
     }
 }

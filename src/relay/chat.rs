@@ -12,7 +12,7 @@ use futures_util::stream::LocalBoxStream;
 use super::accounting::{Accounting, Prompt};
 use super::{
     Admitted, Call, Limits, Relay, Reply, RequestInfo, UpstreamBody, attempt_timeout, read_answer,
-    send, stream, target, timeout_failure,
+    scripted, send, stream, target, timeout_failure,
 };
 use crate::actors::router::Route;
 use crate::domain::breaker::CallResult;
@@ -21,6 +21,7 @@ use crate::domain::sse::{SseEvent, SseParser};
 use crate::domain::tokens::Encoding;
 use crate::error::ApiError;
 use crate::providers::{FailureClass, LocalAnswer, UpstreamFailure};
+use crate::scripts::{Hook, Scripts};
 
 /// A chat answer for the client's dialect to encode.
 pub enum ChatBody {
@@ -87,6 +88,7 @@ impl Call for ChatCall<'_> {
         route: &Arc<Route>,
         deadline: Instant,
         limits: Limits,
+        scripts: &Scripts,
     ) -> Result<ChatAnswer, UpstreamFailure> {
         let req: &ChatRequest = self.req;
         let timeout = attempt_timeout(route, deadline);
@@ -96,25 +98,38 @@ impl Call for ChatCall<'_> {
             Some(LocalAnswer::Frames(frames)) => {
                 let body: UpstreamBody =
                     futures_util::stream::iter(frames.map(|f| Ok(Bytes::from(f)))).boxed_local();
+                let body = scripted::events(route, scripts, body, limits.max_event_bytes);
                 return open_stream(acc, route, body, limits, timeout).await;
             }
-            Some(LocalAnswer::Complete(bytes)) => return decode(acc, route, Bytes::from(bytes)),
+            Some(LocalAnswer::Complete(bytes)) => {
+                let bytes = scripted::answer(route, scripts, Bytes::from(bytes)).await?;
+                return decode(acc, route, bytes);
+            }
             None => {}
         }
         let url = route.chat_url.as_ref().ok_or_else(|| {
             UpstreamFailure::new(FailureClass::Connect, "deployment has no base_url")
         })?;
-        let request = route.vendor.chat_request(url, target(route), req)?;
+        let mut request = route.vendor.chat_request(url, target(route), req)?;
+        if let Some(name) = &route.deployment.config.request_script
+            && let Some(body) = scripts
+                .transform(name, Hook::OnRequest, &request.body)
+                .await?
+        {
+            request.body = body;
+        }
         let response = send(acc, route, request, timeout).await?;
         if req.stream && response.status().is_success() {
             let body: UpstreamBody = response
                 .bytes_stream()
                 .map(|chunk| chunk.map_err(|e| super::transport_failure(&e)))
                 .boxed_local();
+            let body = scripted::events(route, scripts, body, limits.max_event_bytes);
             let remaining = deadline.saturating_duration_since(Instant::now());
             return open_stream(acc, route, body, limits, remaining).await;
         }
         let bytes = read_answer(acc, route, response, timeout, limits.max_response_bytes).await?;
+        let bytes = scripted::answer(route, scripts, bytes).await?;
         decode(acc, route, bytes)
     }
 }

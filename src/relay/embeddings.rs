@@ -17,6 +17,7 @@ use crate::domain::breaker::CallResult;
 use crate::domain::tokens::Encoding;
 use crate::error::ApiError;
 use crate::providers::{FailureClass, UpstreamFailure};
+use crate::scripts::Scripts;
 
 /// A validated embeddings request.
 pub struct EmbeddingsRequest {
@@ -57,6 +58,7 @@ impl Call for EmbeddingsCall<'_> {
         route: &Arc<Route>,
         deadline: Instant,
         limits: Limits,
+        _: &Scripts,
     ) -> Result<Bytes, UpstreamFailure> {
         let req: &EmbeddingsRequest = self.req;
         let bytes = if let Some(bytes) = route.vendor.local_embeddings(&req.body, &req.model) {

@@ -29,6 +29,7 @@ use crate::domain::jobs::Submitted;
 use crate::error::ApiError;
 use crate::providers::comfyui::{self, HistoryState, OutputFile, WsEvent};
 use crate::providers::{FailureClass, UpstreamFailure, Vendor};
+use crate::scripts::{Hook, Scripts};
 
 /// What an image generation tells its job as it goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +86,7 @@ impl Call for ImageCall<'_> {
         route: &Arc<Route>,
         deadline: Instant,
         limits: Limits,
+        scripts: &Scripts,
     ) -> Result<ImagesAnswer, UpstreamFailure> {
         if let Some(images) = route.vendor.local_images(self.req) {
             return Ok(ImagesAnswer::Images(
@@ -92,7 +94,9 @@ impl Call for ImageCall<'_> {
             ));
         }
         match &route.vendor {
-            Vendor::ComfyUI(settings) => self.comfyui(acc, route, settings, deadline).await,
+            Vendor::ComfyUI(settings) => {
+                self.comfyui(acc, route, settings, deadline, scripts).await
+            }
             _ => {
                 let url = route.images_url.as_ref().ok_or_else(|| {
                     UpstreamFailure::new(FailureClass::Connect, "deployment has no base_url")
@@ -159,6 +163,7 @@ impl ImageCall<'_> {
         route: &Route,
         settings: &comfyui::ComfyUiSettings,
         deadline: Instant,
+        scripts: &Scripts,
     ) -> Result<ImagesAnswer, UpstreamFailure> {
         let base = route.deployment.config.base_url.clone().ok_or_else(|| {
             UpstreamFailure::new(FailureClass::Connect, "deployment has no base_url")
@@ -166,7 +171,10 @@ impl ImageCall<'_> {
         let submitted = match self.attach {
             Some(submitted) => submitted.clone(),
             // A failure to submit ran nothing upstream: another deployment may be tried.
-            None => self.submit(acc, route, settings, &base, deadline).await?,
+            None => {
+                self.submit(acc, route, settings, &base, deadline, scripts)
+                    .await?
+            }
         };
         Ok(self
             .finish(acc, route, settings, &base, &submitted, deadline)
@@ -243,8 +251,12 @@ impl ImageCall<'_> {
         settings: &comfyui::ComfyUiSettings,
         base: &str,
         deadline: Instant,
+        scripts: &Scripts,
     ) -> Result<Submitted, UpstreamFailure> {
-        let workflow = comfyui::fill_workflow(&settings.workflow, &placeholders(self.req));
+        let workflow = match &route.deployment.config.request_script {
+            None => comfyui::fill_workflow(&settings.workflow, &placeholders(self.req)),
+            Some(name) => scripted_workflow(name, scripts, self.req, &settings.workflow).await?,
+        };
         let client_id = uuid::Uuid::new_v4().to_string();
         let request = comfyui::prompt_request(base, workflow, &client_id)?;
         let timeout = attempt_timeout(route, deadline);
@@ -260,6 +272,31 @@ impl ImageCall<'_> {
         (self.events)(ImageEvent::Submitted(submitted.clone()));
         Ok(submitted)
     }
+}
+
+/// The workflow a deployment's script builds with `workflow(req)` from the request's
+/// values (the template's placeholders, with their defaults, plus `n`, `model` and the
+/// `template`); it must be API-format JSON, as a template must.
+async fn scripted_workflow(
+    name: &str,
+    scripts: &Scripts,
+    req: &ImageRequest,
+    template: &Value,
+) -> Result<Value, UpstreamFailure> {
+    let mut input = placeholders(req);
+    input.insert("template".into(), template.clone());
+    input.insert("n".into(), Value::from(req.n));
+    input.insert("model".into(), Value::String(req.model.clone()));
+    let workflow = scripts
+        .run(name, Hook::Workflow.name(), Value::Object(input))
+        .await?;
+    comfyui::check_workflow(&workflow).map_err(|why| {
+        UpstreamFailure::from(crate::scripts::ScriptError {
+            script: name.to_string(),
+            reason: format!("`workflow` returned no usable workflow: {why}"),
+        })
+    })?;
+    Ok(workflow)
 }
 
 /// The six placeholders of a ComfyUI template, every one with a value: the request's, or
@@ -498,7 +535,7 @@ impl Relay {
                 })
             }
             ImagesAnswer::Failed(failure) => {
-                permit.finish(if failure.class.is_client_fault() {
+                permit.finish(if failure.class.is_final() {
                     CallResult::Ignored
                 } else {
                     CallResult::Failure

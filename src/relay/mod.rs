@@ -12,6 +12,7 @@ mod accounting;
 mod chat;
 mod embeddings;
 mod images;
+mod scripted;
 mod stream;
 pub mod tools;
 
@@ -43,6 +44,7 @@ use crate::domain::breaker::CallResult;
 use crate::domain::quota::{CallerLimits, Demand};
 use crate::error::{ApiError, ErrorKind};
 use crate::providers::{FailureClass, Target, UpstreamFailure, UpstreamRequest};
+use crate::scripts::Scripts;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::otel;
 
@@ -114,6 +116,7 @@ trait Call {
         route: &Arc<Route>,
         deadline: Instant,
         limits: Limits,
+        scripts: &Scripts,
     ) -> Result<Self::Answer, UpstreamFailure>;
 }
 
@@ -153,6 +156,8 @@ pub struct Relay {
     /// Turns true when the shutdown grace period is about to end: open streams end with
     /// an error event instead of being cut.
     pub closing: tokio::sync::watch::Receiver<bool>,
+    /// Deployments' transform scripts (read only when a deployment names one).
+    pub scripts: Scripts,
 }
 
 impl Relay {
@@ -322,7 +327,7 @@ impl Relay {
                 let span = acc.span.clone();
                 let limits = Limits::of(&self.routing, route);
                 let result = call
-                    .attempt(&mut acc, route, deadline, limits)
+                    .attempt(&mut acc, route, deadline, limits, &self.scripts)
                     .instrument(span)
                     .await;
                 match result {
@@ -337,7 +342,7 @@ impl Relay {
                     }
                     Err(failure) => {
                         acc.attempt_failed(failure.class.as_str());
-                        let health = if failure.class.is_client_fault() {
+                        let health = if failure.class.is_final() {
                             CallResult::Ignored
                         } else {
                             CallResult::Failure
@@ -345,7 +350,7 @@ impl Relay {
                         permit.finish(health);
                         tracing::info!(deployment = %route.deployment.id, class = failure.class.as_str(),
                             attempt = acc.attempts(), detail = %failure.detail, "upstream attempt failed");
-                        if failure.class.is_client_fault() {
+                        if failure.class.is_final() {
                             return Err(fail(&mut acc, failure));
                         }
                         tried.retain(|(id, _)| *id != route.deployment.id);

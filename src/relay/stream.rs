@@ -216,7 +216,12 @@ impl StreamRelay {
     fn on_failure(&mut self, failure: UpstreamFailure) {
         self.acc.attempt_failed(failure.class.as_str());
         let class = failure.class.as_str();
-        self.end_with(ApiError::from(failure), class, CallResult::Failure);
+        let health = if failure.class.is_final() {
+            CallResult::Ignored
+        } else {
+            CallResult::Failure
+        };
+        self.end_with(ApiError::from(failure), class, health);
     }
 
     /// The gateway is stopping and its grace period is ending: not the upstream's fault.

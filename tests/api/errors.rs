@@ -92,7 +92,7 @@ async fn invalid_bodies_are_400_with_the_offending_param() {
 #[actix_web::test]
 async fn hostile_bodies_get_4xx_and_the_server_keeps_serving() {
     let app = spawn_app_with(|s| s.server.max_body_bytes = 64 * 1024).await;
-    let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+    let deep = "[".repeat(10_000) + "]".repeat(10_000).as_str();
     let bodies: Vec<Vec<u8>> = vec![
         vec![],
         b"null".to_vec(),

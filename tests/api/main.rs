@@ -28,6 +28,7 @@ mod passthrough;
 mod quota;
 mod resilience;
 mod scale_out;
+mod scripts;
 mod summary;
 mod tls;
 mod tracing_export;

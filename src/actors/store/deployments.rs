@@ -114,6 +114,7 @@ impl Handler<CreateDeployment> for StoreActor {
                 let api_key = msg.patch.api_key.clone().flatten();
                 let am = new_row(&config, api_key.as_ref(), &key, &hosts)?;
                 let txn = begin_write(&db).await?;
+                super::scripts::check_named(&txn, &config).await?;
                 let row = am.insert(&txn).await?;
                 let details = msg.patch.audit_details();
                 audit::append(
@@ -156,6 +157,11 @@ impl Handler<UpdateDeployment> for StoreActor {
                 )));
             }
             config.validate(&hosts).map_err(invalid)?;
+            if config.request_script != current.request_script
+                || config.response_script != current.response_script
+            {
+                super::scripts::check_named(&txn, &config).await?;
+            }
             let mut am = row.into_active_model();
             set_config(&mut am, &config)?;
             if let Some(api_key) = &msg.patch.api_key {

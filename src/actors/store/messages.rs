@@ -657,3 +657,38 @@ pub struct DeletePassthroughRoute {
     pub id: String,
     pub actor: Actor,
 }
+
+/// From `POST /admin/scripts`: stores a new Rhai script (compiled by the caller first),
+/// audited (`script.create`), announced as `Change::Scripts`. A taken name is a `Conflict`.
+#[derive(Message)]
+#[rtype(result = "Result<crate::domain::scripts::ScriptRecord, StoreError>")]
+pub struct CreateScript {
+    pub name: String,
+    pub source: String,
+    pub actor: Actor,
+}
+
+/// From `PUT /admin/scripts/{name}`: creates the script or replaces its source, audited
+/// (`script.create` or `script.update`), announced. Answers the script and whether it is
+/// new.
+#[derive(Message)]
+#[rtype(result = "Result<(crate::domain::scripts::ScriptRecord, bool), StoreError>")]
+pub struct ReplaceScript {
+    pub name: String,
+    pub source: String,
+    pub actor: Actor,
+}
+
+/// Every stored script, by name (for the script registry).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<crate::domain::scripts::ScriptRecord>, StoreError>")]
+pub struct ListScripts;
+
+/// From `DELETE /admin/scripts/{name}`: audited (`script.delete`), announced; `false` if
+/// absent. A script a deployment names is a `Conflict` naming the deployments.
+#[derive(Message)]
+#[rtype(result = "Result<bool, StoreError>")]
+pub struct DeleteScript {
+    pub name: String,
+    pub actor: Actor,
+}

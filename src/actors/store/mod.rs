@@ -20,6 +20,7 @@ mod mcp;
 pub mod messages;
 pub mod quota;
 mod routes;
+mod scripts;
 mod secrets;
 mod spill;
 mod usage;

@@ -11,6 +11,7 @@ pub mod mcp;
 pub mod models;
 pub mod resilience;
 pub mod routes;
+pub mod scripts;
 pub mod usage;
 pub mod users;
 
@@ -56,5 +57,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/routes/{id}",
             patch => routes::update,
             delete => routes::delete,
-        ));
+        ))
+        .service(resource!(
+            "/scripts",
+            post => scripts::create_script,
+            get => scripts::list_scripts,
+        ))
+        .service(resource!(
+            "/scripts/{name}",
+            put => scripts::replace_script,
+            get => scripts::get_script,
+            delete => scripts::delete_script,
+        ))
+        .service(resource!("/scripts/{name}/test", post => scripts::test_script));
 }

@@ -81,6 +81,7 @@ use crate::http::{admin, anthropic, bus, health, jobs, mcp_server, metrics, open
         admin::routes::create,
         admin::routes::update,
         admin::routes::delete,
+        admin::scripts::create_script, admin::scripts::replace_script, admin::scripts::list_scripts, admin::scripts::get_script, admin::scripts::delete_script, admin::scripts::test_script,
         tools::confirm,
         tools::sessions,
         mcp_server::mcp,
