@@ -607,3 +607,36 @@ pub fn assert_anthropic_error_body(body: &Value) -> Value {
     );
     error
 }
+
+/// The binary without the caller's Lowart variables, in `dir`, with `env`.
+pub fn lowart_in(dir: &TempDir, env: &[(&str, &str)]) -> std::process::Command {
+    let mut command = lowart_command();
+    command
+        .current_dir(dir.path())
+        .env("LOWART_SERVER__LISTEN", "127.0.0.1:0")
+        .envs(env.iter().copied());
+    command
+}
+
+/// Runs the binary to its exit (killed after 60 s, which fails the caller's assertions).
+pub async fn run_to_exit(
+    dir: &TempDir,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Output {
+    let mut command = tokio::process::Command::from(lowart_in(dir, env));
+    command.args(args).kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("the command exits")
+        .unwrap()
+}
+
+/// The new master key `lowart rotate-master-key` printed (64 hex digits).
+pub fn printed_master_key(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .expect("the new key is printed")
+        .to_string()
+}

@@ -3,8 +3,6 @@
 //! cycle, and the master key's (a lost key file, `lowart rotate-master-key`).
 
 use std::path::Path;
-use std::process::Output;
-use std::time::Duration;
 
 use lowart::config::{ModelSeed, Secret};
 use lowart::startup::Application;
@@ -13,8 +11,8 @@ use tempfile::TempDir;
 
 use crate::helpers::{
     Gateway, MASTER_KEY, assert_openai_error, drop_test_database, fresh_database_url,
-    install_crypto, lowart_command, serve, spawn_app, spawn_app_with, spawn_binary, terminate,
-    test_settings, user_message,
+    install_crypto, lowart_in, printed_master_key, run_to_exit, serve, spawn_app, spawn_app_with,
+    spawn_binary, terminate, test_settings, user_message,
 };
 use crate::mock_upstream::MockUpstream;
 
@@ -265,7 +263,7 @@ async fn negative_and_non_finite_prices_are_refused() {
             ),
         )
         .unwrap();
-        let out = lowart(&dir, &[])
+        let out = lowart_in(&dir, &[])
             .args(["--config", "prices.toml", "check-config"])
             .output()
             .unwrap();
@@ -281,7 +279,7 @@ async fn negative_and_non_finite_prices_are_refused() {
         "[security]\nupstream_hosts = ['api.openai.com']\n[[models]]\nmodel_id = 'a'\nvendor_type = 'OpenAI'\nbase_url = 'https://attacker.test/v1'\n",
     )
     .unwrap();
-    let out = lowart(&dir, &[])
+    let out = lowart_in(&dir, &[])
         .args(["--config", "hosts.toml", "check-config"])
         .output()
         .unwrap();
@@ -350,7 +348,10 @@ async fn only_generated_keys_show_a_prefix() {
 async fn short_bootstrap_admin_keys_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let short = [("LOWART_ADMIN_KEY", "lw-very-secret-admin-key")];
-    let out = lowart(&dir, &short).arg("check-config").output().unwrap();
+    let out = lowart_in(&dir, &short)
+        .arg("check-config")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("security.admin_key"));
     let out = run_to_exit(&dir, &short, &["serve"]).await;
@@ -444,26 +445,6 @@ async fn list_keys(address: &str, key: &str) -> reqwest::Response {
 
 async fn start(dir: &TempDir, db_url: &str, admin_key: &str) -> String {
     serve(test_settings(dir, db_url, admin_key)).await
-}
-
-/// The binary without the caller's Lowart variables, in `dir`, with `env`.
-fn lowart(dir: &TempDir, env: &[(&str, &str)]) -> std::process::Command {
-    let mut command = lowart_command();
-    command
-        .current_dir(dir.path())
-        .env("LOWART_SERVER__LISTEN", "127.0.0.1:0")
-        .envs(env.iter().copied());
-    command
-}
-
-/// Runs the binary to its exit (killed after 60 s, which fails the caller's assertions).
-async fn run_to_exit(dir: &TempDir, env: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut command = tokio::process::Command::from(lowart(dir, env));
-    command.args(args).kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(60), command.output())
-        .await
-        .expect("the command exits")
-        .unwrap()
 }
 
 fn mode(path: &Path) -> u32 {
@@ -607,11 +588,7 @@ async fn rotating_a_configured_master_key_prints_the_new_one_once() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let new = stdout
-        .split_whitespace()
-        .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
-        .expect("the new key is printed")
-        .to_string();
+    let new = printed_master_key(&out);
     assert!(stdout.contains("LOWART_MASTER_KEY"), "{stdout}");
     assert!(!dir.path().join("lowart.key").exists(), "no key file");
 

@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use crate::helpers::{
-    TestApp, assert_openai_error, closed_port_url, metric_sample, spawn_app_with,
+    TestApp, assert_openai_error, closed_port_url, metric_sample, printed_master_key, run_to_exit,
+    spawn_app_with,
 };
 
 const SSE_FIRST: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"H\u{e9}\"}}]}\n\n";
@@ -783,7 +784,7 @@ async fn a_client_that_leaves_mid_stream_gets_a_499_row_and_frees_the_routes_slo
 #[actix_web::test]
 async fn injected_headers_survive_a_master_key_rotation() {
     use crate::helpers::{
-        MASTER_KEY, drop_test_database, fresh_database_url, lowart_command, spawn_binary, terminate,
+        MASTER_KEY, drop_test_database, fresh_database_url, spawn_binary, terminate,
     };
     let vendor = Vendor::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -811,26 +812,13 @@ async fn injected_headers_survive_a_master_key_rotation() {
     assert_eq!(res.status(), 201);
     assert!(terminate(&mut gateway.child).await.success());
 
-    let mut rotate = lowart_command();
-    rotate
-        .current_dir(dir.path())
-        .envs(env.iter().copied())
-        .arg("rotate-master-key");
-    let out = tokio::process::Command::from(rotate)
-        .output()
-        .await
-        .unwrap();
+    let out = run_to_exit(&dir, &env, &["rotate-master-key"]).await;
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let new = stdout
-        .split_whitespace()
-        .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
-        .expect("the new key is printed")
-        .to_string();
+    let new = printed_master_key(&out);
 
     let rotated = [env[0], env[1], ("LOWART_MASTER_KEY", new.as_str())];
     let gateway = spawn_binary(&dir, &rotated).await;
