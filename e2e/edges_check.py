@@ -9,10 +9,15 @@ Exits non-zero on the first mismatch.
 
 import json
 import os
+import time
 import urllib.request
 
-import httpx
 import openai
+
+try:  # openai 3.x ships its own HTTP client, `httpx2`; 1.x and 2.x use httpx.
+    import httpx2 as httpx
+except ImportError:
+    import httpx
 
 base = os.environ["LOWART_URL"].rstrip("/")
 key = os.environ["LOWART_KEY"]
@@ -80,7 +85,12 @@ answer = relay.chat.completions.create(
 )
 assert answer.choices[0].message.content == "through the route", answer
 assert streamed(relay, "mock", "streamed through the route") == "streamed through the route"
-rows = call("GET", "/admin/usage?model=/relay")["data"]
+# Usage rows are written in batches: wait for both (at most 10 s).
+for _ in range(100):
+    rows = call("GET", "/admin/usage?model=/relay")["data"]
+    if len(rows) >= 2:
+        break
+    time.sleep(0.1)
 assert len(rows) == 2, rows
 assert all(r["status"] == 200 for r in rows), rows
 assert any((r.get("total_tokens") or 0) > 0 for r in rows), rows
