@@ -230,7 +230,7 @@
         table(
           [
             { label: "limit", get: (r) => r[0] },
-            { label: "remaining", get: (r) => (r[1] === null || r[1] === undefined ? "no limit" : JSON.stringify(r[1])) },
+            { label: "state", get: (r) => limitText(r[1]) },
           ],
           Object.entries(lim)
         )
@@ -240,6 +240,14 @@
       const keys = await get(`/admin/keys?user_id=${encodeURIComponent(state.me.user_id)}`);
       root.append(h("section", { class: "card" }, h("h2", {}, "My keys"), keysTable(keys.data, false)));
     }
+  }
+
+  function limitText(v) {
+    if (v === null || v === undefined) return "no limit";
+    if (typeof v !== "object") return String(v);
+    return Object.entries(v)
+      .map(([k, x]) => `${k.replace(/_/g, " ")} ${typeof x === "number" ? fmtNum(x) : x}`)
+      .join(" · ");
   }
 
   // -- monitoring --
