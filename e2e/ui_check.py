@@ -282,8 +282,36 @@ def main():
         con.check("approvals")
         print(f"ui: session {session_id} arrived over the bus and was approved in one click")
 
+        # Scripts: the compiler's error inline, then a good script saved and tested.
+        script = f"ui_brief_{SUFFIX}"
+        page.click("nav a[data-page=scripts]")
+        page.fill("#sc-name", script)
+        page.fill("#sc-source", "fn on_request(req) { req.temperature = ; req }")
+        con.allowed = [(400, r"/admin/scripts/")]  # the refused source
+        page.click("#sc-save")
+        expect(page.locator("#sc-error")).to_contain_text("line 1")
+        shot(page, "10-scripts-compile-error")
+        page.fill("#sc-source", "fn on_request(req) { req.temperature = 0.2; req }")
+        page.click("#sc-save")
+        expect(page.get_by_role("button", name=script)).to_be_visible()
+        page.fill("#sc-input", '{"messages": []}')
+        page.click("#sc-test")
+        expect(page.locator("#sc-output")).to_contain_text('"temperature": 0.2')
+        shot(page, "10-scripts-tested")
+        con.allowed = []
+        con.check("scripts")
+        print(f"ui: script {script}: the compiler's error shown inline, then saved and tested")
+
+        # Jobs: an async image job on the built-in mock shows with its progress.
+        _, job = api("POST", "/v1/images/generations", {"model": "mock", "prompt": "a lighthouse", "async": True})
+        page.click("nav a[data-page=jobs]")
+        job_row = page.locator("tr", has=page.locator(f"code:text-is('{job['job_id']}')"))
+        expect(job_row).to_be_visible()
+        expect(job_row.locator("progress")).to_be_visible()
+        print(f"ui: job {job['job_id']} listed with its progress")
+
         # Every page, as the admin, at desktop width and in dark mode.
-        for name in ("overview", "jobs", "scripts", "routes", "mcp", "audit"):
+        for name in ("overview", "jobs", "routes", "mcp", "audit"):
             page.click(f"nav a[data-page={name}]")
             expect(page.locator("#page-title")).to_be_visible()
             page.wait_for_load_state("networkidle")
@@ -302,6 +330,25 @@ def main():
         page.keyboard.press("Enter")
         expect(page.locator("#signin-key")).to_be_focused()
         assert page.evaluate("sessionStorage.length") == 0
+
+        # A viewer: the staff pages, read-only.
+        viewer_id = f"ui-viewer-{SUFFIX}"
+        api("POST", "/admin/users", {"user_id": viewer_id, "role": "viewer"})
+        _, vkey = api("POST", "/admin/keys", {"user_id": viewer_id})
+        sign_in(page, vkey["key"])
+        expect(page.locator("#who")).to_contain_text(f"{viewer_id} · viewer")
+        page.click("nav a[data-page=users]")
+        expect(page.locator("main")).to_contain_text(user_id)
+        expect(page.locator("#new-user")).to_have_count(0)
+        expect(page.get_by_role("button", name="Revoke")).to_have_count(0)
+        page.click("nav a[data-page=models]")
+        expect(page.locator(f"[data-breaker='{dep_id}']")).to_be_visible()
+        expect(page.locator("#new-model")).to_have_count(0)
+        expect(page.get_by_role("button", name=re.compile("Hold|Release|Edit|Delete"))).to_have_count(0)
+        shot(page, "12-models-viewer")
+        con.check("viewer")
+        page.click("#signout")
+        print("ui: a viewer sees the staff pages without a button that changes anything")
 
         # The user key: only that user's pages and data.
         con.allowed = [(403, r"/admin/users/")]

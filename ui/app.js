@@ -396,6 +396,11 @@
   function chartWidth(el) {
     return Math.max(260, Math.min(el.clientWidth || 600, 900));
   }
+  // Axis text and grid in the page's own colours (light or dark).
+  function axis() {
+    const fg = getComputedStyle(document.body).color;
+    return { stroke: fg, grid: { stroke: "rgba(128,128,128,0.25)" }, ticks: { stroke: "rgba(128,128,128,0.4)" } };
+  }
   const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e"];
   function lineChart(el, names, data) {
     if (!window.uPlot) return { setData() {}, destroy() {} };
@@ -404,7 +409,7 @@
         width: chartWidth(el),
         height: 200,
         series: [{}].concat(names.map((n, i) => ({ label: n, stroke: COLORS[i], width: 2 }))),
-        axes: [{ stroke: "currentColor" }, { stroke: "currentColor" }],
+        axes: [axis(), axis()],
       },
       data,
       el
@@ -424,8 +429,8 @@
           series.map(([name], i) => ({ label: name, fill: COLORS[i] + "aa", stroke: COLORS[i], paths: bars }))
         ),
         axes: [
-          { stroke: "currentColor", splits: () => xs, values: (_u, vals) => vals.map((v) => String(labels[v] ?? "").slice(0, 14)) },
-          { stroke: "currentColor" },
+          { ...axis(), splits: () => xs, values: (_u, vals) => vals.map((v) => String(labels[v] ?? "").slice(0, 14)) },
+          axis(),
         ],
       },
       [xs].concat(series.map(([, d]) => d)),
@@ -1111,8 +1116,8 @@
     const op = canOperate();
     const name = h("input", { name: "name", required: true, id: "sc-name" });
     const source = h("textarea", { name: "source", rows: 12, id: "sc-source", spellcheck: "false" });
-    const err = errorBox();
-    const save = h("button", { type: "submit", disabled: !op }, "Save (compile)");
+    const err = h("p", { class: "error", role: "alert", id: "sc-error" });
+    const save = h("button", { type: "submit", disabled: !op, id: "sc-save" }, "Save (compile)");
     const input = h("textarea", { rows: 4, id: "sc-input", spellcheck: "false" }, '{"messages": []}');
     const fn = h("input", { id: "sc-fn", placeholder: "on_request" });
     const out = h("pre", { class: "answer", id: "sc-output" });
@@ -1128,7 +1133,7 @@
         showErr(err, e2);
       }
     });
-    const test = h("button", { type: "button", disabled: !op }, "Test");
+    const test = h("button", { type: "button", disabled: !op, id: "sc-test" }, "Test");
     test.addEventListener("click", async () => {
       out.textContent = "";
       try {
@@ -1377,6 +1382,8 @@
     });
     $("signout").addEventListener("click", signOut);
     window.addEventListener("hashchange", route);
+    // Charts draw on canvas: redraw them in the new colours when the system scheme changes.
+    window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => state.me && route());
     const saved = sessionStorage.getItem(KEY_STORE);
     if (saved) {
       signIn(saved).catch((e) => {
