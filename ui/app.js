@@ -90,6 +90,8 @@
     }
   }
   async function api(method, path, body, key) {
+    // A poll still running when its page was left or the key signed out asks nothing.
+    if (!key && !state.key) throw new ApiError(0, { error: { message: "signed out" } });
     const headers = { Authorization: `Bearer ${key || state.key}` };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     const res = await fetch(path, {
@@ -1121,6 +1123,10 @@
     const input = h("textarea", { rows: 4, id: "sc-input", spellcheck: "false" }, '{"messages": []}');
     const fn = h("input", { id: "sc-fn", placeholder: "on_request" });
     const out = h("pre", { class: "answer", id: "sc-output" });
+    if (state.scriptDraft) {
+      name.value = state.scriptDraft.name;
+      source.value = state.scriptDraft.source;
+    }
     const form = h("form", { class: "card" }, h("h2", {}, "Edit"), field("Name", name), field("Source (Rhai)", source), h("p", {}, save), err);
     form.addEventListener("submit", async (e) => {
       e.preventDefault();
@@ -1128,6 +1134,7 @@
       try {
         const s = await api("PUT", `/admin/scripts/${encodeURIComponent(name.value.trim())}`, { source: source.value });
         toast(`Saved ${s.name}`);
+        state.scriptDraft = { name: s.name, source: source.value };
         route();
       } catch (e2) {
         showErr(err, e2);
@@ -1162,6 +1169,7 @@
                     class: "secondary",
                     onclick: async () => {
                       const full = await get(`/admin/scripts/${encodeURIComponent(s.name)}`);
+                      state.scriptDraft = null;
                       name.value = full.name;
                       source.value = full.source;
                       source.focus();
@@ -1170,7 +1178,8 @@
                   s.name
                 ),
             },
-            { label: "functions", get: (s) => (s.functions || []).join(", ") },
+            { label: "functions", get: (s) => Object.entries(s.functions || {}).filter(([, has]) => has).map(([f]) => f).join(", ") },
+            { label: "error", get: (s) => (s.error ? h("span", { class: "error" }, s.error) : "") },
             { label: "updated", get: (s) => fmtTime(s.updated_at) },
           ],
           list.data,
@@ -1354,6 +1363,7 @@
     if (state.ws) state.ws.close();
     state.ws = null;
     state.approvals.clear();
+    state.scriptDraft = null;
     $("page").replaceChildren();
     $("nav").hidden = true;
     $("nav").replaceChildren();
