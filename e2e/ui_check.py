@@ -189,9 +189,23 @@ def main():
         assert user_key not in page.content()
         _, keys = api("GET", f"/admin/keys?user_id={user_id}")
         assert len(keys["data"]) == 1 and keys["data"][0]["name"] == "console", keys
+        # Limits, and revoking a key (a spare one made through the API).
+        row.get_by_role("button", name=f"Limits of {user_id}").click()
+        page.fill(f"#lim-{user_id}-tpm_limit", "50000")
+        page.locator(f"#lim-{user_id}-tpm_limit").press("Enter")
+        expect(row.locator("td").nth(4)).to_have_text("50,000")
+        _, user = api("GET", f"/admin/users/{user_id}")
+        assert user["tpm_limit"] == 50000 and user["rpm_limit"] == 100, user
+        _, spare = api("POST", "/admin/keys", {"user_id": user_id, "name": "spare"})
+        page.click("nav a[data-page=overview]")
+        page.click("nav a[data-page=users]")
+        page.once("dialog", lambda d: d.accept())
+        page.get_by_role("button", name=f"Revoke key {spare['id']}").click()
+        spare_row = page.locator("tr", has=page.locator(f"code:text-is('{spare['id']}')"))
+        expect(spare_row).to_contain_text("revoked")
         shot(page, "04-users-keys")
         con.check("users")
-        print(f"ui: created user {user_id} and a key; its secret was shown once")
+        print(f"ui: created user {user_id} and a key (its secret shown once), set a limit, revoked a key")
 
         # A deployment, created here, and its breaker held open.
         model_id = f"ui-mock-{SUFFIX}"
