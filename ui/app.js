@@ -293,15 +293,18 @@
       const since = Date.now() - Number(win.value) * 1000;
       const data = (await get(`/admin/usage/summary?group_by=${by.value}&since=${since}`)).data;
       const rows = data.slice().sort((a, b) => b.requests - a.requests);
+      const top = rows.slice(0, 12); // the charts show the busiest twelve; the table has all
       for (const c of state.charts.splice(0)) c.destroy();
       const chartEl = h("div", { class: "chart" });
       const latEl = h("div", { class: "chart" });
+      const tokEl = h("div", { class: "chart" });
       out.replaceChildren(
         h(
           "div",
           { class: "grid" },
           h("section", { class: "card" }, h("h2", {}, `Requests and errors per ${by.value}`), chartEl),
-          h("section", { class: "card" }, h("h2", {}, `Latency p50 / p95 (ms) per ${by.value}`), latEl)
+          h("section", { class: "card" }, h("h2", {}, `Latency p50 / p95 (ms) per ${by.value}`), latEl),
+          h("section", { class: "card" }, h("h2", {}, `Tokens per ${by.value}`), tokEl)
         ),
         h(
           "section",
@@ -322,16 +325,20 @@
           )
         )
       );
-      if (rows.length) {
-        const xs = rows.map((_, i) => i);
-        const labels = rows.map((r) => r.group);
+      if (top.length) {
+        const xs = top.map((_, i) => i);
+        const labels = top.map((r) => r.group);
         barChart(chartEl, labels, [
-          ["requests", rows.map((r) => r.requests)],
-          ["errors", rows.map((r) => r.errors)],
+          ["requests", top.map((r) => r.requests)],
+          ["errors", top.map((r) => r.errors)],
         ], xs);
         barChart(latEl, labels, [
-          ["p50", rows.map((r) => (r.latency_ms ? r.latency_ms.p50 : null))],
-          ["p95", rows.map((r) => (r.latency_ms ? r.latency_ms.p95 : null))],
+          ["p50", top.map((r) => (r.latency_ms ? r.latency_ms.p50 : null))],
+          ["p95", top.map((r) => (r.latency_ms ? r.latency_ms.p95 : null))],
+        ], xs);
+        barChart(tokEl, labels, [
+          ["prompt", top.map((r) => r.prompt_tokens)],
+          ["completion", top.map((r) => r.completion_tokens)],
         ], xs);
       }
     }
@@ -421,17 +428,24 @@
   }
   function barChart(el, labels, series, xs) {
     if (!window.uPlot) return;
-    const bars = uPlot.paths.bars({ size: [0.6 / series.length, 60], align: 0 });
+    // Two series side by side: the first left of each tick, the second right of it.
+    const bars = (i) => uPlot.paths.bars({ size: [0.35, 40], align: series.length === 1 ? 0 : i === 0 ? -1 : 1 });
     const u = new uPlot(
       {
         width: chartWidth(el),
         height: 220,
         scales: { x: { time: false, range: [-0.5, xs.length - 0.5] }, y: { range: (_u, _min, max) => [0, Math.max(1, max) * 1.1] } },
         series: [{ label: "group", value: (_u, v) => (v === null ? "" : labels[v] ?? "") }].concat(
-          series.map(([name], i) => ({ label: name, fill: COLORS[i] + "aa", stroke: COLORS[i], paths: bars }))
+          series.map(([name], i) => ({ label: name, fill: COLORS[i] + "aa", stroke: COLORS[i], paths: bars(i), points: { show: false } }))
         ),
         axes: [
-          { ...axis(), splits: () => xs, values: (_u, vals) => vals.map((v) => String(labels[v] ?? "").slice(0, 14)) },
+          {
+            ...axis(),
+            splits: () => xs,
+            values: (_u, vals) => vals.map((v) => String(labels[v] ?? "").slice(0, 16)),
+            rotate: labels.length > 4 ? -35 : 0,
+            size: labels.length > 4 ? 90 : 40,
+          },
           axis(),
         ],
       },
