@@ -232,8 +232,14 @@ def main():
         _, breakers = api("GET", "/admin/breakers")
         released = [b for b in breakers["data"] if b["deployment_id"] == dep_id]
         assert released and released[0]["state"] == "closed" and not released[0]["forced"], released
+        page.get_by_role("button", name=f"Edit {dep_id}").click()
+        page.fill("#edit-deployment input[name=weight]", "3")
+        page.locator("#edit-deployment input[name=weight]").press("Enter")
+        expect(dep_row.locator("td").nth(4)).to_have_text("3")
+        _, deps = api("GET", "/admin/models")
+        assert [d["weight"] for d in deps["data"] if d["id"] == dep_id] == [3], deps
         con.check("models")
-        print(f"ui: created deployment {dep_id}, held its breaker open, then closed, then released it")
+        print(f"ui: created deployment {dep_id}, held its breaker open, then closed, then released it; edited its weight")
 
         # Playground: a streamed chat; then its usage row on the monitoring page.
         streamed = {}
@@ -295,6 +301,15 @@ def main():
         shot(page, "09-approval-resolved")
         con.check("approvals")
         print(f"ui: session {session_id} arrived over the bus and was approved in one click")
+
+        # A tool's policy, changed from the MCP page.
+        page.click("nav a[data-page=mcp]")
+        page.select_option(f"select[aria-label='Policy of {mcp_name}/convert_time']", "block")
+        expect(page.locator("#toast")).to_contain_text(f"{mcp_name}/convert_time: block")
+        _, servers = api("GET", "/admin/mcp")
+        tools = {t["name"]: t["policy"] for sv in servers["data"] if sv["name"] == mcp_name for t in sv["tools"]}
+        assert tools == {"convert_time": "block", "get_current_time": "confirm"}, tools
+        print("ui: a tool's policy set from the MCP page")
 
         # Scripts: the compiler's error inline, then a good script saved and tested.
         script = f"ui_brief_{SUFFIX}"
@@ -380,8 +395,7 @@ def main():
         page.goto(URL + "/ui#/users")  # an admin page by address: the user gets their own
         expect(page.locator("#page-title")).to_have_text("My usage")
         page.click("nav a[data-page=playground]")
-        options = page.locator("#pg-model option").all_inner_texts()
-        assert "mock" in options, options
+        expect(page.locator("#pg-model option[value=mock]")).to_have_count(1)
         page.fill("#pg-prompt", "hello as a user")
         page.click("#pg-send")
         expect(page.locator(".answer[data-model='mock']").first).to_have_text("hello as a user")

@@ -1096,7 +1096,7 @@
     const enabled = h("input", { type: "checkbox", name: "enabled", checked: d.enabled, id: nextId("en") });
     const form = h(
       "form",
-      { class: "inline" },
+      { class: "inline", id: "edit-deployment" },
       num("weight", d.weight),
       num("priority", d.priority),
       num("price_input_per_mtok", d.price_input_per_mtok),
