@@ -415,6 +415,8 @@ def main():
         print(f"ui: the user key sees only {user_id}'s pages and data; phone width fits")
 
         browser.close()
+    # Leave the gateway as the other checks expect it: no extra model, no extra MCP server.
+    api("DELETE", f"/admin/models/{dep_id}")
     api("DELETE", f"/admin/mcp/{mcp_name}")
     print(f"ui: console checks passed; screenshots in {SHOTS}")
 

@@ -190,7 +190,7 @@
   function showErr(box, e) {
     let msg = e.message || String(e);
     if (e.param) msg += ` (${e.param})`;
-    if (e.detail && e.detail.line) msg += ` at line ${e.detail.line}, column ${e.detail.column}`;
+    if (e.detail && e.detail.line && !msg.includes("line")) msg += ` at line ${e.detail.line}, column ${e.detail.column}`;
     box.textContent = msg;
   }
 
@@ -1152,6 +1152,13 @@
         route();
       } catch (e2) {
         showErr(err, e2);
+        // Put the cursor on the compiler's line and column.
+        if (e2.detail && e2.detail.line) {
+          const lines = source.value.split("\n");
+          const at = lines.slice(0, e2.detail.line - 1).reduce((n, l) => n + l.length + 1, 0) + Math.max(0, (e2.detail.column || 1) - 1);
+          source.focus();
+          source.setSelectionRange(at, Math.min(source.value.length, at + 1));
+        }
       }
     });
     const test = h("button", { type: "button", disabled: !op, id: "sc-test" }, "Test");
