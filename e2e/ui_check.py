@@ -399,8 +399,23 @@ def main():
         page.fill("#pg-prompt", "hello as a user")
         page.click("#pg-send")
         expect(page.locator(".answer[data-model='mock']").first).to_have_text("hello as a user")
+        for _ in range(100):  # usage rows are written in batches
+            if api("GET", "/v1/usage", key=user_key)[1]["usage"]["key"]["all_time"]["requests"] >= 1:
+                break
+            page.wait_for_timeout(100)
+        page.click("nav a[data-page=overview]")
+        user_key_id = keys["data"][0]["id"]
+        key_row = page.locator("tr", has=page.locator(f"code:text-is('{user_key_id}')"))
+        expect(key_row).to_contain_text("active (this one)")
+        expect(key_row.locator("td").nth(4)).to_have_text("1")  # the chat above
+        expect(page.locator(f"code:text-is('{spare['id']}')")).to_be_visible()  # revoked, still theirs
         page.click("nav a[data-page=monitor]")
-        page.wait_for_timeout(3500)
+        page.select_option("#mon-by", "key")
+        expect(page.locator("table code", has_text=user_key_id)).to_be_visible()
+        expect(page.locator(".uplot").first).to_be_visible()
+        main_text = page.locator("main").inner_text()
+        admin_key_ids = [k["id"] for k in api("GET", "/admin/keys?user_id=admin")[1]["data"]]
+        assert not any(k in main_text for k in admin_key_ids), main_text
         shot(page, "13-monitoring-user")
         page.click("nav a[data-page=approvals]")
         shot(page, "14-approvals-user")

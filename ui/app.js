@@ -238,10 +238,30 @@
         )
       )
     );
-    if (isStaff()) {
-      const keys = await get(`/admin/keys?user_id=${encodeURIComponent(state.me.user_id)}`);
-      root.append(h("section", { class: "card" }, h("h2", {}, "My keys"), keysTable(keys.data, false)));
-    }
+    const [keys, perKey] = await Promise.all([get("/v1/keys"), get("/v1/usage/summary?group_by=key&since=0")]);
+    const byKey = new Map(perKey.data.map((r) => [r.group, r]));
+    const use = (k, f) => (byKey.get(k.id) ? byKey.get(k.id)[f] : 0);
+    root.append(
+      h(
+        "section",
+        { class: "card" },
+        h("h2", {}, "My keys and their usage (all time)"),
+        table(
+          [
+            { label: "key id", get: (k) => h("code", {}, k.id) },
+            { label: "name", get: (k) => k.name || "" },
+            { label: "prefix", get: (k) => h("code", {}, k.prefix || "—") },
+            { label: "state", get: (k) => (k.revoked_at ? "revoked" : k.id === state.me.key_id ? "active (this one)" : "active") },
+            { label: "requests", num: true, get: (k) => fmtNum(use(k, "requests"), 0) },
+            { label: "errors", num: true, get: (k) => fmtNum(use(k, "errors"), 0) },
+            { label: "tokens", num: true, get: (k) => fmtNum(use(k, "total_tokens"), 0) },
+            { label: "cost", num: true, get: (k) => fmtUsd(byKey.get(k.id) ? byKey.get(k.id).cost_usd : 0) },
+          ],
+          keys.data,
+          "No keys."
+        )
+      )
+    );
   }
 
   function limitText(v) {
@@ -254,44 +274,29 @@
 
   // -- monitoring --
   async function renderMonitor(root) {
-    if (!isStaff()) {
-      root.append(
-        h("p", { class: "muted" }, "Your own figures; the gateway-wide summaries need an admin, operator or viewer key."),
-        h("div", { id: "mon-own" })
-      );
-      const own = $("mon-own");
-      const chartBox = h("div", { class: "card" }, h("h2", {}, "Requests of this key (live)"), h("div", { class: "chart", id: "own-chart" }));
-      own.append(chartBox);
-      const series = [[], [], []];
-      let chart = null;
-      every(POLL_MS, async () => {
-        const u = await get("/v1/usage").catch(() => null);
-        if (!u) return;
-        series[0].push(Date.now() / 1000);
-        series[1].push(u.usage.key.today.requests);
-        series[2].push(u.usage.key.today.errors);
-        if (series[0].length > 200) series.forEach((s) => s.shift());
-        if (!chart) chart = lineChart($("own-chart"), ["requests today", "errors today"], series);
-        else chart.setData(series);
-      });
-      return;
-    }
     const win = h("select", { id: "mon-window" }, h("option", { value: "3600" }, "last hour"), h("option", { value: "86400" }, "last day"));
+    const staff = isStaff();
     const by = h(
       "select",
       { id: "mon-by" },
-      ["model", "user", "key"].map((g) => h("option", { value: g }, `per ${g}`))
+      (staff ? ["model", "user", "key"] : ["model", "key"]).map((g) => h("option", { value: g }, `per ${g}`))
     );
     const out = h("div", {});
-    root.append(h("div", { class: "row card" }, field("Window", win), field("Group", by)), out);
-    const live = h("section", { class: "card", "aria-label": "Live" }, h("h2", {}, "Live: in flight and breakers"), h("div", { id: "live-box" }));
-    root.append(live);
-    const recent = h("section", { class: "card" }, h("h2", {}, "Latest requests"), h("div", { id: "recent-box" }));
-    root.append(recent);
+    root.append(
+      h("div", { class: "row card" }, field("Window", win), field("Group", by)),
+      staff ? null : h("p", { class: "muted" }, `Your own usage (${state.me.user_id}); the gateway-wide figures need an admin, operator or viewer key.`),
+      out
+    );
+    if (staff) {
+      root.append(
+        h("section", { class: "card", "aria-label": "Live" }, h("h2", {}, "Live: in flight and breakers"), h("div", { id: "live-box" })),
+        h("section", { class: "card" }, h("h2", {}, "Latest requests"), h("div", { id: "recent-box" }))
+      );
+    }
 
     async function summary() {
       const since = Date.now() - Number(win.value) * 1000;
-      const data = (await get(`/admin/usage/summary?group_by=${by.value}&since=${since}`)).data;
+      const data = (await get(`/${staff ? "admin" : "v1"}/usage/summary?group_by=${by.value}&since=${since}`)).data;
       const rows = data.slice().sort((a, b) => b.requests - a.requests);
       const top = rows.slice(0, 12); // the charts show the busiest twelve; the table has all
       for (const c of state.charts.splice(0)) c.destroy();
@@ -345,6 +350,8 @@
     win.addEventListener("change", summary);
     by.addEventListener("change", summary);
     await summary();
+    state.timers.push(setInterval(() => summary().catch(() => {}), POLL_MS * 5));
+    if (!staff) return;
 
     const inflight = [[], []];
     let inflightChart = null;
