@@ -1392,6 +1392,7 @@
     state.ws = null;
     state.approvals.clear();
     state.scriptDraft = null;
+    $("toast").textContent = "";
     $("page").replaceChildren();
     $("nav").hidden = true;
     $("nav").replaceChildren();
