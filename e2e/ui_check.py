@@ -339,8 +339,25 @@ def main():
         expect(job_row.locator("progress")).to_be_visible()
         print(f"ui: job {job['job_id']} listed with its progress")
 
+        # A passthrough route added and deleted.
+        prefix = f"/ui-route-{SUFFIX}"
+        page.click("nav a[data-page=routes]")
+        page.fill("#new-route input[name=prefix]", prefix)
+        page.fill("#new-route input[name=upstream]", "http://127.0.0.1:9")
+        page.click("#new-route button[type=submit]")
+        route_row = page.locator("tr", has=page.locator(f"code:text-is('{prefix}')"))
+        expect(route_row).to_contain_text("admin")
+        shot(page, "10-routes")
+        page.once("dialog", lambda d: d.accept())
+        route_row.get_by_role("button", name=f"Delete route {prefix}").click()
+        expect(route_row).to_have_count(0)
+        _, routes = api("GET", "/admin/routes")
+        assert all(r["prefix"] != prefix for r in routes["data"]), routes
+        con.check("routes")
+        print(f"ui: route {prefix} added and deleted")
+
         # Every page, as the admin, at desktop width and in dark mode.
-        for name in ("overview", "jobs", "routes", "mcp", "audit"):
+        for name in ("overview", "jobs", "mcp", "audit"):
             page.click(f"nav a[data-page={name}]")
             expect(page.locator("#page-title")).to_be_visible()
             page.wait_for_load_state("networkidle")

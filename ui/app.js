@@ -1227,7 +1227,7 @@
       const err = errorBox();
       const form = h(
         "form",
-        { class: "inline" },
+        { class: "inline", id: "new-route" },
         field("Prefix", h("input", { name: "prefix", required: true, placeholder: "/openai" })),
         field("Upstream", h("input", { name: "upstream", required: true, type: "url" })),
         field("rpm_limit", h("input", { name: "rpm_limit", type: "number", min: "0" })),
