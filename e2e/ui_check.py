@@ -298,9 +298,17 @@ def main():
         expect(page.locator("#approvals-log")).to_contain_text(f"{session_id}: approved")
         _, sessions = api("GET", "/v1/tools/sessions")
         assert all(s["session_id"] != session_id for s in sessions["data"]), sessions
+        # A second one, denied.
+        held_chat()
+        denied_id = answer["body"]["session_id"]
+        assert denied_id != session_id
+        denied = page.locator(f"article[data-session='{denied_id}']")
+        denied.get_by_role("button", name="Deny").click()
+        expect(denied).to_have_count(0)
+        expect(page.locator("#approvals-log")).to_contain_text(f"{denied_id}: denied")
         shot(page, "09-approval-resolved")
         con.check("approvals")
-        print(f"ui: session {session_id} arrived over the bus and was approved in one click")
+        print(f"ui: session {session_id} arrived over the bus and was approved in one click; {denied_id} denied")
 
         # A tool's policy, changed from the MCP page.
         page.click("nav a[data-page=mcp]")
