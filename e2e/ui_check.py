@@ -216,7 +216,7 @@ def main():
         page.fill("#new-model input[name=price_input_per_mtok]", "1.5")
         page.fill("#new-model input[name=price_output_per_mtok]", "3")
         page.click("#new-model button[type=submit]")
-        dep_row = page.locator("tr", has=page.locator(f"td:text-is('{model_id}')"))
+        dep_row = page.locator("#deployments tr", has=page.locator(f"td:text-is('{model_id}')"))
         expect(dep_row).to_be_visible()
         dep_id = dep_row.locator("code").first.inner_text()
         page.get_by_role("button", name=f"Hold open breaker of {dep_id}").click()

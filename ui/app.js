@@ -347,6 +347,10 @@
         ], xs);
       }
     }
+    if (staff) {
+      const deps = await get("/admin/models").catch(() => ({ data: [] }));
+      for (const d of deps.data) modelOf.set(d.id, d.model_id);
+    }
     win.addEventListener("change", summary);
     by.addEventListener("change", summary);
     await summary();
@@ -462,9 +466,12 @@
     state.charts.push(u);
   }
 
+  // Deployment id -> model id, for the breaker tables (filled from /admin/models).
+  const modelOf = new Map();
   function breakersTable(rows, withButtons) {
     return table(
       [
+        { label: "model", get: (r) => modelOf.get(r.deployment_id) || "" },
         { label: "deployment", get: (r) => h("code", {}, r.deployment_id) },
         { label: "state", get: (r) => h("span", { class: `badge ${r.state}`, "data-breaker": r.deployment_id }, r.state + (r.forced ? " (held)" : "")) },
         { label: "failure rate", num: true, get: (r) => fmtNum(r.failure_rate * 100, 1) + "%" },
@@ -978,6 +985,7 @@
   // -- models and deployments --
   async function renderModels(root) {
     const [deps, breakers] = await Promise.all([get("/admin/models"), get("/admin/breakers").catch(() => ({ data: [] }))]);
+    for (const d of deps.data) modelOf.set(d.id, d.model_id);
     const op = canOperate();
     if (op) {
       const err = errorBox();
@@ -1016,7 +1024,7 @@
       editBox,
       h(
         "section",
-        { class: "card" },
+        { class: "card", id: "deployments" },
         h("h2", {}, "Deployments"),
         table(
           [
