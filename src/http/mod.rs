@@ -17,6 +17,7 @@ pub mod openai;
 pub mod openapi;
 pub mod passthrough;
 pub mod tools;
+pub mod ui;
 
 pub use auth_throttle::AuthThrottle;
 pub use key_cache::{KeyCache, KeyCacheFollower};
@@ -138,6 +139,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 )),
         )
         .service(resource!("/mcp", post => mcp_server::mcp))
+        .configure(ui::configure)
         .service(web::scope("/admin").configure(admin::configure));
 }
 
@@ -162,10 +164,12 @@ pub async fn request_context(
     let clock = UpstreamClock::default();
     req.extensions_mut().insert(RequestId(id.clone()));
     req.extensions_mut().insert(clock.clone());
+    // The console's files (`/ui`) are not traffic either.
     let exempt = matches!(
         req.path(),
         "/healthz" | "/readyz" | "/metrics" | "/metrics/summary"
-    );
+    ) || req.path() == "/ui"
+        || req.path().starts_with("/ui/");
     // This worker's summary counts (absent when metrics are off).
     let summary = req
         .app_data::<web::Data<crate::telemetry::summary::Shard>>()
