@@ -131,6 +131,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource!("/bus/topics", get => bus::topics))
                 .service(resource!("/bus/topics/{topic}/messages", post => bus::publish))
                 .service(resource!("/usage", get => openai::usage::own_usage))
+                .service(resource!(
+                    "/usage/summary",
+                    get => openai::usage::own_usage_summary,
+                ))
+                .service(resource!("/keys", get => openai::usage::own_keys))
                 .service(resource!("/tools/confirm", post => tools::confirm))
                 .service(resource!("/tools/sessions", get => tools::sessions))
                 .service(resource!(

@@ -236,3 +236,59 @@ async fn the_summary_takes_an_admin_key_and_refuses_a_user_key() {
     let error = assert_openai_error(app.get("/metrics/summary", &user).await, 403).await;
     assert_eq!(error["code"], "admin_forbidden");
 }
+
+#[actix_web::test]
+async fn a_key_reads_its_own_users_usage_summary_and_keys_and_nobody_elses() {
+    let app = spawn_app().await;
+    let alice = app.user_key("alice", "user", None).await;
+    let body = json!({"model": "mock", "messages": crate::helpers::user_message("hi")});
+    for key in [&alice, &alice, &app.admin_key] {
+        assert_eq!(app.chat(key, &body).await.status(), 200);
+    }
+    app.usage_rows().await;
+
+    // Her usage per model and per key: her two requests, not the admin's.
+    let res = app.get("/v1/usage/summary?group_by=model", &alice).await;
+    assert_eq!(res.status(), 200);
+    let summary: Value = res.json().await.unwrap();
+    assert_eq!(summary["data"].as_array().unwrap().len(), 1, "{summary}");
+    assert_eq!(summary["data"][0]["group"], "mock");
+    assert_eq!(summary["data"][0]["requests"], 2);
+    let res = app.get("/v1/usage/summary?group_by=user", &alice).await;
+    let by_user: Value = res.json().await.unwrap();
+    assert_eq!(by_user["data"][0]["group"], "alice", "{by_user}");
+    assert_eq!(by_user["data"].as_array().unwrap().len(), 1);
+    // Asking for another user's is refused; so is a bad group.
+    let res = app
+        .get("/v1/usage/summary?group_by=model&user_id=admin", &alice)
+        .await;
+    let error = assert_openai_error(res, 400).await;
+    assert_eq!(error["param"], "user_id");
+    let res = app.get("/v1/usage/summary?group_by=week", &alice).await;
+    assert_openai_error(res, 400).await;
+
+    // Her keys, never their secrets; not the admin's.
+    let second = app
+        .post_json(
+            "/admin/keys",
+            &app.admin_key,
+            &json!({"user_id": "alice", "name": "second"}),
+        )
+        .await;
+    assert_eq!(second.status(), 201);
+    let res = app.get("/v1/keys", &alice).await;
+    assert_eq!(res.status(), 200);
+    let keys: Value = res.json().await.unwrap();
+    let keys = keys["data"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|k| k["user_id"] == "alice" && k.get("key").is_none())
+    );
+    assert!(!serde_json::to_string(keys).unwrap().contains(&alice));
+    assert_openai_error(
+        app.client.get(app.url("/v1/keys")).send().await.unwrap(),
+        401,
+    )
+    .await;
+}
