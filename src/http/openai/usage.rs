@@ -25,6 +25,8 @@ use crate::relay::Relay;
 struct OwnUsage {
     user_id: String,
     key_id: String,
+    /// The user's role (`admin`, `operator`, `viewer`, `user`): what the console shows.
+    role: &'static str,
     usage: CallerUsage,
     limits: OwnLimits,
 }
@@ -83,7 +85,8 @@ struct Micros {
         (`requests_per_minute`, `tokens_per_minute`, `token_quota`, `budget_usd`; `null` where \
         none applies). Any valid key; nobody else's usage.",
     responses(
-        (status = 200, description = "`{user_id, key_id, usage: {day, user, key}, limits}`",
+        (status = 200, description = "`{user_id, key_id, role, usage: {day, user, key}, limits}` \
+            (`role`: the user's, `admin`, `operator`, `viewer` or `user`)",
             body = serde_json::Value),
         ClientAuth
     )
@@ -140,6 +143,7 @@ pub async fn own_usage(
     Ok(HttpResponse::Ok().json(OwnUsage {
         user_id: grant.user_id.clone(),
         key_id: grant.key_id.clone(),
+        role: grant.role.as_str(),
         usage,
         limits,
     }))
