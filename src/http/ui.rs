@@ -145,6 +145,7 @@ pub async fn serve(req: HttpRequest) -> HttpResponse {
     let response = if let Some(hashed) = tail.strip_prefix("assets/") {
         match hashed
             .split_once('/')
+            .filter(|(_, path)| *path != INDEX)
             .and_then(|(hash, path)| console.assets.get(path).filter(|a| a.hash == hash))
         {
             Some(asset) => file(asset.bytes, asset.content_type, IMMUTABLE),

@@ -137,6 +137,16 @@ async fn the_console_is_served_from_the_binary_with_hashed_immutable_assets_and_
         .await
         .unwrap();
     assert_openai_error(res, 404).await;
+    // The page itself is never served as an immutable asset, even under its own hash.
+    let page = std::fs::read(format!("{}/ui/index.html", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let hash = &lowart::crypto::sha256_hex(&page)[..16];
+    let res = app
+        .client
+        .get(app.url(&format!("/ui/assets/{hash}/index.html")))
+        .send()
+        .await
+        .unwrap();
+    assert_openai_error(res, 404).await;
     let res = app.client.head(app.url("/ui")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert_secured(&res, "HEAD /ui");
