@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end: the release binary on a fresh SQLite, driven by the official `openai` and
-# `anthropic` Python SDKs, the `websockets` client (the agent bus), and the `mcp` SDK with
-# the `mcp-server-time` server (MCP tools) from PyPI in a throwaway virtualenv; a second
+# `anthropic` Python SDKs, the `websockets` client (the agent bus), the `mcp` SDK with
+# the `mcp-server-time` server (MCP tools) and `playwright` (the console in Debian's
+# Chromium, e2e/ui_check.py) from PyPI in a throwaway virtualenv; a second
 # gateway serves HTTPS with a certificate from a throwaway CA (openssl).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -9,7 +10,7 @@ work="$(mktemp -d)"
 trap 'kill "${pid:-}" "${tls_pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-if ! python3 -m venv "$work/venv" || ! "$work/venv/bin/pip" install --quiet openai anthropic websockets mcp-server-time; then
+if ! python3 -m venv "$work/venv" || ! PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 "$work/venv/bin/pip" install --quiet openai anthropic websockets mcp-server-time playwright; then
   echo "e2e: could not install the openai and anthropic SDKs and websockets from PyPI; end-to-end check skipped"
   exit 0
 fi
@@ -51,11 +52,24 @@ tls_addr="$(listening_on "$work/tls/log")"
 [ -n "$tls_addr" ] || { cat "$work/tls/log"; echo "e2e: the HTTPS gateway did not start"; exit 1; }
 cd "$work"
 
-for check in openai_sdk_check.py anthropic_sdk_check.py bus_check.py mcp_check.py edges_check.py; do
+# The console in headless Chromium (Debian's, .ci/run installs it): screenshots stay in
+# target/ui-shots/ after the run.
+checks="openai_sdk_check.py anthropic_sdk_check.py bus_check.py mcp_check.py edges_check.py"
+if [ -f "$root/e2e/ui_check.py" ]; then
+  if [ -x /usr/bin/chromium ]; then
+    checks="$checks ui_check.py"
+    rm -rf "$root/target/ui-shots" && mkdir -p "$root/target/ui-shots"
+  else
+    echo "e2e: /usr/bin/chromium is missing; the console's browser test is skipped"
+  fi
+fi
+for check in $checks; do
   LOWART_URL="http://$addr" LOWART_KEY="$key" MCP_TIME="$work/venv/bin/mcp-server-time" \
+    LOWART_SHOTS="$root/target/ui-shots" PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 \
     LOWART_TLS_URL="https://localhost:${tls_addr##*:}" LOWART_CA="$work/tls/ca.pem" \
     "$work/venv/bin/python" "$root/e2e/$check"
 done
+[ -d "$root/target/ui-shots" ] && echo "e2e: the console's screenshots are in $root/target/ui-shots"
 kill -TERM "$pid" "$tls_pid"
 wait "$pid"
 wait "$tls_pid"

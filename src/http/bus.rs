@@ -1,5 +1,5 @@
 //! The agent bus at the edge: `GET /v1/bus/ws` (a WebSocket: the key in `Authorization`
-//! or, for browsers, `?token=`), `POST /v1/bus/topics/{topic}/messages` (publish over
+//! or, for browsers, in `Sec-WebSocket-Protocol` as `lowart.bearer, <key>`, or `?token=`), `POST /v1/bus/topics/{topic}/messages` (publish over
 //! REST) and `GET /v1/bus/topics`. Each connection is a task on this worker: it reads
 //! frames, asks the `BusActor`, answers every frame with `ok` or `error`, writes what the
 //! broker queued for it (a bounded queue), pings, and drops a peer that went silent.
@@ -36,6 +36,25 @@ fn bus_caller(grant: &KeyGrant) -> BusCaller {
     }
 }
 
+/// The WebSocket subprotocol a browser offers, followed by its key as a second "protocol"
+/// (browsers cannot set `Authorization` on a WebSocket); the answer selects it.
+pub const BEARER_PROTOCOL: &str = "lowart.bearer";
+
+/// The key offered as `Sec-WebSocket-Protocol: lowart.bearer, <key>`: the value right
+/// after `lowart.bearer` among the offered protocols (one header or several).
+fn protocol_key(req: &HttpRequest) -> Option<String> {
+    let offered: Vec<&str> = req
+        .headers()
+        .get_all(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let at = offered.iter().position(|p| *p == BEARER_PROTOCOL)?;
+    offered.get(at + 1).map(|k| (*k).to_string())
+}
+
 #[derive(Deserialize)]
 struct TokenQuery {
     token: Option<String>,
@@ -45,31 +64,40 @@ struct TokenQuery {
 /// `subscribe {topic, group?}`, `unsubscribe {topic}`, `publish {topic, payload,
 /// reply_to?}`, `ack {id}`, each answered by `ok` (with its `ref`) or `error {code,
 /// message}`; the server sends `message {id, topic, payload, from, attempt}`.
+///
+/// The key goes in `Authorization` (or `x-api-key`); a browser, which cannot set headers on
+/// a WebSocket, offers the subprotocols `lowart.bearer` and its key
+/// (`new WebSocket(url, ["lowart.bearer", key])`) and the answer selects `lowart.bearer`.
+/// `?token=` also works but puts the key in a URL (and so in logs along the way).
 #[utoipa::path(get, path = "/v1/bus/ws", tag = "Agent bus",
-    params(("token" = Option<String>, Query, description = "The API key, for clients that cannot send `Authorization` (browsers)")),
-    responses((status = 101, description = "Switching to the WebSocket protocol"),
+    params(("token" = Option<String>, Query, description = "The API key, for clients that can set neither `Authorization` nor `Sec-WebSocket-Protocol` (prefer those: a URL ends up in logs)"),
+        ("Sec-WebSocket-Protocol" = Option<String>, Header, description = "`lowart.bearer, <key>`: the key, for browsers; the answer selects `lowart.bearer`")),
+    responses((status = 101, description = "Switching to the WebSocket protocol (with `Sec-WebSocket-Protocol: lowart.bearer` when the key came that way)"),
         (status = 400, description = "Not a WebSocket upgrade request"), ClientAuth))]
 pub async fn bus_ws(
     state: web::Data<AppState>,
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let key = match presented_key(&req) {
-        Some(key) => Some(key),
-        None => web::Query::<TokenQuery>::from_query(req.query_string())
-            .ok()
-            .and_then(|q| q.into_inner().token)
-            .filter(|t| !t.is_empty()),
-    };
+    let key = presented_key(&req)
+        .or_else(|| protocol_key(&req))
+        .or_else(|| {
+            web::Query::<TokenQuery>::from_query(req.query_string())
+                .ok()
+                .and_then(|q| q.into_inner().token)
+                .filter(|t| !t.is_empty())
+        });
     let client = AuthThrottle::client_of(req.peer_addr());
     let grant = authenticate(state.clone(), key, client).await?;
     crate::http::extract::note_caller(&req, &state, &grant);
-    let (response, session, stream) = actix_ws::handle(&req, body).map_err(|e| {
-        ApiError::new(
-            ErrorKind::InvalidRequest,
-            format!("not a WebSocket upgrade: {e}"),
-        )
-    })?;
+    // Selects `lowart.bearer` when offered (never echoes the key).
+    let (response, session, stream) =
+        actix_ws::handle_with_protocols(&req, body, &[BEARER_PROTOCOL]).map_err(|e| {
+            ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("not a WebSocket upgrade: {e}"),
+            )
+        })?;
     let settings = state.settings.bus;
     let (tx, rx) = mpsc::channel(settings.outbound_queue);
     let (kill, killed) = oneshot::channel();

@@ -17,6 +17,7 @@ pub mod openai;
 pub mod openapi;
 pub mod passthrough;
 pub mod tools;
+pub mod ui;
 
 pub use auth_throttle::AuthThrottle;
 pub use key_cache::{KeyCache, KeyCacheFollower};
@@ -130,6 +131,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource!("/bus/topics", get => bus::topics))
                 .service(resource!("/bus/topics/{topic}/messages", post => bus::publish))
                 .service(resource!("/usage", get => openai::usage::own_usage))
+                .service(resource!(
+                    "/usage/summary",
+                    get => openai::usage::own_usage_summary,
+                ))
+                .service(resource!("/keys", get => openai::usage::own_keys))
                 .service(resource!("/tools/confirm", post => tools::confirm))
                 .service(resource!("/tools/sessions", get => tools::sessions))
                 .service(resource!(
@@ -138,6 +144,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 )),
         )
         .service(resource!("/mcp", post => mcp_server::mcp))
+        .configure(ui::configure)
         .service(web::scope("/admin").configure(admin::configure));
 }
 
@@ -162,10 +169,12 @@ pub async fn request_context(
     let clock = UpstreamClock::default();
     req.extensions_mut().insert(RequestId(id.clone()));
     req.extensions_mut().insert(clock.clone());
+    // The console's files (`/ui`) are not traffic either.
     let exempt = matches!(
         req.path(),
         "/healthz" | "/readyz" | "/metrics" | "/metrics/summary"
-    );
+    ) || req.path() == "/ui"
+        || req.path().starts_with("/ui/");
     // This worker's summary counts (absent when metrics are off).
     let summary = req
         .app_data::<web::Data<crate::telemetry::summary::Shard>>()

@@ -32,6 +32,7 @@ mod scripts;
 mod summary;
 mod tls;
 mod tracing_export;
+mod ui;
 mod usage_api;
 mod usage_counting;
 mod usage_spill;

@@ -115,8 +115,19 @@ async fn the_metrics_token_guards_the_summary_and_metrics_off_hides_it() {
         .await
         .unwrap();
     assert_openai_error(res, 401).await;
+    // Instead of the token: a key of role admin, operator or viewer (the console), not a
+    // user's, not an unknown one.
     let res = app.get("/metrics/summary", &app.admin_key).await;
+    assert_eq!(res.status(), 200);
+    let viewer = app.user_key("watcher", "viewer", None).await;
+    assert_eq!(app.get("/metrics/summary", &viewer).await.status(), 200);
+    let user = app.user_key("someone", "user", None).await;
+    let error = assert_openai_error(app.get("/metrics/summary", &user).await, 403).await;
+    assert_eq!(error["code"], "admin_forbidden");
+    let res = app.get("/metrics/summary", "lw-not-a-key").await;
     assert_openai_error(res, 401).await;
+    // `/metrics` itself still takes the token only.
+    assert_openai_error(app.get("/metrics", &app.admin_key).await, 401).await;
     let res = app.get("/metrics/summary", "scrape-token-0123").await;
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();

@@ -542,6 +542,7 @@ async fn a_user_reads_its_own_usage_and_nobody_elses() {
 
     let mine = get_json(&app, "/v1/usage", alice_1).await;
     assert_eq!(mine["user_id"], "alice");
+    assert_eq!(mine["role"], "user");
     assert_eq!(mine["key_id"], alice_1_id.as_str());
     let alice = totals_of(
         rows.iter()

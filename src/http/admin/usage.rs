@@ -45,7 +45,7 @@ pub struct ListQuery {
 #[serde(deny_unknown_fields)]
 pub struct SummaryQuery {
     group_by: Option<String>,
-    user_id: Option<String>,
+    pub(crate) user_id: Option<String>,
     key_id: Option<String>,
     model: Option<String>,
     since: Option<String>,
@@ -187,7 +187,11 @@ pub async fn usage_summary(
     _: AdminReader,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let q: SummaryQuery = query(&req)?;
+    summarize(&state, query(&req)?).await
+}
+
+/// A usage summary of the query's groups and filters.
+pub(crate) async fn summarize(state: &AppState, q: SummaryQuery) -> Result<HttpResponse, ApiError> {
     let group_by = q
         .group_by
         .as_deref()

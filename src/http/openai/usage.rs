@@ -1,6 +1,8 @@
 //! `GET /v1/usage`: any valid key reads its own usage — its user's and its key's totals,
 //! over all time and today (UTC), and what is left of each of its limits — and nobody
-//! else's. No admin right needed.
+//! else's. No admin right needed. `GET /v1/usage/summary`: its user's usage per model,
+//! key or day (the admin summary, held to the caller's user); `GET /v1/keys`: its user's
+//! keys, never their secrets.
 
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
@@ -23,6 +25,8 @@ use crate::relay::Relay;
 struct OwnUsage {
     user_id: String,
     key_id: String,
+    /// The user's role (`admin`, `operator`, `viewer`, `user`): what the console shows.
+    role: &'static str,
     usage: CallerUsage,
     limits: OwnLimits,
 }
@@ -81,7 +85,8 @@ struct Micros {
         (`requests_per_minute`, `tokens_per_minute`, `token_quota`, `budget_usd`; `null` where \
         none applies). Any valid key; nobody else's usage.",
     responses(
-        (status = 200, description = "`{user_id, key_id, usage: {day, user, key}, limits}`",
+        (status = 200, description = "`{user_id, key_id, role, usage: {day, user, key}, limits}` \
+            (`role`: the user's, `admin`, `operator`, `viewer` or `user`)",
             body = serde_json::Value),
         ClientAuth
     )
@@ -138,7 +143,63 @@ pub async fn own_usage(
     Ok(HttpResponse::Ok().json(OwnUsage {
         user_id: grant.user_id.clone(),
         key_id: grant.key_id.clone(),
+        role: grant.role.as_str(),
         usage,
         limits,
     }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/usage/summary",
+    tag = "OpenAI",
+    description = "The caller's user's usage per model, key or UTC day (`group_by`), from the \
+        hourly rollups: as `GET /admin/usage/summary`, held to the caller's user (`user_id`, \
+        if given, must be the caller's own). Any valid key.",
+    params(crate::http::admin::usage::SummaryQuery),
+    responses(
+        (status = 200, description = "`{data: [{group, requests, errors, prompt_tokens, \
+            completion_tokens, total_tokens, cost_usd, cost_micros, latency_ms: {p50, p95}}]}`",
+            body = serde_json::Value),
+        (status = 400, description = "A bad parameter, or another user's `user_id` (`invalid_request_error`)", body = crate::http::openapi::schemas::OpenAiError),
+        ClientAuth
+    )
+)]
+pub async fn own_usage_summary(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: actix_web::HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let mut q: crate::http::admin::usage::SummaryQuery = crate::http::admin::usage::query(&req)?;
+    let own = &caller.0.user_id;
+    if q.user_id.as_ref().is_some_and(|u| u != own) {
+        return Err(ApiError::invalid(
+            "user_id",
+            "a key reads its own user's usage only",
+        ));
+    }
+    q.user_id = Some(own.clone());
+    crate::http::admin::usage::summarize(&state, q).await
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/keys",
+    tag = "OpenAI",
+    description = "The caller's user's API keys, oldest first, never their secrets (as \
+        `GET /admin/keys?user_id=` answers for that user). Any valid key.",
+    responses(
+        (status = 200, description = "The keys", body = crate::http::openapi::schemas::KeyList),
+        ClientAuth
+    )
+)]
+pub async fn own_keys(
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    let msg = crate::actors::store::ListKeys {
+        user_id: Some(caller.0.user_id.clone()),
+    };
+    let keys = state.store.send(msg).timeout(ASK_TIMEOUT).await??;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"data": keys})))
 }

@@ -43,6 +43,8 @@ use crate::http::{admin, anthropic, bus, health, jobs, mcp_server, metrics, open
         openai::embeddings::embeddings,
         openai::models::list_models,
         openai::usage::own_usage,
+        openai::usage::own_usage_summary,
+        openai::usage::own_keys,
         openai::images::generations,
         jobs::get_job,
         jobs::list_jobs,
