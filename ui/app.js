@@ -284,7 +284,7 @@
     const out = h("div", {});
     root.append(
       h("div", { class: "row card" }, field("Window", win), field("Group", by)),
-      staff ? null : h("p", { class: "muted" }, `Your own usage (${state.me.user_id}); the gateway-wide figures need an admin, operator or viewer key.`),
+      staff ? "" : h("p", { class: "muted" }, `Your own usage (${state.me.user_id}); the gateway-wide figures need an admin, operator or viewer key.`),
       out
     );
     if (staff) {
